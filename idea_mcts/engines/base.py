@@ -1,0 +1,170 @@
+"""The engine protocol: batched generation and batched next-token logprobs.
+
+Every call takes a whole batch. The search hands an engine every request of a wave at once (all trees
+together), so an in-process engine fills its batches and a server engine keeps enough requests in flight for
+continuous batching. Prompts are either raw text (completion) or chat messages; chat messages ending with an
+assistant message are continued (the assistant turn is prefilled), not answered.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Messages = list[dict[str, str]]
+Prompt = str | Messages
+"""Raw text (sent as is, no chat template) or chat messages (the engine applies the model's chat template)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings."""
+
+    max_new_tokens: int = 256
+    """Most tokens to generate."""
+    temperature: float = 0.7
+    """0 = greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    seed: int | None = None
+    """Per-request seed: the same request with the same seed gives the same text on a deterministic engine,
+    whatever else is in the batch."""
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete."""
+
+    prompt: Prompt
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class Generation:
+    """What an engine returns for one request."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass
+class TokenLogprobs:
+    """Next-token logprobs of the candidate tokens that fall inside the top-k at the first generated position."""
+
+    logprobs: dict[str, float]
+    """candidate -> logprob; a candidate outside the top-k is absent."""
+    prompt_tokens: int = 0
+
+
+@dataclass
+class UsageStats:
+    """Calls, requests, tokens and time, per engine or per role."""
+
+    calls: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    retries: int = 0
+    cached: int = 0
+
+    def add(self, other: UsageStats) -> None:
+        for k, v in asdict(other).items():
+            setattr(self, k, getattr(self, k) + v)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        d["completion_tokens_per_s"] = round(self.completion_tokens / self.seconds, 2) if self.seconds else 0.0
+        return d
+
+
+def is_continuation(prompt: Prompt) -> bool:
+    """Chat prompts whose last message is the assistant's are continued (prefill), not answered."""
+    return not isinstance(prompt, str) and bool(prompt) and prompt[-1]["role"] == "assistant"
+
+
+class Engine(ABC):
+    """A loaded model behind a batched API. Subclasses implement the `_generate` / `_next_token_logprobs`
+    (LLMs), `_embed` (embedders) or `_score` (reward models) they support."""
+
+    backend: str = "base"
+
+    def __init__(self, model_id: str) -> None:
+        self.model_id = model_id
+        """Identity of the model (used in cache keys and reports)."""
+        self.stats = UsageStats()
+
+    # -- public, batched ---------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        out = self._generate(list(requests))
+        self._account(len(requests), t0, sum(g.prompt_tokens for g in out), sum(g.completion_tokens for g in out))
+        return out
+
+    def next_token_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str], top_k: int = 20
+                            ) -> list[TokenLogprobs]:
+        """Logprobs of `candidates` (single tokens, e.g. the digits "1".."6") at the first generated position,
+        for those inside the top-`top_k` tokens there."""
+        if not prompts:
+            return []
+        t0 = time.perf_counter()
+        out = self._next_token_logprobs(list(prompts), list(candidates), top_k)
+        self._account(len(prompts), t0, sum(r.prompt_tokens for r in out), 0)
+        return out
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        """L2-normalised sentence embeddings."""
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        out = self._embed(list(texts))
+        self._account(len(texts), t0, 0, 0)
+        return out
+
+    def score(self, conversations: Sequence[Messages]) -> list[float]:
+        """Scalar reward of each (user, assistant) conversation."""
+        if not conversations:
+            return []
+        t0 = time.perf_counter()
+        out = self._score(list(conversations))
+        self._account(len(conversations), t0, 0, 0)
+        return out
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free the model (engines holding processes or GPU memory override this)."""
+
+    # -- to implement --------------------------------------------------------------------------------
+    def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        raise NotImplementedError(f"{type(self).__name__} does not generate text")
+
+    def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int
+                             ) -> list[TokenLogprobs]:
+        raise NotImplementedError(f"{type(self).__name__} does not return logprobs")
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        raise NotImplementedError(f"{type(self).__name__} does not embed")
+
+    def _score(self, conversations: list[Messages]) -> list[float]:
+        raise NotImplementedError(f"{type(self).__name__} is not a reward model")
+
+    def _account(self, n: int, t0: float, prompt_tokens: int, completion_tokens: int) -> None:
+        self.stats.add(UsageStats(calls=1, requests=n, prompt_tokens=prompt_tokens,
+                                  completion_tokens=completion_tokens, seconds=time.perf_counter() - t0))
+
+
+class EngineProtocolError(RuntimeError):
+    """An engine returned something the protocol does not allow (wrong count, missing field)."""
+
+
+def expect_len(out: Sequence[Any], n: int, what: str) -> None:
+    if len(out) != n:
+        raise EngineProtocolError(f"{what}: expected {n} results, got {len(out)}")
+
