@@ -7,3 +7,8 @@ class UsageError(Exception):
     """Bad input from the user (config, seed file, paths, model names): one line, exit code 2."""
 
     exit_code = 2
+
+
+class EngineError(RuntimeError):
+    """An engine cannot serve requests (server unreachable after retries, model failed to load): one line,
+    exit code 1; the run's completed work stays on disk."""
