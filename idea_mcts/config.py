@@ -174,8 +174,9 @@ class SearchConfig:
 class DataConfig:
     """Seed instructions: a JSONL/JSON/CSV/Parquet file, a `save_to_disk` directory, or a Hub dataset name."""
 
-    seeds: str = "idea_mcts/data/demo_seeds.jsonl"
-    """Path or Hub dataset name of the seeds."""
+    seeds: str = "builtin:demo"
+    """Path or Hub dataset name of the seeds; `builtin:demo` is the 20 seed instructions shipped with the
+    package."""
     split: str = "train"
     """Split to read when `seeds` is a dataset with splits."""
     instruction_column: str = "instruction"

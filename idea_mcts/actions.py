@@ -1,0 +1,152 @@
+"""Evolution actions: prompts that make the evolver rewrite an instruction.
+
+Sets: `general` (the paper's 12 actions, our wording: the paper did not publish its prompts), `evol_instruct`
+(the 5 classic in-depth operators of WizardLM's Evol-Instruct, for the random-evolution baseline), user actions
+from a YAML file, and task-specific actions (MCTS+) written by the evolver from example instructions of a
+target task through a meta-prompt.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from idea_mcts.errors import UsageError
+
+DEPTH_TEMPLATE = (
+    "You are an expert at writing instructions for AI assistants. Rewrite the instruction below into a new, "
+    "more demanding version. {method} The new instruction must stay self-contained, sensible and answerable "
+    "by a person, keep any input data it needs, and add no more than 40 words. Reply with the new instruction "
+    "only, with no preamble and no answer.\n\n#Instruction#:\n{instruction}\n\n#New Instruction#:"
+)
+BREADTH_TEMPLATE = (
+    "You are an expert at writing instructions for AI assistants. Taking the instruction below as "
+    "inspiration, write a brand-new instruction in the same domain that is rarer and more specific, of "
+    "similar length and difficulty. Reply with the new instruction only, with no preamble and no answer."
+    "\n\n#Instruction#:\n{instruction}\n\n#New Instruction#:"
+)
+
+
+@dataclass(frozen=True)
+class Action:
+    """An evolution prompt. `prompt` holds `{instruction}` where the node's instruction goes."""
+
+    name: str
+    prompt: str
+
+    def render(self, instruction: str) -> str:
+        return self.prompt.replace("{instruction}", instruction)
+
+
+def _depth(name: str, method: str) -> Action:
+    return Action(name, DEPTH_TEMPLATE.replace("{method}", method))
+
+
+GENERAL = [
+    _depth("add_goals", "Add a global goal, or a local sub-goal, that the answer must also achieve."),
+    _depth("add_constraints", "Add one key constraint the answer must respect, such as a limit on length, "
+           "audience, resources or content."),
+    _depth("add_task_requirements", "Add a concrete task requirement: an extra deliverable, step or check "
+           "that the answer must include."),
+    _depth("add_problem_solving", "Require a specific problem-solving skill, such as comparing alternatives, "
+           "estimating quantities, finding a counter-example or debugging."),
+    _depth("add_reasoning", "Make the instruction require explicit multi-step reasoning instead of a single "
+           "direct step."),
+    _depth("add_domain_knowledge", "Require specialised knowledge from a relevant field, such as science, law, "
+           "finance, medicine, engineering or history."),
+    _depth("add_life_topics", "Ground the instruction in an everyday-life situation, such as family, health, "
+           "travel, work or hobbies."),
+    _depth("add_real_world_application", "Tie the instruction to a realistic real-world application in which "
+           "the answer would actually be used."),
+    _depth("add_emotional_expression", "Add emotional context, or ask for an emotionally aware tone such as "
+           "empathy, encouragement or humour."),
+    _depth("format_input", "Change how the input is presented: give the information the task needs inside "
+           "the instruction as a table, a list, JSON, a code snippet or quoted text."),
+    _depth("format_output", "Specify the exact format of the answer, such as a numbered list, a table, JSON, "
+           "headed sections or a word limit."),
+    Action("create_new", BREADTH_TEMPLATE),
+]
+
+EVOL_INSTRUCT = [
+    _depth("constraints", "Add one more constraint or requirement to the instruction."),
+    _depth("deepening", "If the instruction asks about a topic, increase the depth and breadth of the inquiry."),
+    _depth("concretizing", "Replace general concepts with more specific ones."),
+    _depth("increased_reasoning", "If the instruction can be solved with a few simple thinking steps, rewrite "
+           "it to explicitly ask for multiple-step reasoning."),
+    _depth("complicate_input", "Add complex input data the task must work on, such as a table, code or a "
+           "longer passage."),
+]
+
+SETS = {"general": GENERAL, "evol_instruct": EVOL_INSTRUCT}
+
+META_PROMPT = (
+    "Here are example instructions of a target task:\n\n{examples}\n\nWrite {n} different methods for rewriting "
+    "any instruction so that it becomes harder and closer to the style, skills and requirements of these "
+    "examples. Each method is one sentence starting with a verb. Reply with a numbered list only, one method "
+    "per line."
+)
+
+
+def load_actions(spec: str) -> list[Action]:
+    """An action set by name, or a YAML file: a list of {name, prompt} (prompt with `{instruction}`) or
+    {name, method} (a sentence slotted into the standard rewriting template)."""
+    if spec in SETS:
+        return list(SETS[spec])
+    path = Path(spec)
+    if not path.is_file():
+        raise UsageError(f"unknown action set {spec!r}: use {' or '.join(SETS)} or a YAML file path")
+    try:
+        items = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UsageError(f"cannot parse actions file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(items, list) or not items:
+        raise UsageError(f"actions file {path} must hold a non-empty list of {{name, prompt|method}}")
+    actions: list[Action] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise UsageError(f"actions file {path}: entry {i} needs a string 'name'")
+        if isinstance(item.get("prompt"), str):
+            if "{instruction}" not in item["prompt"]:
+                raise UsageError(f"actions file {path}: action {item['name']!r} prompt lacks {{instruction}}")
+            actions.append(Action(item["name"], item["prompt"]))
+        elif isinstance(item.get("method"), str):
+            actions.append(_depth(item["name"], item["method"]))
+        else:
+            raise UsageError(f"actions file {path}: action {item['name']!r} needs 'prompt' or 'method'")
+    names = [a.name for a in actions]
+    if len(set(names)) != len(names):
+        raise UsageError(f"actions file {path}: duplicate action names")
+    return actions
+
+
+def meta_prompt(examples: list[str], n: int) -> str:
+    """The MCTS+ meta-prompt asking the evolver for `n` task-specific evolution methods."""
+    listed = "\n".join(f"- {' '.join(e.split())}" for e in examples)
+    return META_PROMPT.replace("{examples}", listed).replace("{n}", str(n))
+
+
+def parse_task_methods(text: str, n: int) -> list[str]:
+    """Methods from the meta-prompt's numbered (or bulleted) list; lines that are not list items are ignored."""
+    methods = []
+    for line in text.splitlines():
+        m = re.match(r"^\s*(?:\d+[.)]|[-*•])\s+(.+?)\s*$", line)
+        if m and len(m.group(1).split()) >= 3:
+            methods.append(m.group(1))
+    return methods[:n]
+
+
+def task_actions(methods: list[str]) -> list[Action]:
+    return [_depth(f"task_{i + 1}", m if m.endswith(".") else m + ".") for i, m in enumerate(methods)]
+
+
+def clean_evolution(text: str) -> str:
+    """The evolved instruction from the evolver's reply: strips echoed headers, quotes and answer sections."""
+    text = text.strip()
+    text = re.sub(r"^\s*#*\s*(new|rewritten|evolved)\s+(instruction|prompt)\s*#*\s*:?\s*", "", text, flags=re.I)
+    text = re.split(r"\n\s*#+\s*(?:answer|response|explanation)\b", text, flags=re.I)[0]
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return text.strip()

@@ -1,0 +1,468 @@
+"""The dataset card of a published run: metadata, provenance, data-quality table, plots, an example tree.
+
+Built with huggingface_hub's card tools (`DatasetCardData` for the YAML metadata, `DatasetCard.from_template`
+with the Jinja template below). Everything is computed from the run's output directory (`run.json`,
+`trees.jsonl`, the rows of `dataset/`), summarised in a `RunSummary`; nothing here talks to the Hub.
+
+Metadata merge on re-push: the keys this module sets (`MANAGED_KEYS`) are merged three-way with what the card
+on the Hub holds and what the previous push wrote (recorded in an HTML comment at the end of the card), so a
+value edited on the Hub survives unless our own value changed since; every other key is kept as is.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from huggingface_hub import DatasetCard, DatasetCardData
+
+logger = logging.getLogger(__name__)
+
+SCORES = ("quality", "diversity", "complexity")
+"""The three scores of the paper's reward, in the order of its data-quality table."""
+PAPER_RESULTS = {"complexity": (1.40, 3.62), "mean": (2.19, 3.81)}
+"""arXiv 2410.10392, data-quality table: (seed data, IDEA-MCTS data)."""
+BENCHMARKS = ("alpacaeval", "mtbench", "ifeval", "arenahard", "wildbench", "livebench", "mixeval", "gsm8k",
+              "mmlu", "humaneval", "bbh")
+"""Names (lower case, letters and digits only) that mark a task source as an evaluation benchmark."""
+MANAGED_KEYS = ("license", "task_categories", "tags", "size_categories", "pretty_name")
+"""Metadata keys this module sets; `configs` and `dataset_info` are maintained by `datasets.push_to_hub`."""
+IMAGES = {"scores": "assets/score_histograms.png", "depth": "assets/depth_distribution.png"}
+"""Where the plots go in the repository, relative to README.md."""
+CITATION = """@inproceedings{li2024optimizing,
+  title         = {Optimizing Instruction Synthesis: Effective Exploration of Evolutionary Space
+                   with Tree Search},
+  author        = {Li, Chenglin and Chen, Qianglong and Li, Zhi and Tao, Feng and Li, Yicheng
+                   and Chen, Hao and Yu, Fei and Zhang, Yin},
+  booktitle     = {Findings of the Association for Computational Linguistics: EMNLP 2024},
+  year          = {2024},
+  eprint        = {2410.10392},
+  archivePrefix = {arXiv},
+  url           = {https://arxiv.org/abs/2410.10392}
+}"""
+_RECORD = re.compile(r"<!-- idea-mcts:managed (\{.*?\}) -->")
+_SIZES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
+          (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
+          (1e12, "100B<n<1T"))
+
+
+@dataclass
+class RunSummary:
+    """What the card needs from a run's output directory."""
+
+    run: dict[str, Any]
+    """run.json."""
+    nodes: list[dict[str, Any]]
+    """trees.jsonl: every node of every tree (roots are the seeds)."""
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """The training rows' `depth`, scores and `reward` (the other columns are not needed)."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.run.get("config") or {}
+
+    @property
+    def seeds(self) -> list[dict[str, Any]]:
+        return [n for n in self.nodes if n.get("depth") == 0]
+
+
+def size_category(n: int) -> str:
+    """The Hub's `size_categories` value for n rows."""
+    return next((name for bound, name in _SIZES if n < bound), "n>1T")
+
+
+def mean(values: list[Any]) -> float | None:
+    """Mean of the non-missing values (None when there are none)."""
+    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return sum(xs) / len(xs) if xs else None
+
+
+def score_means(records: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Mean quality, diversity, complexity over `records`, and `mean`: the mean of those three (the paper's
+    "mean of (Q, D, C)"; None when one of them is missing)."""
+    out = {k: mean([r.get(k) for r in records]) for k in SCORES}
+    parts = [out[k] for k in SCORES]
+    out["mean"] = None if any(p is None for p in parts) else sum(parts) / 3  # type: ignore[arg-type]
+    return out
+
+
+def contamination_source(config: dict[str, Any]) -> str | None:
+    """The benchmark the task-specific actions came from, when `search.task_actions` was used with a
+    `task_source` (or a task file) named after an evaluation benchmark; else None."""
+    search = config.get("search") or {}
+    if not search.get("task_actions"):
+        return None
+    for name in (search.get("task_source"), search.get("task_actions")):
+        key = re.sub(r"[^a-z0-9]", "", str(name or "").lower())
+        if any(b in key for b in BENCHMARKS):
+            return str(search.get("task_source") or search.get("task_actions"))
+    return None
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Replace the given secrets and anything shaped like a Hugging Face token with `<redacted>`."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "<redacted>")
+    return re.sub(r"\bhf_[A-Za-z0-9]{20,}\b", "<redacted>", text)
+
+
+def fenced(text: str, lang: str = "") -> str:
+    """A Markdown code block whose fence is longer than any backtick run inside `text`."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{lang}\n{text.rstrip()}\n{fence}"
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def render_tree(nodes: list[dict[str, Any]], max_lines: int = 40, width: int = 90) -> str:
+    """One tree as an indented outline: action, scores, reward, value/visits, the instruction's start.
+    `*` marks nodes on a root-to-terminal path, `T` terminal nodes, `~` rollout nodes."""
+    by_id = {n["node_id"]: n for n in nodes}
+    root = next(n for n in nodes if n.get("depth") == 0)
+    lines: list[str] = []
+
+    def walk(node: dict[str, Any], indent: int) -> None:
+        if len(lines) >= max_lines:
+            return
+        marks = ("*" if node.get("on_terminal_path") else " ") + ("T" if node.get("terminal") else " ") + (
+            "~" if node.get("kind") == "rollout" else " ")
+        text = " ".join(str(node.get("instruction") or "").split())
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        lines.append(f"{marks} {'  ' * indent}[{node.get('action') or 'seed'}] "
+                     f"Q {_fmt(node.get('quality'))} C {_fmt(node.get('complexity'))} "
+                     f"D {_fmt(node.get('diversity'), 0)} R {_fmt(node.get('reward'))} | "
+                     f"V {_fmt(node.get('value'))} N {node.get('visits', 0)} | {text}")
+        for child in node.get("children") or []:
+            if child in by_id:
+                walk(by_id[child], indent + 1)
+
+    walk(root, 0)
+    if len(lines) < len(nodes):
+        lines.append(f"… {len(nodes) - len(lines)} more nodes (load the `trees` config to see them all)")
+    return "\n".join(lines)
+
+
+def example_tree(nodes: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Seed id and nodes of the tree shown in the card: the one with the most nodes (first seed on ties)."""
+    trees: dict[str, list[dict[str, Any]]] = {}
+    for n in nodes:
+        trees.setdefault(str(n.get("seed_id")), []).append(n)
+    seed_id = max(trees, key=lambda s: (len(trees[s]), -list(trees).index(s)))
+    return seed_id, trees[seed_id]
+
+
+def make_plots(summary: RunSummary) -> dict[str, bytes]:
+    """Score histograms (seeds vs rows) and the depth distribution (all nodes vs rows) as PNG bytes, keyed by
+    their path in the repository. Empty when matplotlib is not installed (`pip install idea-mcts[card]`)."""
+    try:
+        from matplotlib.figure import Figure  # the object API: no pyplot, no global backend state
+    except ImportError:
+        logger.warning("matplotlib is not installed: the card will have no plots (pip install matplotlib)")
+        return {}
+    seeds, rows = summary.seeds, summary.rows
+    fig = Figure(figsize=(10, 7), dpi=100)
+    for ax, key in zip(fig.subplots(2, 2).flat, (*SCORES, "reward"), strict=True):
+        data = [[r[key] for r in group if r.get(key) is not None] for group in (seeds, rows)]
+        if any(data):
+            ax.hist(data, bins=12, label=[f"seeds (n={len(data[0])})", f"rows (n={len(data[1])})"],
+                    color=["#9aa5b1", "#e8833a"])
+            ax.legend(fontsize=8)
+        ax.set_title(key)
+        ax.set_ylabel("count")
+    fig.suptitle("Score distributions: seeds (depth 0) vs published rows")
+    fig.tight_layout()
+    plots = {IMAGES["scores"]: _png(fig)}
+
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
+    all_depths = Counter(n.get("depth") for n in summary.nodes)
+    row_depths = Counter(r.get("depth") for r in rows)
+    depths = sorted(d for d in set(all_depths) | set(row_depths) if d is not None)
+    ax.bar([d - 0.2 for d in depths], [all_depths[d] for d in depths], width=0.4, label="all nodes",
+           color="#9aa5b1")
+    ax.bar([d + 0.2 for d in depths], [row_depths[d] for d in depths], width=0.4, label="rows",
+           color="#e8833a")
+    ax.set_xticks(depths)
+    ax.set_xlabel("depth (0 = seed)")
+    ax.set_ylabel("nodes")
+    ax.set_title("Depth distribution")
+    ax.legend()
+    fig.tight_layout()
+    plots[IMAGES["depth"]] = _png(fig)
+    return plots
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: same data -> same bytes
+    return buf.getvalue()
+
+
+def _merge_list(theirs: list[Any], ours: list[Any], base: list[Any]) -> list[Any]:
+    """Three-way list merge: keep the Hub's entries (user additions and removals included), add ours that are
+    new since the last push, drop the ones we stopped setting."""
+    out = [x for x in theirs if x in ours or x not in base]
+    return out + [x for x in ours if x not in base and x not in out]
+
+
+def merge_metadata(existing: dict[str, Any], ours: dict[str, Any],
+                   base: dict[str, Any] | None) -> dict[str, Any]:
+    """Merge our metadata into the card's existing metadata.
+
+    `base` is what the previous push wrote for `MANAGED_KEYS` (None when this card was never written by us).
+    A managed value edited on the Hub (differs from `base`) is kept unless ours changed too; with no `base`,
+    existing values are kept and lists are united. Keys we do not manage are never touched.
+    """
+    merged = dict(existing)
+    for key, value in ours.items():
+        theirs = existing.get(key)
+        if theirs is None or theirs == value:
+            merged[key] = value
+        elif isinstance(value, list):
+            theirs_list = theirs if isinstance(theirs, list) else [theirs]
+            merged[key] = _merge_list(theirs_list, value, (base or {}).get(key) or [])
+        elif base is not None and theirs == base.get(key):
+            merged[key] = value  # untouched on the Hub: update
+        elif base is not None and value != base.get(key):
+            logger.warning("card metadata %r: replacing %r (edited on the Hub) with the new value %r",
+                           key, theirs, value)
+            merged[key] = value
+        else:
+            logger.info("card metadata %r: keeping %r from the Hub (ours: %r)", key, theirs, value)
+    return merged
+
+
+def our_metadata(summary: RunSummary, repo_id: str, license: str | None) -> dict[str, Any]:
+    """The metadata values this module sets."""
+    push = summary.config.get("push_to_hub") or {}
+    return {
+        "license": license or push.get("license") or "apache-2.0",
+        "task_categories": ["text-generation"],
+        "tags": ["synthetic", "idea-mcts"],
+        "size_categories": [size_category(len(summary.rows))],
+        "pretty_name": f"IDEA-MCTS instructions: {repo_id.split('/')[-1]}",
+    }
+
+
+def _configs(existing: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The `configs` listing with our two configs' data files (as `datasets.push_to_hub` writes them); other
+    configs and other keys of ours (e.g. a `default: true` set by hand) are kept."""
+    ours = {"default": [{"split": "train", "path": "data/train-*"}],
+            "trees": [{"split": "train", "path": "trees/train-*"}]}
+    out = []
+    for c in existing or []:
+        name = c.get("config_name") if isinstance(c, dict) else None
+        out.append({**c, "data_files": ours.pop(name)} if name in ours else c)
+    return out + [{"config_name": name, "data_files": files} for name, files in ours.items()]
+
+
+def _roles(config: dict[str, Any]) -> list[dict[str, Any]]:
+    engines, weights = config.get("engines") or {}, config.get("reward") or {}
+    weight_of = {"quality": "quality", "complexity": "complexity", "tagger": "diversity",
+                 "embedder": "novelty", "reward_model": "reward_model"}
+    out = []
+    for role, rc in (config.get("roles") or {}).items():
+        engine = engines.get(rc.get("engine")) or {}
+        weight = weights.get(weight_of[role]) if role in weight_of else None
+        out.append({"role": role, "engine": rc.get("engine") or "disabled",
+                    "backend": engine.get("backend", "–"), "model": engine.get("model", "–"),
+                    "prompt": rc.get("prompt", "–"), "temperature": rc.get("temperature", "–"),
+                    "max_new_tokens": rc.get("max_new_tokens", "–"),
+                    "weight": "–" if weight is None else weight})
+    return out
+
+
+def _default_judge(config: dict[str, Any]) -> bool:
+    """Whether the scores come from the embedded CPU default judge (or a judge without the DEITA formats)."""
+    engines, roles = config.get("engines") or {}, config.get("roles") or {}
+    for role in ("quality", "complexity"):
+        rc = roles.get(role) or {}
+        model = str((engines.get(rc.get("engine")) or {}).get("model", ""))
+        if model.startswith("embedded:") or rc.get("prompt") != "deita":
+            return True
+    return False
+
+
+def build_card(summary: RunSummary, repo_id: str, *, license: str | None = None,
+               existing: DatasetCard | None = None, images: dict[str, bytes] | None = None,
+               secrets: tuple[str, ...] = ()) -> DatasetCard:
+    """The card for `summary` published at `repo_id`, merged into `existing` (the card on the Hub, if any).
+
+    `images`: the plots that go beside the card (their paths are linked); `secrets`: strings to redact from
+    everything copied from the run (command, config)."""
+    config = summary.config
+    existing_meta = existing.data.to_dict() if existing is not None else {}
+    record = _RECORD.search(existing.text) if existing is not None else None
+    base = json.loads(record.group(1)) if record else None
+    ours = our_metadata(summary, repo_id, license)
+    meta = merge_metadata(existing_meta, ours, base)
+    meta["configs"] = _configs(meta.get("configs"))
+    card_data = DatasetCardData(**meta)
+
+    seeds, rows = summary.seeds, summary.rows
+    seed_means, row_means = score_means(seeds), score_means(rows)
+    table = [{"name": name, "seeds": _fmt(seed_means[key]), "rows": _fmt(row_means[key]),
+              "paper_seed": _fmt(PAPER_RESULTS.get(key, (None, None))[0]),
+              "paper_ours": _fmt(PAPER_RESULTS.get(key, (None, None))[1])}
+             for key, name in (("quality", "quality"), ("diversity", "diversity"),
+                               ("complexity", "complexity"), ("mean", "**mean of (Q, D, C)**"))]
+    seed_id, tree_nodes = example_tree(summary.nodes) if summary.nodes else ("", [])
+    usage = summary.run.get("usage") or {}
+    card = DatasetCard.from_template(
+        card_data,
+        template_str=TEMPLATE,
+        repo_id=repo_id,
+        title=meta.get("pretty_name") or repo_id,
+        run=summary.run,
+        search=config.get("search") or {},
+        data=config.get("data") or {},
+        export=config.get("export") or {},
+        reward=config.get("reward") or {},
+        roles=_roles(config),
+        usage=[{"role": r, **u} for r, u in usage.items()],
+        parse_failures=summary.run.get("parse_failures") or {},
+        n_seeds=len(seeds), n_nodes=len(summary.nodes), n_rows=len(rows),
+        table=table,
+        default_judge=_default_judge(config),
+        contamination=contamination_source(config),
+        images={k: v for k, v in IMAGES.items() if v in (images or {})},
+        tree_seed=seed_id,
+        tree=fenced(render_tree(tree_nodes), "text") if tree_nodes else "",
+        command=fenced(redact(str(summary.run.get("command") or ""), secrets), "bash"),
+        config_yaml=fenced(redact(str(summary.run.get("config_yaml") or ""), secrets), "yaml"),
+        citation=fenced(CITATION, "bibtex"),
+        managed=json.dumps({k: meta.get(k) for k in MANAGED_KEYS}, sort_keys=True),
+    )
+    return card
+
+
+TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ title }}
+
+Instruction-tuning data synthesised with **IDEA-MCTS** ([Li et al., 2024](https://arxiv.org/abs/2410.10392)):
+Monte Carlo tree search over LLM instruction evolution, every node scored for quality, complexity and diversity.
+Made with `idea-mcts` {{ run.version or "" }}: {{ n_rows }} training rows from {{ n_nodes }} nodes grown from
+{{ n_seeds }} seed instructions.
+{%- if contamination %}
+
+> [!WARNING]
+> **Contamination risk.** The task-specific actions (MCTS+, `search.task_actions`) were derived from example
+> instructions of **{{ contamination }}**, an evaluation benchmark. The evolved instructions were steered toward
+> that benchmark's tasks: do not report {{ contamination }} results of models trained on this data as clean
+> evaluations.
+{%- endif %}
+
+## Use
+
+```python
+from datasets import load_dataset
+
+rows = load_dataset("{{ repo_id }}", split="train")            # training rows (TRL `messages` format)
+nodes = load_dataset("{{ repo_id }}", "trees", split="train")  # every node of every search tree
+```
+
+| config | rows | content |
+|---|---|---|
+| `default` | {{ n_rows }} | `messages` (user instruction, assistant response), provenance (`seed_id`, `node_id`, `parent_id`, `depth`, `action_path`), scores (`quality`, `complexity`, `diversity`, `novelty`, `reward_model`, `reward`), `value`, `visits` |
+| `trees` | {{ n_nodes }} | every node of the {{ n_seeds }} trees (depth 0 = the seed) with its action, response, scores, MCTS statistics, `children`, and the scorers that failed to parse (`failures`) |
+
+## How it was produced
+
+- **Seeds:** `{{ data.seeds }}`{% if data.max_seeds %} (first {{ data.max_seeds }}){% endif %}, {{ n_seeds }} used.
+- **Actions:** `{{ search.actions }}`{% if search.task_actions %} + {{ search.num_task_actions }} task-specific actions \
+from `{{ search.task_actions }}` (source: {{ search.task_source or "not recorded" }}){% endif %}.
+- **Search:** {{ search.iterations }} iterations per tree, {{ search.expand_width }} children per expansion, \
+UCT C = {{ search.exploration_constant }}, terminal at depth > {{ search.max_depth }} or reward > \
+{{ search.reward_threshold }}, value = {{ search.value }}, rollouts {{ "on" if search.rollout else "off" }}\
+{% if search.simulate_from %} (from the {{ search.simulate_from }} child){% endif %}, seed {{ search.seed }}.
+- **Reward:** {{ reward.quality }}·quality + {{ reward.complexity }}·complexity + {{ reward.diversity }}·diversity\
+{% if reward.novelty %} + {{ reward.novelty }}·novelty{% endif %}\
+{% if reward.reward_model %} + {{ reward.reward_model }}·reward model{% endif %}.
+- **Rows:** export mode `{{ export.mode }}`{% if export.mode == "paper" %} (up to {{ export.num_samples }} nodes \
+drawn from root-to-terminal paths){% endif %}, seeds {{ "included" if export.include_roots else "excluded" }}.
+
+| role | engine | backend | model | prompt | temperature | max new tokens | reward weight |
+|---|---|---|---|---|---|---|---|
+{%- for r in roles %}
+| {{ r.role }} | {{ r.engine }} | {{ r.backend }} | `{{ r.model }}` | {{ r.prompt }} | {{ r.temperature }} \
+| {{ r.max_new_tokens }} | {{ r.weight }} |
+{%- endfor %}
+{%- if usage %}
+
+| role | calls | requests | prompt tokens | completion tokens | seconds |
+|---|---|---|---|---|---|
+{%- for u in usage %}
+| {{ u.role }} | {{ u.calls }} | {{ u.requests }} | {{ u.prompt_tokens }} | {{ u.completion_tokens }} | {{ u.seconds }} |
+{%- endfor %}
+{%- endif %}
+
+Scorer answers that did not parse: {% for k, v in parse_failures.items() %}{{ k }} {{ v }}\
+{{ ", " if not loop.last }}{% else %}none{% endfor %}. Wall time: {{ run.wall_seconds }} s.
+
+## Data quality
+
+Mean scores of the seeds (depth-0 nodes) and of the published rows, beside the paper's data-quality table.
+
+| mean score | seeds (ours, n={{ n_seeds }}) | rows (ours, n={{ n_rows }}) | seed (paper) | IDEA-MCTS (paper) |
+|---|---|---|---|---|
+{%- for t in table %}
+| {{ t.name }} | {{ t.seeds }} | {{ t.rows }} | {{ t.paper_seed }} | {{ t.paper_ours }} |
+{%- endfor %}
+
+{% if default_judge -%}
+The judges here are not the paper's: the scores above come from the models listed under *How it was
+produced*; with the CPU default judge (a small instruct model with this toolkit's own prompts) the absolute
+numbers are **not comparable** to the paper's. Compare the change from seeds to rows, not the values.
+{%- else -%}
+The quality and complexity scorers use the published DEITA formats; the paper's exact judges are unpublished,
+so compare the change from seeds to rows rather than absolute values.
+{%- endif %}
+{%- if images.scores %}
+
+![Score histograms: seeds vs rows]({{ images.scores }})
+{%- endif %}
+{%- if images.depth %}
+
+![Depth distribution of all nodes and of the rows]({{ images.depth }})
+{%- endif %}
+{%- if tree %}
+
+## Example tree
+
+Seed `{{ tree_seed }}`, the largest tree. Each line: `[action]` Q(uality) C(omplexity) D(iversity) R(eward) |
+V(alue) N (visits) | instruction. `*` on a root-to-terminal path (eligible for the rows), `T` terminal, `~` rollout.
+
+{{ tree }}
+{%- endif %}
+
+## Reproduce
+
+The exact command:
+
+{{ command }}
+
+The complete resolved configuration (`config_yaml` in the run's `run.json`):
+
+{{ config_yaml }}
+
+Then publish with `idea-mcts push OUT --repo_id {{ repo_id }}`.
+
+## Citation
+
+{{ citation }}
+
+<!-- idea-mcts:managed {{ managed }} -->
+"""  # noqa: E501 - Markdown tables are one line per row

@@ -1,0 +1,161 @@
+"""Engine for any OpenAI-compatible server (`backend: openai`), `vllm serve` first.
+
+A whole batch is sent concurrently (at most `max_concurrency` requests in flight) so that the server's
+continuous batching stays full. Retries are the openai client's own: exponential backoff with jitter on
+connection errors, timeouts, 408/409/429 and 5xx, `max_retries` times; each retried HTTP attempt is counted
+in `stats.retries`. A server still unreachable or failing after that raises `EngineError` naming the URL.
+
+The API key is read from the environment variable named by `api_key_env` (default `OPENAI_API_KEY`; local
+servers take any key, "EMPTY" when unset) and handed to the client only: it is never logged, stored on the
+engine, or put in ids and error messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
+
+import openai
+
+from idea_mcts.config import EngineConfig
+from idea_mcts.engines.base import (
+    Engine,
+    Generation,
+    GenerationRequest,
+    Prompt,
+    SamplingParams,
+    TokenLogprobs,
+    is_continuation,
+)
+from idea_mcts.errors import EngineError, UsageError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt": False}
+"""vLLM's chat-template switches for continuing a prefilled assistant message."""
+
+
+class OpenAIEngine(Engine):
+    """Chat and text completions, and next-token logprobs, through an OpenAI-compatible HTTP API."""
+
+    backend = "openai"
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        if not cfg.base_url:
+            raise UsageError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
+        super().__init__(f"{cfg.base_url}#{cfg.model}")
+        self.cfg = cfg
+        self.base_url = cfg.base_url
+        self.model = cfg.model
+        # The client runs on a private event loop in a daemon thread, so the sync API works from plain
+        # scripts and from code that already runs an event loop (notebooks) alike.
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-engine", daemon=True)
+        self._thread.start()
+        self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
+        self.client = openai.AsyncOpenAI(
+            base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
+            max_retries=cfg.max_retries, timeout=cfg.timeout,
+            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._count_retry]}))
+
+    def __repr__(self) -> str:
+        return f"OpenAIEngine({self.model_id!r})"
+
+    # -- Engine ----------------------------------------------------------------------------------------
+    def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        return self._run([self._complete(r.prompt, r.params) for r in requests])
+
+    def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int
+                             ) -> list[TokenLogprobs]:
+        return self._run([self._logprobs(p, candidates, top_k) for p in prompts])
+
+    def close(self) -> None:
+        """Close the HTTP connections and stop the event loop thread."""
+        if self._loop.is_closed():
+            return
+        asyncio.run_coroutine_threadsafe(self.client.close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    # -- requests ------------------------------------------------------------------------------------
+    async def _complete(self, prompt: Prompt, p: SamplingParams) -> Generation:
+        kw: dict[str, Any] = {"model": self.model, "max_tokens": p.max_new_tokens,
+                              "temperature": p.temperature, "top_p": p.top_p}
+        if p.seed is not None:
+            kw["seed"] = p.seed
+        async with self._semaphore:
+            if isinstance(prompt, str):
+                r = await self.client.completions.create(prompt=prompt, **kw)
+                text = r.choices[0].text
+            else:
+                if is_continuation(prompt):
+                    kw["extra_body"] = CONTINUE_FINAL_MESSAGE
+                r = await self.client.chat.completions.create(messages=prompt, **kw)  # type: ignore[arg-type]
+                text = r.choices[0].message.content or ""
+        usage = r.usage
+        return Generation(text=text, prompt_tokens=usage.prompt_tokens if usage else 0,
+                          completion_tokens=usage.completion_tokens if usage else 0,
+                          finish_reason=r.choices[0].finish_reason)
+
+    async def _logprobs(self, prompt: Prompt, candidates: list[str], top_k: int) -> TokenLogprobs:
+        """Top-k at the first generated position; a candidate matches a token equal to it once stripped of
+        whitespace ("1" and " 1"), the highest-ranked such token counting."""
+        kw: dict[str, Any] = {"model": self.model, "max_tokens": 1, "temperature": 0.0}
+        async with self._semaphore:
+            if isinstance(prompt, str):
+                r = await self.client.completions.create(prompt=prompt, logprobs=top_k, **kw)
+                lp = r.choices[0].logprobs
+                top = sorted((lp.top_logprobs or [{}])[0].items(), key=lambda t: -t[1]) if lp else []
+            else:
+                if is_continuation(prompt):
+                    kw["extra_body"] = CONTINUE_FINAL_MESSAGE
+                r = await self.client.chat.completions.create(messages=prompt, logprobs=True,  # type: ignore[arg-type]
+                                                              top_logprobs=top_k, **kw)
+                content = r.choices[0].logprobs.content if r.choices[0].logprobs else None
+                top = [(t.token, t.logprob) for t in content[0].top_logprobs] if content else []
+        wanted = set(candidates)
+        found: dict[str, float] = {}
+        for token, logprob in top:
+            key = token.strip()
+            if key in wanted and key not in found:
+                found[key] = logprob
+        return TokenLogprobs(found, prompt_tokens=r.usage.prompt_tokens if r.usage else 0)
+
+    async def _count_retry(self, request: Any) -> None:
+        """httpx request hook: the client marks each retried attempt with `x-stainless-retry-count` > 0."""
+        if request.headers.get("x-stainless-retry-count", "0") != "0":
+            self.stats.retries += 1
+
+    # -- plumbing ------------------------------------------------------------------------------------
+    def _run(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+        """Run the batch concurrently on the engine's loop; errors left after retries -> EngineError."""
+        try:
+            return asyncio.run_coroutine_threadsafe(_gather(coros), self._loop).result()
+        except openai.APIConnectionError as exc:  # includes timeouts
+            raise EngineError(f"OpenAI-compatible server at {self.base_url} unreachable after "
+                              f"{self.cfg.max_retries} retries ({type(exc).__name__})") from None
+        except openai.APIStatusError as exc:
+            raise EngineError(f"OpenAI-compatible server at {self.base_url} answered HTTP {exc.status_code} "
+                              f"for model {self.model!r}: {self._redact(exc.message)}") from None
+
+    def _redact(self, message: str) -> str:
+        line = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
+        key = self.client.api_key
+        return line.replace(key, "***") if key and key != "EMPTY" else line
+
+
+async def _gather(coros: list[Awaitable[T]]) -> list[T]:
+    """`asyncio.gather` that cancels the rest of the batch when one request fails."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise

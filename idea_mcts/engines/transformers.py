@@ -1,0 +1,268 @@
+"""In-process Hugging Face engines: the offline CPU default.
+
+`TransformersEngine` runs a causal LM with its own batched decode loop rather than `model.generate`, because
+the search needs per-request sampling parameters and per-request seeds in one batch: each row samples with its
+own `torch.Generator`, so a request gives the same text whatever else shares its batch. Requests are sorted by
+prompt length and cut into micro-batches of `max_batch_size` (less padding); rows that finish are dropped from
+the KV cache as the batch decodes, so long stragglers do not drag finished rows along.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+
+import torch
+
+from idea_mcts.config import EngineConfig
+from idea_mcts.engines.base import (
+    Engine,
+    Generation,
+    GenerationRequest,
+    Messages,
+    Prompt,
+    SamplingParams,
+    TokenLogprobs,
+    is_continuation,
+)
+from idea_mcts.errors import UsageError
+from idea_mcts.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _load_tokenizer(cfg: EngineConfig, path: str):  # noqa: ANN202 - transformers tokenizer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer) if cfg.tokenizer else path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _chunks(order: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(order), size):
+        yield order[i : i + size]
+
+
+class TransformersEngine(Engine):
+    """A causal LM in this process (CPU or one GPU) with batched, per-request-seeded generation."""
+
+    backend = "transformers"
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        from transformers import AutoModelForCausalLM
+
+        super().__init__(cfg.model)
+        self.cfg = cfg
+        path = resolve_model(cfg.model)
+        if cfg.dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+        self.device = _device(cfg.device)
+        try:
+            self.tokenizer = _load_tokenizer(cfg, path)
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], **cfg.engine_kwargs)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+        self.model.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        eos_ids.add(self.tokenizer.eos_token_id)
+        self.eos_ids = torch.tensor(sorted(i for i in eos_ids if i is not None), device=self.device)
+        self._candidate_ids: dict[str, int] = {}
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def render(self, prompt: Prompt) -> str:
+        """The exact text fed to the model: raw prompts as is, chat prompts through the chat template."""
+        if isinstance(prompt, str):
+            return prompt
+        cont = is_continuation(prompt)
+        return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=not cont,
+                                                  continue_final_message=cont)
+
+    def _encode(self, prompt: Prompt, room: int) -> list[int]:
+        ids = self.tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str))["input_ids"]
+        limit = max(1, self.cfg.max_model_len - room)
+        if len(ids) > limit:
+            logger.warning("prompt of %d tokens truncated from the left to %d", len(ids), limit)
+            ids = ids[-limit:]
+        return ids
+
+    def _prefill(self, seqs: list[list[int]]):  # noqa: ANN202
+        from transformers import DynamicCache
+
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True)
+        return out.logits[:, -1, :].float(), mask, positions[:, -1:], cache
+
+    # -- generation ------------------------------------------------------------------------------------
+    def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        seqs = [self._encode(r.prompt, r.params.max_new_tokens) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: len(seqs[i]))
+        results: list[Generation | None] = [None] * len(requests)
+        for chunk in _chunks(order, self.cfg.max_batch_size):
+            outs = self._decode([seqs[i] for i in chunk], [requests[i].params for i in chunk])
+            for i, (tokens, reason) in zip(chunk, outs, strict=True):
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                results[i] = Generation(text=text, prompt_tokens=len(seqs[i]), completion_tokens=len(tokens),
+                                        finish_reason=reason)
+        return [r for r in results if r is not None]
+
+    @torch.inference_mode()
+    def _decode(self, seqs: list[list[int]], params: list[SamplingParams]) -> list[tuple[list[int], str]]:
+        logits, mask, position, cache = self._prefill(seqs)
+        gens = [torch.Generator().manual_seed(p.seed) if p.seed is not None else None for p in params]
+        tokens: list[list[int]] = [[] for _ in seqs]
+        reasons = ["length"] * len(seqs)
+        active = list(range(len(seqs)))  # original row of each live batch row
+        while active:
+            nxt = self._sample(logits, [params[i] for i in active], [gens[i] for i in active])
+            keep: list[int] = []
+            for b, row in enumerate(active):
+                tok = int(nxt[b])
+                if bool((self.eos_ids == tok).any()):
+                    reasons[row] = "stop"
+                    continue
+                tokens[row].append(tok)
+                if len(tokens[row]) < params[row].max_new_tokens:
+                    keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(idx)
+                mask, position, nxt = mask[idx], position[idx], nxt[idx]
+                active = [active[b] for b in keep]
+            mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+            position = position + 1
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1, :].float()
+        return list(zip(tokens, reasons, strict=True))
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: Sequence[SamplingParams],
+                gens: Sequence[torch.Generator | None]) -> torch.Tensor:
+        out = logits.argmax(dim=-1)
+        for b, (p, g) in enumerate(zip(params, gens, strict=True)):
+            if p.temperature <= 0:
+                continue
+            probs = torch.softmax(logits[b] / p.temperature, dim=-1)
+            if p.top_p < 1.0:
+                sorted_p, sorted_i = probs.sort(descending=True)
+                drop = sorted_p.cumsum(0) - sorted_p > p.top_p
+                sorted_p[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, sorted_i, sorted_p)
+            out[b] = torch.multinomial(probs.cpu(), 1, generator=g)[0]
+        return out
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def candidate_id(self, candidate: str) -> int:
+        """Token id of a single-token candidate (e.g. a score digit), resolved from the tokenizer."""
+        if candidate not in self._candidate_ids:
+            ids = self.tokenizer.encode(candidate, add_special_tokens=False)
+            if len(ids) != 1:
+                raise UsageError(f"tokenizer of {self.model_id} splits {candidate!r} into {len(ids)} tokens")
+            self._candidate_ids[candidate] = ids[0]
+        return self._candidate_ids[candidate]
+
+    @torch.inference_mode()
+    def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int
+                             ) -> list[TokenLogprobs]:
+        ids = {c: self.candidate_id(c) for c in candidates}
+        seqs = [self._encode(p, 1) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(seqs[i]))
+        results: list[TokenLogprobs | None] = [None] * len(prompts)
+        for chunk in _chunks(order, self.cfg.max_batch_size):
+            logits, *_ = self._prefill([seqs[i] for i in chunk])
+            logprobs = torch.log_softmax(logits, dim=-1)
+            top = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1).indices
+            for b, i in enumerate(chunk):
+                in_top = set(top[b].tolist())
+                found = {c: float(logprobs[b, t]) for c, t in ids.items() if t in in_top}
+                results[i] = TokenLogprobs(logprobs=found, prompt_tokens=len(seqs[i]))
+        return [r for r in results if r is not None]
+
+
+class EmbeddingEngine(Engine):
+    """Sentence embeddings: mean pooling over the last hidden state, L2-normalised (all-MiniLM-L6-v2 style)."""
+
+    backend = "embedding"
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        from transformers import AutoModel
+
+        super().__init__(cfg.model)
+        self.cfg = cfg
+        path = resolve_model(cfg.model)
+        self.device = _device(cfg.device)
+        try:
+            self.tokenizer = _load_tokenizer(cfg, path)
+            self.model = AutoModel.from_pretrained(path, **cfg.engine_kwargs).to(self.device).eval()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load embedding model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+        self.tokenizer.padding_side = "right"
+
+    @torch.inference_mode()
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for i in range(0, len(texts), self.cfg.max_batch_size):
+            enc = self.tokenizer(texts[i : i + self.cfg.max_batch_size], padding=True, truncation=True,
+                                 max_length=min(self.cfg.max_model_len, 512), return_tensors="pt").to(self.device)
+            hidden = self.model(**enc).last_hidden_state
+            m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            out.extend(torch.nn.functional.normalize(pooled, dim=-1).tolist())
+        return out
+
+
+class RewardModelEngine(Engine):
+    """Any HF sequence-classification reward model: the first logit of (user, assistant) conversations."""
+
+    backend = "sequence_classification"
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        super().__init__(cfg.model)
+        self.cfg = cfg
+        path = resolve_model(cfg.model)
+        self.device = _device(cfg.device)
+        try:
+            self.tokenizer = _load_tokenizer(cfg, path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=DTYPES.get(cfg.dtype, torch.float32), **cfg.engine_kwargs).to(self.device).eval()
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load reward model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+
+    def _text(self, conv: Messages) -> str:
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(conv, tokenize=False)
+        return "\n\n".join(m["content"] for m in conv)
+
+    @torch.inference_mode()
+    def _score(self, conversations: list[Messages]) -> list[float]:
+        out: list[float] = []
+        for i in range(0, len(conversations), self.cfg.max_batch_size):
+            texts = [self._text(c) for c in conversations[i : i + self.cfg.max_batch_size]]
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_model_len,
+                                 return_tensors="pt", add_special_tokens=False).to(self.device)
+            out.extend(self.model(**enc).logits[:, 0].float().tolist())
+        return out

@@ -1,0 +1,175 @@
+"""`idea-mcts evolve` as a library call: seeds -> trees -> dataset, trees.jsonl and run.json under OUT.
+
+    run = EvolveRun(load_config("configs/demo.yaml"))
+    print(run.estimate)          # upper bounds on nodes, LLM calls and generated tokens
+    report = run.execute()       # writes OUT/dataset, OUT/trees.jsonl, OUT/run.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from idea_mcts import __version__
+from idea_mcts.actions import Action, load_actions, meta_prompt, parse_task_methods, task_actions
+from idea_mcts.config import EvolveConfig, to_yaml
+from idea_mcts.data import Seed, load_seeds
+from idea_mcts.engines import EnginePool, UsageStats
+from idea_mcts.errors import EngineError, UsageError
+from idea_mcts.export import select_rows, to_dataset, write_dataset, write_report, write_trees
+from idea_mcts.roles import RoleClient
+from idea_mcts.scoring import Reward
+from idea_mcts.search import IdeaMCTS, estimate
+from idea_mcts.tree import Node, Tree
+
+logger = logging.getLogger(__name__)
+
+SCORER_ROLES = ("quality", "complexity", "tagger", "embedder", "reward_model")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def read_examples(path: str, column: str = "instruction") -> list[str]:
+    """Example instructions for MCTS+: a JSONL file (the `instruction`/`prompt` field) or one per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"task examples file not found: {p}")
+    out = []
+    for i, line in enumerate(p.read_text().splitlines()):
+        if not line.strip():
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise UsageError(f"{p}: line {i + 1} is not JSON") from None
+            text = rec.get(column) or rec.get("prompt") if isinstance(rec, dict) else None
+            if not isinstance(text, str):
+                raise UsageError(f"{p}: line {i + 1} has no {column!r} or 'prompt' text")
+            out.append(text)
+        else:
+            out.append(line.strip())
+    if not out:
+        raise UsageError(f"task examples file {p} is empty")
+    return out
+
+
+def score_means(nodes: list[Node]) -> dict[str, float | None]:
+    """Mean quality, complexity, diversity (and their mean) over nodes: the paper's data-quality table."""
+    out: dict[str, float | None] = {}
+    for name in ("quality", "complexity", "diversity"):
+        vals = [n.scores[name] for n in nodes if n.scores.get(name) is not None]
+        out[name] = sum(vals) / len(vals) if vals else None
+    present = [v for v in out.values() if v is not None]
+    out["mean"] = sum(present) / len(present) if present else None
+    return out
+
+
+class EvolveRun:
+    """One `evolve` run: validated inputs and the estimate up front; `execute` does the work."""
+
+    def __init__(self, cfg: EvolveConfig, command: str = "") -> None:
+        self.cfg = cfg
+        self.command = command
+        self.out = Path(cfg.output_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"output_dir {self.out} exists and is not a directory")
+        self.seeds: list[Seed] = load_seeds(cfg.data)
+        self.actions: list[Action] = load_actions(cfg.search.actions)
+        if cfg.search.task_actions:
+            self.task_examples = read_examples(cfg.search.task_actions)
+        self.scorer_roles = [r for r in SCORER_ROLES if cfg.role_engine(r)]
+        max_new = {r: getattr(cfg.roles, r).max_new_tokens for r in ("evolver", "responder", "tagger")}
+        if "tagger" not in self.scorer_roles:
+            max_new["tagger"] = 0
+        self.estimate = estimate(cfg.search, len(self.seeds), len(self.scorer_roles), max_new)
+        self.pool = EnginePool(cfg.engines)
+        self.clients: dict[str, RoleClient] = {}
+
+    def client(self, role: str) -> RoleClient:
+        if role not in self.clients:
+            key = self.cfg.role_engine(role)
+            assert key is not None
+            self.clients[role] = RoleClient(role, self.pool.get(key), getattr(self.cfg.roles, role), self.cfg.search.seed)
+        return self.clients[role]
+
+    def _task_actions(self) -> list[Action]:
+        """MCTS+: the evolver writes task-specific methods from the example instructions."""
+        n = self.cfg.search.num_task_actions
+        gen = self.client("evolver").generate([[{"role": "user", "content": meta_prompt(self.task_examples, n)}]],
+                                              ["meta-prompt"])[0]
+        methods = parse_task_methods(gen.text, n)
+        if not methods:
+            raise EngineError("the evolver's reply to the task meta-prompt held no numbered list of methods")
+        if len(methods) < n:
+            logger.warning("meta-prompt gave %d of %d task-specific actions", len(methods), n)
+        return task_actions(methods)
+
+    def execute(self, progress: bool = True) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        started, t0 = _now(), time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            actions = self.actions + (self._task_actions() if self.cfg.search.task_actions else [])
+            reward = Reward(self.cfg.reward, **{r: self.client(r) for r in self.scorer_roles})
+            bar = tqdm(total=self.estimate["nodes"], unit="node", disable=not progress, dynamic_ncols=True)
+
+            def tick(n: int) -> None:
+                bar.update(n)
+                done = sum(c.stats.completion_tokens for c in self.clients.values())
+                bar.set_postfix(trees=len(self.seeds), tok_s=f"{done / max(time.perf_counter() - t0, 1e-9):.1f}")
+
+            search = IdeaMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
+                              max_calls=self.cfg.max_calls, on_progress=tick)
+            trees = search.run(self.seeds)
+            bar.close()
+            rows = select_rows(trees, self.cfg.export)
+            dataset = to_dataset(rows, self.cfg.search.value)
+            write_dataset(self.out, dataset)
+            write_trees(self.out, trees, self.cfg.search.value)
+            report = self.report(trees, rows, search, reward, actions, started, time.perf_counter() - t0)
+            write_report(self.out, report)
+        finally:
+            self.pool.close()
+        logger.info("wrote %d rows from %d nodes to %s", len(rows), report["counts"]["nodes"], self.out)
+        return report
+
+    def report(self, trees: list[Tree], rows: list[Node], search: IdeaMCTS, reward: Reward,
+               actions: list[Action], started: str, wall: float) -> dict[str, Any]:
+        nodes = [n for t in trees for n in t]
+        total = UsageStats()
+        for c in self.clients.values():
+            total.add(c.stats)
+        failures = Counter(reward.failures) + search.failures
+        return {
+            "version": __version__, "command": self.command,
+            "status": "finished" if search.stopped is None else f"stopped early: {search.stopped}",
+            "started_at": started, "finished_at": _now(),
+            "config": self.cfg.to_dict(), "config_yaml": to_yaml(self.cfg),
+            "config_fingerprint": self.cfg.fingerprint(),
+            "actions": [{"name": a.name, "prompt": a.prompt} for a in actions],
+            "estimate": self.estimate,
+            "counts": {"seeds": len(trees), "nodes": len(nodes), "evolved_nodes": len(nodes) - len(trees),
+                       "terminal_nodes": sum(n.terminal for n in nodes), "rows": len(rows),
+                       "max_depth": max((n.depth for n in nodes), default=0), "requests": search.calls},
+            "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
+            "engines": {k: {"backend": e.backend, "model": e.model_id, **e.stats.as_dict()}
+                        for k, e in self.pool.loaded().items()},
+            "parse_failures": {k: failures.get(k, 0) for k in
+                               ("quality", "complexity", "diversity", "novelty", "reward_model", "evolver",
+                                "responder", "rollout_truncated")},
+            "data_quality": {"seeds": score_means([t.root for t in trees]), "rows": score_means(rows)},
+            "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),
+            "throughput": {"nodes_per_s": round(len(nodes) / max(search.seconds, 1e-9), 3),
+                           "completion_tokens_per_s": round(total.completion_tokens / max(search.seconds, 1e-9), 2),
+                           "requests_per_s": round(total.requests / max(search.seconds, 1e-9), 2),
+                           "completion_tokens": total.completion_tokens, "prompt_tokens": total.prompt_tokens},
+        }

@@ -1,0 +1,178 @@
+"""Search trees: one per seed instruction. A node is an instruction with its response, scores and statistics.
+
+UCT(node) = V(node) + C * sqrt(ln N(parent) / N(node)), with N(node) = 0 scoring +inf; V is the mean of the
+rewards backed up through the node (or their max). Node ids are `<seed_id>/<n>` in the order evolutions are
+attempted, so a run with the same seed and the same engine outputs builds the same trees.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCORE_NAMES = ("quality", "complexity", "diversity", "novelty", "reward_model")
+
+
+@dataclass
+class Node:
+    """One instruction in a tree."""
+
+    node_id: str
+    seed_id: str
+    parent_id: str | None
+    depth: int
+    action: str | None
+    """Name of the action whose evolution produced this node (None for the root)."""
+    kind: str
+    """`root`, `expand` (child of an expansion) or `rollout` (made by a simulation)."""
+    instruction: str
+    action_path: list[str] = field(default_factory=list)
+    response: str | None = None
+    scores: dict[str, float | None] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    """Scorers whose output could not be parsed for this node (their score is None)."""
+    reward: float | None = None
+    visits: int = 0
+    value_sum: float = 0.0
+    value_max: float | None = None
+    children: list[str] = field(default_factory=list)
+    terminal: bool = False
+    on_terminal_path: bool = False
+
+    def value(self, mode: str = "mean") -> float | None:
+        if not self.visits:
+            return None
+        return self.value_max if mode == "max" else self.value_sum / self.visits
+
+    def to_record(self, value_mode: str = "mean") -> dict[str, Any]:
+        """Flat JSON record (trees.jsonl / the `trees` dataset config)."""
+        d = asdict(self)
+        scores = d.pop("scores")
+        d.pop("value_sum")
+        d.pop("value_max")
+        for name in SCORE_NAMES:
+            d[name] = scores.get(name)
+        d["value"] = self.value(value_mode)
+        return d
+
+
+class Tree:
+    """A search tree rooted at one seed instruction, with its own seeded random stream."""
+
+    def __init__(self, seed_id: str, instruction: str, rng_seed: int) -> None:
+        self.seed_id = seed_id
+        self.rng = random.Random(rng_seed)
+        self.nodes: dict[str, Node] = {}
+        self.ids_issued = 0
+        self.root = self._add(Node(node_id=self.next_id(), seed_id=seed_id, parent_id=None, depth=0,
+                                   action=None, kind="root", instruction=instruction))
+
+    def _add(self, node: Node) -> Node:
+        self.nodes[node.node_id] = node
+        return node
+
+    def next_id(self) -> str:
+        """A fresh node id; every evolution attempt takes one, so ids are stable even when attempts fail."""
+        self.ids_issued += 1
+        return f"{self.seed_id}/{self.ids_issued - 1}"
+
+    def add_child(self, parent: Node, action: str, instruction: str, kind: str, node_id: str) -> Node:
+        child = Node(node_id=node_id, seed_id=self.seed_id, parent_id=parent.node_id,
+                     depth=parent.depth + 1, action=action, kind=kind, instruction=instruction,
+                     action_path=[*parent.action_path, action])
+        parent.children.append(child.node_id)
+        return self._add(child)
+
+    def parent(self, node: Node) -> Node | None:
+        return self.nodes[node.parent_id] if node.parent_id else None
+
+    def path(self, node: Node) -> list[Node]:
+        """Root ... node."""
+        out = [node]
+        while (p := self.parent(out[-1])) is not None:
+            out.append(p)
+        return out[::-1]
+
+    def __iter__(self) -> Iterator[Node]:
+        return iter(self.nodes.values())
+
+    # -- the paper's search primitives ---------------------------------------------------------------
+    @staticmethod
+    def uct(node: Node, parent: Node, c: float, mode: str = "mean") -> float:
+        if node.visits == 0:
+            return math.inf
+        exploit = node.value(mode) or 0.0
+        return exploit + c * math.sqrt(math.log(max(parent.visits, 1)) / node.visits)
+
+    def select(self, c: float, mode: str = "mean") -> Node:
+        """Selection: from the root, follow the child of highest UCT (ties broken at random) to a leaf."""
+        node = self.root
+        while node.children:
+            kids = [self.nodes[k] for k in node.children]
+            scores = [self.uct(k, node, c, mode) for k in kids]
+            best = max(scores)
+            node = self.rng.choice([k for k, s in zip(kids, scores, strict=True) if s == best])
+        return node
+
+    @staticmethod
+    def is_terminal(node: Node, max_depth: int, reward_threshold: float) -> bool:
+        """Terminal when depth > max_depth or reward > reward_threshold (paper: 4 and 10)."""
+        return node.depth > max_depth or (node.reward is not None and node.reward > reward_threshold)
+
+    def backpropagate(self, end: Node, reward: float) -> None:
+        """Add `reward` to every node on the root-to-`end` path; mark the path when `end` is terminal."""
+        for node in self.path(end):
+            node.visits += 1
+            node.value_sum += reward
+            node.value_max = reward if node.value_max is None else max(node.value_max, reward)
+            if end.terminal:
+                node.on_terminal_path = True
+
+    # -- (de)serialisation ----------------------------------------------------------------------------
+    def records(self, value_mode: str = "mean") -> list[dict[str, Any]]:
+        return [n.to_record(value_mode) for n in self.nodes.values()]
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], rng_seed: int = 0) -> Tree:
+        """Rebuild a tree from its `to_record` rows (for `show`, `score`, publishing)."""
+        root = next(r for r in records if r["parent_id"] is None)
+        tree = cls(root["seed_id"], root["instruction"], rng_seed)
+        tree.nodes.clear()
+        for r in records:
+            scores = {k: r.get(k) for k in SCORE_NAMES}
+            visits = r.get("visits", 0)
+            value = r.get("value")
+            node = Node(node_id=r["node_id"], seed_id=r["seed_id"], parent_id=r["parent_id"], depth=r["depth"],
+                        action=r["action"], kind=r["kind"], instruction=r["instruction"],
+                        action_path=list(r.get("action_path", [])), response=r.get("response"), scores=scores,
+                        failures=list(r.get("failures", [])), reward=r.get("reward"), visits=visits,
+                        value_sum=(value or 0.0) * visits, value_max=value, children=list(r.get("children", [])),
+                        terminal=r.get("terminal", False), on_terminal_path=r.get("on_terminal_path", False))
+            tree.nodes[node.node_id] = node
+        tree.root = tree.nodes[root["node_id"]]
+        tree.ids_issued = 1 + max(int(n.rsplit("/", 1)[1]) for n in tree.nodes)
+        return tree
+
+    def outline(self, value_mode: str = "mean", width: int = 100) -> str:
+        """The tree as an indented outline with scores (`idea-mcts show`, the dataset card)."""
+        lines: list[str] = []
+
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+
+        def walk(node: Node, indent: int) -> None:
+            text = " ".join(node.instruction.split())
+            text = text if len(text) <= width else text[: width - 1] + "…"
+            s = node.scores
+            flags = ("T" if node.terminal else "") + ("*" if node.on_terminal_path else "")
+            lines.append(f"{'  ' * indent}- [{node.action or 'seed'}] r={fmt(node.reward)} q={fmt(s.get('quality'))} "
+                         f"c={fmt(s.get('complexity'))} d={fmt(s.get('diversity'))} n={node.visits} "
+                         f"v={fmt(node.value(value_mode))} {flags} {text}".rstrip())
+            for k in node.children:
+                walk(self.nodes[k], indent + 1)
+
+        walk(self.root, 0)
+        return "\n".join(lines)

