@@ -5,8 +5,9 @@ with the Jinja template below). Everything is computed from the run's output dir
 `trees.jsonl`, the rows of `dataset/`), summarised in a `RunSummary`; nothing here talks to the Hub.
 
 Metadata merge on re-push: the keys this module sets (`MANAGED_KEYS`) are merged three-way with what the card
-on the Hub holds and what the previous push wrote (recorded in an HTML comment at the end of the card), so a
-value edited on the Hub survives unless our own value changed since; every other key is kept as is.
+on the Hub holds and what the previous push set (recorded in an HTML comment at the end of the card), so a
+value edited on the Hub survives unless our own value changed since; every other key is kept as is. The body
+is regenerated, except the text between the `<!-- idea-mcts:user -->` markers, which is carried over.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ CITATION = """@inproceedings{li2024optimizing,
   url           = {https://arxiv.org/abs/2410.10392}
 }"""
 _RECORD = re.compile(r"<!-- idea-mcts:managed (\{.*?\}) -->")
+_USER = re.compile(r"<!-- idea-mcts:user[^>]*-->\n?(.*?)<!-- /idea-mcts:user -->", re.S)
 _SIZES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
           (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
           (1e12, "100B<n<1T"))
@@ -128,8 +130,10 @@ def render_tree(nodes: list[dict[str, Any]], max_lines: int = 40, width: int = 9
     """One tree as an indented outline: action, scores, reward, value/visits, the instruction's start.
     `*` marks nodes on a root-to-terminal path, `T` terminal nodes, `~` rollout nodes."""
     by_id = {n["node_id"]: n for n in nodes}
-    root = next(n for n in nodes if n.get("depth") == 0)
+    root = next((n for n in nodes if n.get("depth") == 0), None)
     lines: list[str] = []
+    if root is None:
+        return ""
 
     def walk(node: dict[str, Any], indent: int) -> None:
         if len(lines) >= max_lines:
@@ -157,8 +161,7 @@ def example_tree(nodes: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]
     trees: dict[str, list[dict[str, Any]]] = {}
     for n in nodes:
         trees.setdefault(str(n.get("seed_id")), []).append(n)
-    seed_id = max(trees, key=lambda s: (len(trees[s]), -list(trees).index(s)))
-    return seed_id, trees[seed_id]
+    return max(trees.items(), key=lambda kv: len(kv[1]))  # max keeps the first of equals
 
 
 def make_plots(summary: RunSummary) -> dict[str, bytes]:
@@ -304,6 +307,7 @@ def build_card(summary: RunSummary, repo_id: str, *, license: str | None = None,
     existing_meta = existing.data.to_dict() if existing is not None else {}
     record = _RECORD.search(existing.text) if existing is not None else None
     base = json.loads(record.group(1)) if record else None
+    user = _USER.search(existing.text) if existing is not None else None
     ours = our_metadata(summary, repo_id, license)
     meta = merge_metadata(existing_meta, ours, base)
     meta["configs"] = _configs(meta.get("configs"))
@@ -341,7 +345,9 @@ def build_card(summary: RunSummary, repo_id: str, *, license: str | None = None,
         command=fenced(redact(str(summary.run.get("command") or ""), secrets), "bash"),
         config_yaml=fenced(redact(str(summary.run.get("config_yaml") or ""), secrets), "yaml"),
         citation=fenced(CITATION, "bibtex"),
-        managed=json.dumps({k: meta.get(k) for k in MANAGED_KEYS}, sort_keys=True),
+        user_notes=user.group(1).strip() if user else "",
+        # what we set (not the merged values: a kept Hub edit stays an edit), "--" escaped to keep the comment
+        managed=json.dumps(ours, sort_keys=True).replace("--", "-\\u002d"),
     )
     return card
 
@@ -364,6 +370,12 @@ Made with `idea-mcts` {{ run.version or "" }}: {{ n_rows }} training rows from {
 > that benchmark's tasks: do not report {{ contamination }} results of models trained on this data as clean
 > evaluations.
 {%- endif %}
+
+<!-- idea-mcts:user (text from here to the closing marker is kept when the card is regenerated) -->
+{%- if user_notes %}
+{{ user_notes }}
+{%- endif %}
+<!-- /idea-mcts:user -->
 
 ## Use
 
