@@ -197,6 +197,8 @@ def test_push_twice_merges_card_and_updates_data(tmp_path: Path) -> None:
         card.data.language = ["en"]
         card.data.tags = [*card.data.tags, "math"]
         card.data["annotations_creators"] = ["machine-generated"]
+        end = "<!-- /idea-mcts:user -->"
+        card.text = card.text.replace(end, f"Checked by a human.\n{end}")  # a note kept across pushes
         hub.put_file("org/twice", "README.md", str(card).encode(), title="user edit")
 
         r = push(hub, tmp_path, out2, "org/twice")
@@ -211,6 +213,7 @@ def test_push_twice_merges_card_and_updates_data(tmp_path: Path) -> None:
     info = {i["config_name"]: i["splits"][0]["num_examples"] for i in meta["dataset_info"]}
     assert info == {"default": len(second["rows"]), "trees": len(second["nodes"])}
     assert f"rows (ours, n={len(second['rows'])})" in card.text
+    assert "Checked by a human." in card.text
 
 
 # ---- failures ----------------------------------------------------------------------------------------------
@@ -313,6 +316,22 @@ def test_merge_metadata_three_way() -> None:
     assert changed["license"] == "cc-by-4.0"
     first = merge_metadata({"license": "mit", "tags": ["x"]}, ours, None)  # a card we never wrote
     assert first["license"] == "mit" and first["tags"] == ["x", "synthetic", "idea-mcts"]
+
+
+def test_rebuilt_card_keeps_hub_edits_and_user_notes(tmp_path: Path) -> None:
+    write_run(tmp_path)
+    summary = _summary(tmp_path)
+    card = build_card(summary, "org/x")
+    card.data.license, card.data.pretty_name = "mit", "mine --> yours"  # edited on the Hub
+    marker = "<!-- /idea-mcts:user -->"
+    card = DatasetCard(str(card).replace(marker, "Reviewed by hand.\n" + marker))
+    for _ in range(2):  # the edits survive every later push, not just the next one
+        card = build_card(summary, "org/x", existing=DatasetCard(str(card)))
+        assert card.data.license == "mit" and card.data.pretty_name == "mine --> yours"
+        assert "Reviewed by hand.\n" + marker in card.text
+        assert card.text.count(marker) == 1
+    card = build_card(summary, "org/x", existing=card, license="cc-by-4.0")  # a new explicit license wins
+    assert card.data.license == "cc-by-4.0"
 
 
 def test_card_helpers() -> None:
