@@ -87,10 +87,9 @@ def mean(values: list[Any]) -> float | None:
 
 def score_means(records: list[dict[str, Any]]) -> dict[str, float | None]:
     """Mean quality, diversity, complexity over `records`, and `mean`: the mean of those three (the paper's
-    "mean of (Q, D, C)"; None when one of them is missing)."""
+    "mean of (Q, D, C)"; of the ones present when a scorer was off, as in run.json's `data_quality`)."""
     out = {k: mean([r.get(k) for r in records]) for k in SCORES}
-    parts = [out[k] for k in SCORES]
-    out["mean"] = None if any(p is None for p in parts) else sum(parts) / 3  # type: ignore[arg-type]
+    out["mean"] = mean([out[k] for k in SCORES])
     return out
 
 
@@ -362,6 +361,7 @@ Instruction-tuning data synthesised with **IDEA-MCTS** ([Li et al., 2024](https:
 Monte Carlo tree search over LLM instruction evolution, every node scored for quality, complexity and diversity.
 Made with `idea-mcts` {{ run.version or "" }}: {{ n_rows }} training rows from {{ n_nodes }} nodes grown from
 {{ n_seeds }} seed instructions.
+{%- if run.status != "finished" %} The search {{ run.status }}.{% endif %}
 {%- if contamination %}
 
 > [!WARNING]
@@ -396,7 +396,7 @@ nodes = load_dataset("{{ repo_id }}", "trees", split="train")  # every node of e
 - **Seeds:** `{{ data.seeds }}`{% if data.max_seeds %} (first {{ data.max_seeds }}){% endif %}, {{ n_seeds }} used.
 - **Actions:** `{{ search.actions }}`{% if search.task_actions %} + {{ search.num_task_actions }} task-specific actions \
 from `{{ search.task_actions }}` (source: {{ search.task_source or "not recorded" }}){% endif %}.
-- **Search:** {{ search.iterations }} iterations per tree, {{ search.expand_width }} children per expansion, \
+- **Search:** {{ search.iterations }} iteration{{ "s" if search.iterations != 1 }} per tree, {{ search.expand_width }} children per expansion, \
 UCT C = {{ search.exploration_constant }}, terminal at depth > {{ search.max_depth }} or reward > \
 {{ search.reward_threshold }}, value = {{ search.value }}, rollouts {{ "on" if search.rollout else "off" }}\
 {% if search.simulate_from %} (from the {{ search.simulate_from }} child){% endif %}, seed {{ search.seed }}.
@@ -421,7 +421,7 @@ drawn from root-to-terminal paths){% endif %}, seeds {{ "included" if export.inc
 {%- endfor %}
 {%- endif %}
 
-Scorer answers that did not parse: {% for k, v in parse_failures.items() %}{{ k }} {{ v }}\
+Answers that did not parse: {% for k, v in parse_failures.items() if v %}{{ k }} {{ v }}\
 {{ ", " if not loop.last }}{% else %}none{% endfor %}. Wall time: {{ run.wall_seconds }} s.
 
 ## Data quality

@@ -97,7 +97,8 @@ class EvolveRun:
         if role not in self.clients:
             key = self.cfg.role_engine(role)
             assert key is not None
-            self.clients[role] = RoleClient(role, self.pool.get(key), getattr(self.cfg.roles, role), self.cfg.search.seed)
+            role_cfg = getattr(self.cfg.roles, role)
+            self.clients[role] = RoleClient(role, self.pool.get(key), role_cfg, self.cfg.search.seed)
         return self.clients[role]
 
     def _task_actions(self) -> list[Action]:

@@ -64,7 +64,8 @@ def load_output(output_dir: str | Path) -> tuple[Any, list[dict[str, Any]], dict
         raise UsageError(f"cannot read {out / 'run.json'}: {exc}") from None
     if not isinstance(run, dict):
         raise UsageError(f"{out / 'run.json'} is not a JSON object")
-    if run.get("status") != "finished":
+    status = str(run.get("status"))
+    if status != "finished" and not status.startswith("stopped early"):  # stopped early = a complete output
         raise UsageError(f"{out / 'run.json'}: the run is not finished (status {run.get('status')!r}); "
                          "resume it before pushing")
     nodes = []

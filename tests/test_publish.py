@@ -318,6 +318,13 @@ def test_merge_metadata_three_way() -> None:
     assert first["license"] == "mit" and first["tags"] == ["x", "synthetic", "idea-mcts"]
 
 
+def test_stopped_early_run_is_publishable(tmp_path: Path) -> None:
+    write_run(tmp_path)
+    run = json.loads((tmp_path / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**run, "status": "stopped early: max_calls"}))
+    assert "The search stopped early: max_calls." in build_card(_summary(tmp_path), "org/x").text
+
+
 def test_rebuilt_card_keeps_hub_edits_and_user_notes(tmp_path: Path) -> None:
     write_run(tmp_path)
     summary = _summary(tmp_path)
@@ -343,4 +350,5 @@ def test_card_helpers() -> None:
     means = score_means([{"quality": 2.0, "diversity": 3.0, "complexity": None},
                          {"quality": 4.0, "diversity": 5.0, "complexity": 1.0}])
     assert means == {"quality": 3.0, "diversity": 4.0, "complexity": 1.0, "mean": pytest.approx(8 / 3)}
+    assert score_means([{"quality": 2.0, "diversity": 4.0}])["mean"] == 3.0  # complexity scorer off
     assert re.fullmatch(r"n<1K", size_category(10))

@@ -9,7 +9,6 @@ assistant message are continued (the assistant turn is prefilled), not answered.
 from __future__ import annotations
 
 import time
-from abc import ABC
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -89,7 +88,7 @@ def is_continuation(prompt: Prompt) -> bool:
     return not isinstance(prompt, str) and bool(prompt) and prompt[-1]["role"] == "assistant"
 
 
-class Engine(ABC):
+class Engine:
     """A loaded model behind a batched API. Subclasses implement the `_generate` / `_next_token_logprobs`
     (LLMs), `_embed` (embedders) or `_score` (reward models) they support."""
 

