@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hub_emulator import HubEmulator, hub_env
 from huggingface_hub import DatasetCard
-from publish_fixtures import write_run
 
 from idea_mcts import publish
 from idea_mcts.card import (
@@ -34,6 +32,8 @@ from idea_mcts.card import (
     score_means,
     size_category,
 )
+from tests.hub_emulator import HubEmulator, hub_env
+from tests.publish_fixtures import write_run
 
 pytestmark = pytest.mark.hub
 
