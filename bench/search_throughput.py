@@ -1,0 +1,146 @@
+"""Search throughput as ratios measured in one run, on one engine.
+
+    python bench/search_throughput.py --config configs/demo.yaml [--seeds 20] [--sequential_sample 16] [overrides]
+
+1. Run the search with every engine call recorded (requests, results, seconds).
+2. Replay the very same requests on the same engine as ONE flat batch per kind (all generations in one call,
+   all next-token-logprob prompts in one call). Per-request seeds make the replay generate the same tokens,
+   so both sides produce identical work.
+3. Replay a sample of the generation requests one at a time (the one-tree-one-request loop that most MCTS
+   code runs).
+
+Printed ratios: search generated tok/s / flat tok/s (goal >= 0.9); search / sequential (goal >= 6 on a GPU
+engine); scorer prompts/s in the search / flat prefill-only batch (goal >= 0.8). `--json PATH` saves figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+from idea_mcts.actions import load_actions
+from idea_mcts.config import load_config
+from idea_mcts.data import load_seeds
+from idea_mcts.engines import EnginePool
+from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
+from idea_mcts.pipeline import SCORER_ROLES
+from idea_mcts.roles import RoleClient
+from idea_mcts.scoring import Reward
+from idea_mcts.search import IdeaMCTS
+
+logger = logging.getLogger("bench")
+
+
+@dataclass
+class Recorder(Engine):
+    """Delegates to a real engine and records every batch."""
+
+    inner: Engine
+    generations: list[tuple[GenerationRequest, Generation]] = field(default_factory=list)
+    logprob_calls: list[tuple[Prompt, list[str], int]] = field(default_factory=list)
+    gen_seconds: float = 0.0
+    logprob_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__init__(self.inner.model_id)
+
+    def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        t0 = time.perf_counter()
+        out = self.inner.generate(requests)
+        self.gen_seconds += time.perf_counter() - t0
+        self.generations += list(zip(requests, out, strict=True))
+        return out
+
+    def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int) -> list[TokenLogprobs]:
+        t0 = time.perf_counter()
+        out = self.inner.next_token_logprobs(prompts, candidates, top_k)
+        self.logprob_seconds += time.perf_counter() - t0
+        self.logprob_calls += [(p, candidates, top_k) for p in prompts]
+        return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--sequential_sample", type=int, default=16, help="requests replayed one at a time")
+    ap.add_argument("--json", help="write the figures here")
+    args, overrides = ap.parse_known_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(args.config, [*overrides, f"data.max_seeds={args.seeds}"])
+    keys = {cfg.role_engine(r) for r in ("evolver", "responder", *SCORER_ROLES)} - {None}
+    if len(keys) != 1:
+        sys.exit("this bench measures one engine: point every role at the same engine key")
+    key = keys.pop()
+    pool = EnginePool(cfg.engines)
+    rec = Recorder(pool.get(key))
+
+    def client(role: str) -> RoleClient:
+        return RoleClient(role, rec, getattr(cfg.roles, role), cfg.search.seed)
+
+    reward = Reward(cfg.reward, **{r: client(r) for r in SCORER_ROLES if cfg.role_engine(r)})
+    search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
+    engine = rec.inner
+    logger.info("search: %d seeds on %s (%s)", args.seeds, engine.backend, cfg.engines[key].model)
+    t0 = time.perf_counter()
+    trees = search.run(load_seeds(cfg.data))
+    search_s = time.perf_counter() - t0
+    gen_tokens = sum(g.completion_tokens for _, g in rec.generations)
+    n_scorer = len(rec.logprob_calls)
+
+    logger.info("flat replay of %d generations and %d scorer prompts", len(rec.generations), n_scorer)
+    requests = [r for r, _ in rec.generations]
+    t0 = time.perf_counter()
+    flat = engine.generate(requests)
+    flat_gen_s = time.perf_counter() - t0
+    flat_tokens = sum(g.completion_tokens for g in flat)
+    same = sum(a.text == b.text for (_, a), b in zip(rec.generations, flat, strict=True))
+    by_cands: dict[tuple[tuple[str, ...], int], list[Prompt]] = {}
+    for p, c, k in rec.logprob_calls:
+        by_cands.setdefault((tuple(c), k), []).append(p)
+    t0 = time.perf_counter()
+    for (cands, k), prompts in by_cands.items():
+        engine.next_token_logprobs(prompts, list(cands), k)
+    flat_lp_s = time.perf_counter() - t0
+
+    sample = random.Random(0).sample(requests, min(args.sequential_sample, len(requests)))
+    t0 = time.perf_counter()
+    seq_tokens = sum(engine.generate([r])[0].completion_tokens for r in sample)
+    seq_s = time.perf_counter() - t0
+    pool.close()
+
+    search_gen_tps = gen_tokens / rec.gen_seconds
+    flat_tps = flat_tokens / flat_gen_s
+    seq_tps = seq_tokens / seq_s
+    search_e2e_tps = gen_tokens / search_s
+    flat_e2e_tps = flat_tokens / (flat_gen_s + flat_lp_s)
+    figures = {
+        "engine": engine.backend, "model": cfg.engines[key].model, "seeds": args.seeds,
+        "nodes": sum(len(t.nodes) for t in trees), "generations": len(requests), "scorer_prompts": n_scorer,
+        "generated_tokens": gen_tokens, "flat_generated_tokens": flat_tokens, "replay_identical_texts": same,
+        "search_wall_s": round(search_s, 2), "search_generate_s": round(rec.gen_seconds, 2),
+        "search_scorer_s": round(rec.logprob_seconds, 2),
+        "flat_generate_s": round(flat_gen_s, 2), "flat_scorer_s": round(flat_lp_s, 2),
+        "search_tok_s_end_to_end": round(search_e2e_tps, 2), "flat_tok_s_end_to_end": round(flat_e2e_tps, 2),
+        "search_generate_tok_s": round(search_gen_tps, 2), "flat_generate_tok_s": round(flat_tps, 2),
+        "sequential_tok_s": round(seq_tps, 2), "sequential_sample": len(sample),
+        "ratio_search_vs_flat": round(search_e2e_tps / flat_e2e_tps, 3),
+        "ratio_search_generate_vs_flat_generate": round(search_gen_tps / flat_tps, 3),
+        "ratio_search_vs_sequential": round(search_gen_tps / seq_tps, 2),
+        "ratio_scorer_vs_flat_prefill": round((n_scorer / rec.logprob_seconds) / (n_scorer / flat_lp_s), 3)
+        if n_scorer else None,
+    }
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
