@@ -1,0 +1,52 @@
+"""Optional scorers on real models: embedding novelty (the embedded all-MiniLM-L6-v2) and an HF
+sequence-classification reward model (a tiny random one built here)."""
+
+import pytest
+
+from idea_mcts.config import EngineConfig, RewardConfig, RoleConfig
+from idea_mcts.engines import build_engine
+from idea_mcts.roles import RoleClient
+from idea_mcts.scoring import Reward
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return build_engine(EngineConfig(backend="embedding", model="embedded:all-minilm-l6-v2"))
+
+
+def test_embedding_engine_normalised(minilm):
+    a, b, c = minilm.embed(["How do I bake bread?", "How can I bake a loaf of bread?", "Explain tensor algebra."])
+    assert sum(x * x for x in a) == pytest.approx(1.0, abs=1e-4)
+    sim = lambda u, v: sum(x * y for x, y in zip(u, v, strict=True))  # noqa: E731
+    assert sim(a, b) > sim(a, c) + 0.2  # paraphrases are closer than unrelated text
+
+
+def test_novelty_against_growing_pool(minilm):
+    reward = Reward(RewardConfig(quality=0, complexity=0, diversity=0, novelty=2.0),
+                    embedder=RoleClient("embedder", minilm, RoleConfig(), 0))
+    first = reward.score(["How do I bake bread?"], [""], ["k0"])[0]
+    assert first.scores["novelty"] == pytest.approx(1.0) and first.reward == pytest.approx(2.0)
+    dup, new = reward.score(["How do I bake bread?", "Prove that sqrt(2) is irrational."], ["", ""], ["k1", "k2"])
+    assert dup.scores["novelty"] == pytest.approx(0.0, abs=1e-4)  # same as a pool member
+    assert new.scores["novelty"] > 0.5
+    assert len(reward.pool) == 3
+
+
+def test_sequence_classification_reward_model(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    engine = build_engine(EngineConfig(backend="sequence_classification", model=str(tmp_path)))
+    reward = Reward(RewardConfig(quality=0, complexity=0, diversity=0, reward_model=0.5),
+                    reward_model=RoleClient("reward_model", engine, RoleConfig(), 0))
+    out = reward.score(["Say hi.", "Write a long essay."], ["Hi!", "No."], ["a", "b"])
+    raw = engine.score([[{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]])[0]
+    assert out[0].scores["reward_model"] == pytest.approx(raw, abs=1e-5)
+    assert out[0].reward == pytest.approx(0.5 * raw, abs=1e-5)
+    assert out[0].scores["reward_model"] != out[1].scores["reward_model"]
