@@ -52,8 +52,8 @@ def test_task_specific_actions_from_meta_prompt():
     reply = ("Here are the methods:\n1. Require a strict rhyme scheme for the poem.\n2) Ask for a specific meter "
              "like iambic pentameter.\n- Add a surprising final line twist.\n4. Extra one too many here.\nThanks")
     methods = parse_task_methods(reply, 3)
-    assert methods == ["Require a strict rhyme scheme for the poem.", "Ask for a specific meter like iambic pentameter.",
-                       "Add a surprising final line twist."]
+    assert methods == ["Require a strict rhyme scheme for the poem.",
+                       "Ask for a specific meter like iambic pentameter.", "Add a surprising final line twist."]
     acts = task_actions(methods)
     assert [a.name for a in acts] == ["task_1", "task_2", "task_3"]
     assert "strict rhyme scheme" in acts[0].render("X")
