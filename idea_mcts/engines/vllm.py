@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import multiprocessing
 from typing import Any
 
 from idea_mcts.config import EngineConfig
@@ -111,6 +112,7 @@ class VLLMEngine(Engine):
                 core.shutdown()
         del llm
         gc.collect()
+        multiprocessing.active_children()  # reaps the engine core process vLLM killed
         with contextlib.suppress(Exception):
             import torch
 
