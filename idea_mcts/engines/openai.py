@@ -19,8 +19,6 @@ import threading
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
-import openai
-
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines.base import (
     Engine,
@@ -49,6 +47,11 @@ class OpenAIEngine(Engine):
         if not cfg.base_url:
             raise UsageError("backend 'openai' needs base_url, e.g. http://127.0.0.1:8000/v1")
         super().__init__(f"{cfg.base_url}#{cfg.model}")
+        try:
+            import openai
+        except ImportError:  # optional extra
+            raise UsageError("backend 'openai' needs the openai client: pip install openai") from None
+        self._openai = openai
         self.cfg = cfg
         self.base_url = cfg.base_url
         self.model = cfg.model
@@ -137,10 +140,10 @@ class OpenAIEngine(Engine):
         """Run the batch concurrently on the engine's loop; errors left after retries -> EngineError."""
         try:
             return asyncio.run_coroutine_threadsafe(_gather(coros), self._loop).result()
-        except openai.APIConnectionError as exc:  # includes timeouts
+        except self._openai.APIConnectionError as exc:  # includes timeouts
             raise EngineError(f"OpenAI-compatible server at {self.base_url} unreachable after "
                               f"{self.cfg.max_retries} retries ({type(exc).__name__})") from None
-        except openai.APIStatusError as exc:
+        except self._openai.APIStatusError as exc:
             raise EngineError(f"OpenAI-compatible server at {self.base_url} answered HTTP {exc.status_code} "
                               f"for model {self.model!r}: {self._redact(exc.message)}") from None
 
