@@ -107,7 +107,7 @@ class TransformersEngine(Engine):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True)
+                         past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), mask, positions[:, -1:], cache
 
     # -- generation ------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class TransformersEngine(Engine):
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             position = position + 1
             out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
-                             past_key_values=cache, use_cache=True)
+                             past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1, :].float()
         return list(zip(tokens, reasons, strict=True))
 
