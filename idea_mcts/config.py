@@ -319,6 +319,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
             raise UsageError(f"cannot parse config {p}: {_one_line(exc)}") from None
         if not isinstance(loaded, type(layers[0])):
             raise UsageError(f"config {p} must be a YAML mapping")
+        if "engines" in loaded and "engines" in layers[0]:
+            layers[0].engines = {}  # a file that names its engines replaces the built-in default engine
         layers.append(loaded)
     if overrides:
         try:

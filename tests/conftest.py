@@ -7,6 +7,8 @@ import pytest
 
 from tests.tiny_model import build_tiny_model
 
+pytest_plugins = ["tests.vllm_fixtures"]
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 

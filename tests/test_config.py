@@ -16,7 +16,7 @@ def test_defaults_are_the_paper_settings():
 
 def test_yaml_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("search:\n  iterations: 2\nengines:\n  big: {backend: vllm, model: org/m}\n"
+    p.write_text("search:\n  iterations: 2\nengines:\n  default: {}\n  big: {backend: vllm, model: org/m}\n"
                  "roles:\n  evolver: {engine: big}\n")
     cfg = load_config(p, ["search.value=max", "--export.mode", "all", "--search.expand_width=3"])
     assert isinstance(cfg, EvolveConfig)
@@ -52,3 +52,13 @@ def test_missing_config_file_cli_exit_2(tmp_path, capsys):
 def test_unknown_override_cli_exit_2(capsys):
     assert main(["evolve", "search.iterations=x"]) == 2
     assert "search.iterations" in capsys.readouterr().err
+
+
+def test_yaml_engines_replace_the_builtin_default(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("engines:\n  a: {model: x/y}\nroles:\n  evolver: {engine: a}\n  responder: {engine: a}\n"
+                 "  quality: {engine: a}\n  complexity: {engine: a}\n  tagger: {engine: a}\n")
+    assert list(load_config(p).engines) == ["a"]
+    p.write_text("engines:\n  a: {model: x/y}\n")  # roles still name the default engine, which is gone
+    with pytest.raises(UsageError, match="roles.evolver.engine names 'default'"):
+        load_config(p)
