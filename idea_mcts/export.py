@@ -75,38 +75,50 @@ def to_dataset(nodes: Iterable[Node], value_mode: str = "mean"):  # noqa: ANN201
     return Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Write `text` to a temporary file, fsync it, then rename it over `path`: `path` is either the old or the
+    new content, never a mix, even when the write fails (disk full) or the process dies."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_trees(out_dir: Path, trees: Sequence[Tree], value_mode: str = "mean") -> Path:
     lines = [json.dumps(r, ensure_ascii=False) for t in trees for r in t.records(value_mode)]
     path = out_dir / TREES_FILE
-    _atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
 def write_dataset(out_dir: Path, dataset: Any) -> Path:
     """save_to_disk into a temporary dir, then swap it in: a crash never leaves a half-written dataset."""
     final = out_dir / DATASET_DIR
-    tmp = out_dir / (DATASET_DIR + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    dataset.save_to_disk(str(tmp))
+    tmp, old = out_dir / (DATASET_DIR + ".tmp"), out_dir / (DATASET_DIR + ".old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    try:
+        dataset.save_to_disk(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
-        shutil.rmtree(final)
+        final.replace(old)
     tmp.replace(final)
+    shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     path = out_dir / REPORT_FILE
-    _atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

@@ -8,8 +8,9 @@ and in whatever batch it is issued.
 from __future__ import annotations
 
 import hashlib
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
 
 from idea_mcts.config import RoleConfig
 from idea_mcts.engines.base import (
@@ -22,6 +23,8 @@ from idea_mcts.engines.base import (
     TokenLogprobs,
     UsageStats,
 )
+
+T = TypeVar("T")
 
 
 def derive_seed(*parts: object) -> int:
@@ -45,31 +48,23 @@ class RoleClient:
                               top_p=self.cfg.top_p, seed=derive_seed(self.run_seed, self.role, key))
 
     def generate(self, prompts: Sequence[Prompt], keys: Sequence[str]) -> list[Generation]:
-        t0 = time.perf_counter()
-        out = self.engine.generate([GenerationRequest(p, self.params(k)) for p, k in zip(prompts, keys, strict=True)])
-        self._count(len(prompts), t0, sum(g.prompt_tokens for g in out), sum(g.completion_tokens for g in out))
-        return out
+        requests = [GenerationRequest(p, self.params(k)) for p, k in zip(prompts, keys, strict=True)]
+        return self._counted(self.engine.generate, requests)
 
     def next_token_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str], top_k: int
                             ) -> list[TokenLogprobs]:
-        t0 = time.perf_counter()
-        out = self.engine.next_token_logprobs(prompts, candidates, top_k)
-        self._count(len(prompts), t0, sum(r.prompt_tokens for r in out), 0)
-        return out
+        return self._counted(self.engine.next_token_logprobs, prompts, candidates, top_k)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        t0 = time.perf_counter()
-        out = self.engine.embed(texts)
-        self._count(len(texts), t0, 0, 0)
-        return out
+        return self._counted(self.engine.embed, texts)
 
     def score(self, conversations: Sequence[Messages]) -> list[float]:
-        t0 = time.perf_counter()
-        out = self.engine.score(conversations)
-        self._count(len(conversations), t0, 0, 0)
-        return out
+        return self._counted(self.engine.score, conversations)
 
-    def _count(self, n: int, t0: float, prompt_tokens: int, completion_tokens: int) -> None:
-        if n:
-            self.stats.add(UsageStats(calls=1, requests=n, prompt_tokens=prompt_tokens,
-                                      completion_tokens=completion_tokens, seconds=time.perf_counter() - t0))
+    def _counted(self, method: Callable[..., list[T]], *args: Any) -> list[T]:
+        """Call the engine and add what the call added to the engine's counters (requests, tokens, retries,
+        cached, time) to this role's."""
+        before = replace(self.engine.stats)
+        out = method(*args)
+        self.stats.add(self.engine.stats.since(before))
+        return out

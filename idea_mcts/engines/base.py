@@ -76,6 +76,10 @@ class UsageStats:
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
 
+    def since(self, before: UsageStats) -> UsageStats:
+        """What was added since `before` (a copy taken earlier with `dataclasses.replace`)."""
+        return UsageStats(**{k: v - getattr(before, k) for k, v in asdict(self).items()})
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["seconds"] = round(self.seconds, 3)

@@ -1,0 +1,94 @@
+"""An engine behind the run's request cache (`idea_mcts.store.RequestCache`).
+
+Each batched call answers the requests already in the cache from it and sends the others to the wrapped engine
+as one batch (a request repeated in the batch goes once), then stores their results as one cache line before
+returning. Results are always returned decoded from their cached form, so a replayed run sees exactly the
+values the first run saw.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from typing import Any
+
+from idea_mcts.config import EngineConfig
+from idea_mcts.engines.base import (
+    Engine,
+    Generation,
+    GenerationRequest,
+    Messages,
+    Prompt,
+    TokenLogprobs,
+    UsageStats,
+    expect_len,
+)
+from idea_mcts.store import RequestCache
+
+NOT_IN_KEY = ("device", "max_batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
+              "enforce_eager", "enable_prefix_caching", "base_url", "api_key_env", "max_concurrency", "timeout",
+              "max_retries")
+"""Engine settings that change how a result is computed or fetched, not what it is: left out of cache keys."""
+
+
+def engine_identity(cfg: EngineConfig) -> dict[str, Any]:
+    """What identifies an engine in cache keys: backend, model, tokenizer, dtype, context length, engine seed,
+    engine kwargs (every setting not in `NOT_IN_KEY`, so a new setting counts until said otherwise)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in NOT_IN_KEY}
+
+
+class CachedEngine(Engine):
+    """`inner` behind `cache`. `stats` counts every request and, as `cached`, those the cache answered (or that
+    repeated another request of the batch); tokens, retries and engine work are the inner engine's only."""
+
+    def __init__(self, inner: Engine, cache: RequestCache, identity: dict[str, Any]) -> None:
+        super().__init__(inner.model_id)
+        self.backend = inner.backend
+        self.inner = inner
+        self.cache = cache
+        self.identity = identity
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return self._through("generate", [{"prompt": r.prompt, "params": asdict(r.params)} for r in requests],
+                             lambda idx: self.inner.generate([requests[i] for i in idx]),
+                             asdict, lambda d: Generation(**d))
+
+    def next_token_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str], top_k: int = 20
+                            ) -> list[TokenLogprobs]:
+        return self._through("logprobs", [{"prompt": p, "candidates": list(candidates), "top_k": top_k}
+                                          for p in prompts],
+                             lambda idx: self.inner.next_token_logprobs([prompts[i] for i in idx], candidates, top_k),
+                             asdict, lambda d: TokenLogprobs(**d))
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self._through("embed", [{"text": t} for t in texts],
+                             lambda idx: self.inner.embed([texts[i] for i in idx]), list, list)
+
+    def score(self, conversations: Sequence[Messages]) -> list[float]:
+        return self._through("score", [{"conversation": c} for c in conversations],
+                             lambda idx: self.inner.score([conversations[i] for i in idx]), float, float)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def _through(self, kind: str, payloads: list[dict[str, Any]], call: Callable[[list[int]], Sequence[Any]],
+                 encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> list[Any]:
+        if not payloads:
+            return []
+        t0 = time.perf_counter()
+        keys = [RequestCache.key(self.identity, kind, p) for p in payloads]
+        todo: dict[str, int] = {}  # missing key -> first request with it
+        for i, k in enumerate(keys):
+            if k not in self.cache and k not in todo:
+                todo[k] = i
+        before = replace(self.inner.stats)
+        if todo:
+            fresh = call(list(todo.values()))
+            expect_len(fresh, len(todo), f"{self.backend} {kind}")
+            self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
+        work = self.inner.stats.since(before)
+        self.stats.add(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
+                                  prompt_tokens=work.prompt_tokens, completion_tokens=work.completion_tokens,
+                                  retries=work.retries, seconds=time.perf_counter() - t0))
+        return [decode(self.cache.get(k)) for k in keys]

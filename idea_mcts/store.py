@@ -1,0 +1,251 @@
+"""A run's durable state under OUT: resume after any crash, lose nothing completed.
+
+    OUT/state.json             config fingerprint, status (running / stopped / finished), started_at
+    OUT/nodes.jsonl            every evaluated node, appended as its evaluation wave completes
+    OUT/cache/requests.jsonl   engine results by request key (content-addressed), one line per engine call
+    OUT/.lock                  flock-ed while a run writes OUT: two runs never share an output dir
+
+Resume is a replay: the search runs again from the start and every request whose key is in the cache is answered
+from it, so the trees are rebuilt exactly and only unfinished work reaches an engine. A cache line holds the
+fresh results of one whole engine call and is written with one `write`, then fsynced; a crash loses at most the
+call in flight, whole, which the replay re-issues with the same batch (a batch-invariant engine then gives the
+same bits). A torn last line (a crash mid-write) is cut on reload. A write that fails (disk full) is rolled back,
+so the files stay as they were.
+
+The key hashes everything that determines a result (engine identity, kind of call, prompt, sampling parameters
+with the seed, candidates, top-k), like Curator's: the cache is safe to keep across configs, and a run with an
+edited prompt re-issues only the requests that changed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from idea_mcts import __version__
+from idea_mcts.errors import UsageError
+from idea_mcts.export import DATASET_DIR, REPORT_FILE, TREES_FILE, atomic_write
+from idea_mcts.tree import Node
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+NODES_FILE = "nodes.jsonl"
+CACHE_FILE = "cache/requests.jsonl"
+LOCK_FILE = ".lock"
+OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
+"""What a finished run leaves; written only at the end, each atomically."""
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a JSONL log and the byte length of its complete lines. A last line without its newline
+    (torn by a crash) is left out; a malformed complete line is skipped with a warning."""
+    if not path.is_file():
+        return [], 0
+    data = path.read_bytes()
+    good = data.rfind(b"\n") + 1
+    records = []
+    for i, line in enumerate(data[:good].splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = None
+        if isinstance(rec, dict):
+            records.append(rec)
+        elif line.strip():
+            logger.warning("%s: line %d is not a JSON object: skipped", path, i)
+    return records, good
+
+
+class JsonlLog:
+    """An append-only JSONL file: each `append` is one write, then fsync; a failed append is rolled back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def open(self) -> list[dict[str, Any]]:
+        """Read the records, cut a torn last line, and open the file for appending."""
+        records, good = read_jsonl(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if os.fstat(self.fd).st_size > good:
+            logger.warning("%s: cut a torn last line (%d bytes)", self.path, os.fstat(self.fd).st_size - good)
+            os.ftruncate(self.fd, good)
+        return records
+
+    def append(self, records: Sequence[dict[str, Any]]) -> None:
+        assert self.fd is not None, "open() first"
+        data = memoryview("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+        size = os.fstat(self.fd).st_size
+        try:
+            while data:
+                data = data[os.write(self.fd, data):]
+            os.fsync(self.fd)
+        except OSError as exc:
+            with suppress(OSError):
+                os.ftruncate(self.fd, size)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class RequestCache:
+    """Engine results by request key, backed by an append-only log (one line per engine call)."""
+
+    def __init__(self, path: Path) -> None:
+        self.log = JsonlLog(path)
+        self.index: dict[str, Any] = {}
+        for rec in self.log.open():
+            results = rec.get("results")
+            if isinstance(results, dict):
+                self.index.update(results)
+
+    @staticmethod
+    def key(identity: dict[str, Any], kind: str, payload: dict[str, Any]) -> str:
+        """sha256 of the engine identity, the kind of call and the request payload."""
+        blob = json.dumps({"engine": identity, "kind": kind, **payload}, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def get(self, key: str) -> Any:
+        return self.index[key]
+
+    def put(self, kind: str, results: dict[str, Any]) -> None:
+        """Store the fresh results of one engine call durably (one line), then index them."""
+        self.log.append([{"kind": kind, "results": results}])
+        self.index.update(results)
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class RunStore:
+    """OUT's state, node log, request cache and lock. `check` reads only; `open` is the first write to OUT."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.nodes = JsonlLog(out / NODES_FILE)
+        self.cache: RequestCache | None = None
+        self.logged: set[str] = set()
+        self._lock_fd: int | None = None
+
+    # -- reading -------------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any] | None:
+        path = self.out / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {path} ({exc}); pass --overwrite to start over") from None
+        if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), str):
+            raise UsageError(f"{path} is not a run state; pass --overwrite to start over")
+        return state
+
+    def check(self, fingerprint: str, overwrite: bool = False) -> str:
+        """What a run of config `fingerprint` does with OUT, touching nothing: `new`, `resume` or `finished`.
+        Raises UsageError when OUT is a file, in use by another run, or holds a run of another config (unless
+        `overwrite`)."""
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"output_dir {self.out} exists and is not a directory")
+        lock = self.out / LOCK_FILE
+        if lock.is_file():
+            fd = os.open(lock, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"{self.out} is in use by another idea-mcts run") from None
+            finally:
+                os.close(fd)
+        return self._decide(fingerprint, overwrite)
+
+    def _decide(self, fingerprint: str, overwrite: bool) -> str:
+        if overwrite or not self.out.is_dir():
+            return "new"
+        state = self.state()
+        if state is None:
+            found = [n for n in (*OUTPUTS, NODES_FILE) if (self.out / n).exists()]
+            if found:
+                raise UsageError(f"{self.out} holds {', '.join(found)} but no {STATE_FILE}: not a resumable run; "
+                                 "pass --overwrite to replace it, or use another --output_dir")
+            return "new"
+        if state["fingerprint"] != fingerprint:
+            raise UsageError(f"{self.out} holds a run of another config ({state['fingerprint']}, this one is "
+                             f"{fingerprint}): use another --output_dir, or --overwrite to replace its outputs "
+                             "(the request cache is kept)")
+        if state.get("status") == "finished" and all((self.out / n).exists() for n in OUTPUTS):
+            return "finished"
+        return "resume"
+
+    # -- writing -------------------------------------------------------------------------------------------
+    def open(self, fingerprint: str, overwrite: bool = False) -> str:
+        """Lock OUT, clear an old run's outputs when `overwrite` (the cache stays), mark the run `running` and
+        load the logs. Returns `new` or `resume`."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.close()
+            raise UsageError(f"{self.out} is in use by another idea-mcts run") from None
+        mode = self._decide(fingerprint, overwrite)
+        if overwrite:
+            for name in (*OUTPUTS, NODES_FILE, STATE_FILE):
+                path = self.out / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        state = self.state() or {"version": __version__, "fingerprint": fingerprint, "started_at": _now()}
+        if state.get("status") != "running":
+            self._write_state({**state, "status": "running"})
+        self.logged = {r["node_id"] for r in self.nodes.open() if "node_id" in r}
+        self.cache = RequestCache(self.out / CACHE_FILE)
+        return mode
+
+    def log_nodes(self, nodes: Sequence[Node]) -> None:
+        """Append the nodes of a completed wave (a replayed node already in the log is not written again)."""
+        fresh = [n for n in nodes if n.node_id not in self.logged]
+        if fresh:
+            self.nodes.append([n.to_record() for n in fresh])
+            self.logged.update(n.node_id for n in fresh)
+
+    def finish(self, status: str) -> None:
+        """Mark the run `finished` (or `stopped`: a budget cut it short, a re-run goes on from there)."""
+        state = self.state()
+        assert state is not None
+        self._write_state({**state, "status": status, "finished_at": _now()})
+
+    def close(self) -> None:
+        """Close the logs and release OUT (idempotent)."""
+        self.nodes.close()
+        if self.cache is not None:
+            self.cache.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        atomic_write(self.out / STATE_FILE, json.dumps(state, indent=2) + "\n")
