@@ -1,6 +1,7 @@
 """`idea-mcts evolve | score | show | push`.
 
-Bad input exits 2 with one line on stderr; an engine that cannot serve exits 1; Ctrl-C exits 130.
+Bad input exits 2 with one line on stderr; an engine that cannot serve exits 1; Ctrl-C exits 130 (SIGTERM 143).
+An interrupted `evolve` keeps everything completed; the same command resumes it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import argparse
 import json
 import logging
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,23 +28,44 @@ def _setup_logging(level: str) -> None:
 
 
 # -- evolve ------------------------------------------------------------------------------------------------
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (exit code 143)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.config import load_config
     from idea_mcts.pipeline import EvolveRun
 
+    command = shlex.join(["idea-mcts", *args.argv])
     if args.output_dir:
         overrides = [*overrides, f"output_dir={args.output_dir}"]
     if args.max_calls is not None:
         overrides = [*overrides, f"max_calls={args.max_calls}"]
     cfg = load_config(args.config, overrides)
-    run = EvolveRun(cfg, command=shlex.join(["idea-mcts", *sys.argv[1:]]))
+    run = EvolveRun(cfg, command=command, overwrite=args.overwrite)
+    if run.mode == "finished":
+        print(f"nothing to do: {cfg.output_dir} already holds this finished run (--overwrite runs it again)",
+              file=sys.stderr)
+        return 0
     est = run.estimate
     print(f"plan: {len(run.seeds)} seeds -> at most {est['nodes']} nodes, {est['calls']} LLM calls, "
           f"{est['generated_tokens']} generated tokens", file=sys.stderr)
     if cfg.max_calls is not None and est["calls"] > cfg.max_calls:
         print(f"note: --max_calls {cfg.max_calls} is below the estimate; the search stops before a wave would "
               "pass it", file=sys.stderr)
-    report = run.execute(progress=not args.no_progress)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        report = run.execute(progress=not args.no_progress)
+    except KeyboardInterrupt as exc:
+        resume = shlex.join(["idea-mcts", *(a for a in args.argv if a != "--overwrite")])
+        print(f"\ninterrupted: completed work is kept in {cfg.output_dir}; resume with: {resume}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     c = report["counts"]
     print(f"{report['status']}: {c['rows']} rows from {c['nodes']} nodes in {report['wall_seconds']} s "
           f"-> {cfg.output_dir}", file=sys.stderr)
@@ -178,9 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Overrides after the options: key=value or --key value (dotted, e.g. "
                                    "search.iterations=1 roles.evolver.temperature=0.9).")
     p.add_argument("--config", help="YAML config (see configs/)")
-    p.add_argument("--output_dir", help="where dataset/, trees.jsonl and run.json go")
+    p.add_argument("--output_dir", help="where dataset/, trees.jsonl and run.json go; an unfinished run of the same "
+                                        "config there is resumed, a finished one is left as is")
     p.add_argument("--max_calls", type=int, help="stop before a wave would pass this many LLM calls")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in output_dir (its outputs, node log and state) by this one; the request "
+                        "cache is kept, so requests that did not change are not re-issued")
     p.set_defaults(func=cmd_evolve)
 
     p = sub.add_parser("score", help="score datasets with the reward's scorers; print mean Q/D/C")
@@ -208,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
+    args.argv = argv
     _setup_logging(args.log_level)
     if rest and args.command not in ("evolve", "score"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

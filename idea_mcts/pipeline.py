@@ -1,14 +1,20 @@
 """`idea-mcts evolve` as a library call: seeds -> trees -> dataset, trees.jsonl and run.json under OUT.
 
     run = EvolveRun(load_config("configs/demo.yaml"))
-    print(run.estimate)          # upper bounds on nodes, LLM calls and generated tokens
-    report = run.execute()       # writes OUT/dataset, OUT/trees.jsonl, OUT/run.json
+    print(run.estimate, run.mode)  # upper bounds on nodes, LLM calls and tokens; new / resume / finished
+    report = run.execute()         # writes OUT/dataset, OUT/trees.jsonl, OUT/run.json
+
+Every input is validated before OUT is touched, and every engine is loaded before it is: bad input never costs
+an output. While the search runs, completed nodes and engine results are logged under OUT (`idea_mcts.store`);
+an interrupted run re-run with the same config resumes by replaying them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -20,16 +26,21 @@ from idea_mcts.actions import Action, load_actions, meta_prompt, parse_task_meth
 from idea_mcts.config import EvolveConfig, to_yaml
 from idea_mcts.data import Seed, load_seeds
 from idea_mcts.engines import EnginePool, UsageStats
+from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import select_rows, to_dataset, write_dataset, write_report, write_trees
+from idea_mcts.export import REPORT_FILE, select_rows, to_dataset, write_dataset, write_report, write_trees
+from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import Reward
 from idea_mcts.search import IdeaMCTS, estimate
+from idea_mcts.store import RunStore
 from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger(__name__)
 
 SCORER_ROLES = ("quality", "complexity", "tagger", "embedder", "reward_model")
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+"""Errors writing under OUT that are the user's to fix (exit 2); completed work is kept."""
 
 
 def _now() -> str:
@@ -61,6 +72,19 @@ def read_examples(path: str, column: str = "instruction") -> list[str]:
     return out
 
 
+def check_output_dir(out: Path) -> None:
+    """OUT is a directory or can be made one: its nearest existing ancestor is a writable directory."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir {out} exists and is not a directory")
+    base = out.absolute()
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise UsageError(f"output_dir {out}: {base} is not a directory")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UsageError(f"output_dir {out}: {base} is not writable")
+
+
 def score_means(nodes: list[Node]) -> dict[str, float | None]:
     """Mean quality, complexity, diversity (and their mean) over nodes: the paper's data-quality table."""
     out: dict[str, float | None] = {}
@@ -75,30 +99,46 @@ def score_means(nodes: list[Node]) -> dict[str, float | None]:
 class EvolveRun:
     """One `evolve` run: validated inputs and the estimate up front; `execute` does the work."""
 
-    def __init__(self, cfg: EvolveConfig, command: str = "") -> None:
+    def __init__(self, cfg: EvolveConfig, command: str = "", overwrite: bool = False) -> None:
         self.cfg = cfg
         self.command = command
+        self.overwrite = overwrite
+        """Replace OUT's run (outputs, node log, state) by this one; the request cache is kept."""
         self.out = Path(cfg.output_dir)
-        if self.out.exists() and not self.out.is_dir():
-            raise UsageError(f"output_dir {self.out} exists and is not a directory")
+        check_output_dir(self.out)
         self.seeds: list[Seed] = load_seeds(cfg.data)
         self.actions: list[Action] = load_actions(cfg.search.actions)
         if cfg.search.task_actions:
             self.task_examples = read_examples(cfg.search.task_actions)
         self.scorer_roles = [r for r in SCORER_ROLES if cfg.role_engine(r)]
+        self.engine_keys = sorted({k for r in ("evolver", "responder", *self.scorer_roles)
+                                   if (k := cfg.role_engine(r)) is not None})
+        for key in self.engine_keys:
+            ecfg = cfg.engines[key]
+            for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
+                if name:
+                    resolve_model(name)  # local paths must be model dirs; embedded models get prepared
         max_new = {r: getattr(cfg.roles, r).max_new_tokens for r in ("evolver", "responder", "tagger")}
         if "tagger" not in self.scorer_roles:
             max_new["tagger"] = 0
         self.estimate = estimate(cfg.search, len(self.seeds), len(self.scorer_roles), max_new)
+        self.store = RunStore(self.out)
+        self.mode = self.store.check(cfg.fingerprint(), overwrite)
+        """`new`, `resume` (OUT holds an unfinished run of this config) or `finished` (nothing to do)."""
         self.pool = EnginePool(cfg.engines)
+        self.engines: dict[str, CachedEngine] = {}
         self.clients: dict[str, RoleClient] = {}
 
     def client(self, role: str) -> RoleClient:
+        """The role's client on its engine behind the run's request cache (the store must be open)."""
         if role not in self.clients:
             key = self.cfg.role_engine(role)
-            assert key is not None
+            assert key is not None and self.store.cache is not None
+            if key not in self.engines:
+                self.engines[key] = CachedEngine(self.pool.get(key), self.store.cache,
+                                                 engine_identity(self.cfg.engines[key]))
             role_cfg = getattr(self.cfg.roles, role)
-            self.clients[role] = RoleClient(role, self.pool.get(key), role_cfg, self.cfg.search.seed)
+            self.clients[role] = RoleClient(role, self.engines[key], role_cfg, self.cfg.search.seed)
         return self.clients[role]
 
     def _task_actions(self) -> list[Action]:
@@ -114,33 +154,65 @@ class EvolveRun:
         return task_actions(methods)
 
     def execute(self, progress: bool = True) -> dict[str, Any]:
+        """Run (or resume) the search and write the outputs; a finished run returns its report untouched."""
+        if self.mode == "finished":
+            logger.info("%s already holds this finished run: nothing to do", self.out)
+            return json.loads((self.out / REPORT_FILE).read_text())
+        started, t0 = _now(), time.perf_counter()
+        try:
+            self.load_engines()
+            self.mode = self.store.open(self.cfg.fingerprint(), self.overwrite)
+            if self.mode == "resume":
+                assert self.store.cache is not None
+                logger.info("resuming the run in %s: %d cached requests, %d nodes logged; replaying", self.out,
+                            len(self.store.cache), len(self.store.logged))
+            report = self._search(progress, started, t0)
+        except OSError as exc:
+            if exc.errno not in WRITE_ERRNOS:
+                raise
+            raise UsageError(f"cannot write {exc.filename or self.out}: {exc.strerror}; completed work is kept, "
+                             "fix this and re-run the same command to resume") from None
+        finally:
+            self.store.close()
+            self.pool.close()
+        logger.info("wrote %d rows from %d nodes to %s", report["counts"]["rows"], report["counts"]["nodes"],
+                    self.out)
+        return report
+
+    def load_engines(self) -> None:
+        """Load every engine the roles use, before OUT is touched: a model that cannot load costs no output."""
+        for key in self.engine_keys:
+            try:
+                self.pool.get(key)
+            except (UsageError, EngineError):
+                raise
+            except Exception as exc:  # corrupt weights, unknown backend, ...: the user's to fix
+                ecfg = self.cfg.engines[key]
+                msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UsageError(f"cannot load engine {key!r} ({ecfg.backend}: {ecfg.model}): {msg}") from None
+
+    def _search(self, progress: bool, started: str, t0: float) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        started, t0 = _now(), time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        try:
-            actions = self.actions + (self._task_actions() if self.cfg.search.task_actions else [])
-            reward = Reward(self.cfg.reward, **{r: self.client(r) for r in self.scorer_roles})
-            bar = tqdm(total=self.estimate["nodes"], unit="node", disable=not progress, dynamic_ncols=True)
+        actions = self.actions + (self._task_actions() if self.cfg.search.task_actions else [])
+        reward = Reward(self.cfg.reward, **{r: self.client(r) for r in self.scorer_roles})
+        bar = tqdm(total=self.estimate["nodes"], unit="node", disable=not progress, dynamic_ncols=True)
 
-            def tick(n: int) -> None:
-                bar.update(n)
-                done = sum(c.stats.completion_tokens for c in self.clients.values())
-                bar.set_postfix(trees=len(self.seeds), tok_s=f"{done / max(time.perf_counter() - t0, 1e-9):.1f}")
+        def tick(n: int) -> None:
+            bar.update(n)
+            done = sum(c.stats.completion_tokens for c in self.clients.values())
+            bar.set_postfix(trees=len(self.seeds), tok_s=f"{done / max(time.perf_counter() - t0, 1e-9):.1f}")
 
-            search = IdeaMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
-                              max_calls=self.cfg.max_calls, on_progress=tick)
-            trees = search.run(self.seeds)
-            bar.close()
-            rows = select_rows(trees, self.cfg.export)
-            dataset = to_dataset(rows, self.cfg.search.value)
-            write_dataset(self.out, dataset)
-            write_trees(self.out, trees, self.cfg.search.value)
-            report = self.report(trees, rows, search, reward, actions, started, time.perf_counter() - t0)
-            write_report(self.out, report)
-        finally:
-            self.pool.close()
-        logger.info("wrote %d rows from %d nodes to %s", len(rows), report["counts"]["nodes"], self.out)
+        search = IdeaMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
+                          max_calls=self.cfg.max_calls, on_nodes=self.store.log_nodes, on_progress=tick)
+        trees = search.run(self.seeds)
+        bar.close()
+        rows = select_rows(trees, self.cfg.export)
+        write_dataset(self.out, to_dataset(rows, self.cfg.search.value))
+        write_trees(self.out, trees, self.cfg.search.value)
+        report = self.report(trees, rows, search, reward, actions, started, time.perf_counter() - t0)
+        write_report(self.out, report)
+        self.store.finish("finished" if search.stopped is None else "stopped")
         return report
 
     def report(self, trees: list[Tree], rows: list[Node], search: IdeaMCTS, reward: Reward,
@@ -153,6 +225,7 @@ class EvolveRun:
         return {
             "version": __version__, "command": self.command,
             "status": "finished" if search.stopped is None else f"stopped early: {search.stopped}",
+            "resumed": self.mode == "resume",
             "started_at": started, "finished_at": _now(),
             "config": self.cfg.to_dict(), "config_yaml": to_yaml(self.cfg),
             "config_fingerprint": self.cfg.fingerprint(),
@@ -160,10 +233,11 @@ class EvolveRun:
             "estimate": self.estimate,
             "counts": {"seeds": len(trees), "nodes": len(nodes), "evolved_nodes": len(nodes) - len(trees),
                        "terminal_nodes": sum(n.terminal for n in nodes), "rows": len(rows),
-                       "max_depth": max((n.depth for n in nodes), default=0), "requests": search.calls},
+                       "max_depth": max((n.depth for n in nodes), default=0), "requests": search.calls,
+                       "cached_requests": total.cached},
             "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
-            "engines": {k: {"backend": e.backend, "model": e.model_id, **e.stats.as_dict()}
-                        for k, e in self.pool.loaded().items()},
+            "engines": {k: {"backend": e.backend, "model": e.model_id, **e.inner.stats.as_dict(),
+                            "cached": e.stats.cached} for k, e in self.engines.items()},
             "parse_failures": {k: failures.get(k, 0) for k in
                                ("quality", "complexity", "diversity", "novelty", "reward_model", "evolver",
                                 "responder", "rollout_truncated")},
