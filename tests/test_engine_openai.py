@@ -20,6 +20,7 @@ from idea_mcts.config import EngineConfig
 from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
 from idea_mcts.engines.base import Engine
 from idea_mcts.errors import EngineError
+from tests.search_helpers import check_search, two_seed_search
 from tests.vllm_fixtures import DIGITS, SCORE_CHAT, SCORE_RAW, VLLMServer, free_port, mixed_batch
 
 logger = logging.getLogger(__name__)
@@ -174,18 +175,40 @@ def test_faults_are_retried(vllm_server: VLLMServer, engine: Engine, fault_proxy
     assert len(scores) == 4 and all(s.logprobs for s in scores)
     assert set(fault_proxy.faults) == set(FAULTS)
     assert faulty.stats.retries >= len(fault_proxy.faults)
-    assert elapsed < 120
 
 
 def test_unreachable_server_is_an_engine_error() -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     eng = build_engine(EngineConfig(backend="openai", model="m", base_url=url, max_retries=1, timeout=5))
-    t0 = time.monotonic()
     try:
         with pytest.raises(EngineError, match=url.replace(".", r"\.")) as err:
             eng.generate([GenerationRequest("Hello", SamplingParams(2, 0.0))])
     finally:
         eng.close()
-    assert time.monotonic() - t0 < 15
     assert "\n" not in str(err.value)
     assert eng.stats.retries == 1
+
+
+def test_two_seed_search(engine: Engine) -> None:
+    """A real IDEA-MCTS search with every role on `vllm serve` through the OpenAI engine."""
+    search, trees = two_seed_search(engine)
+    check_search(search, trees)
+
+
+def test_run_through_faults_completes_and_reports_retries(vllm_server: VLLMServer, fault_proxy: FaultProxy,
+                                                          tmp_path) -> None:
+    """`idea-mcts evolve` against a server that fails every 3rd request: the run finishes, run.json counts
+    the retries."""
+    from idea_mcts.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["evolve", "--output_dir", str(out), "--no_progress", "engines.default.backend=openai",
+               f"engines.default.model={vllm_server.model}", f"engines.default.base_url={fault_proxy.base_url}",
+               f"engines.default.timeout={CLIENT_TIMEOUT}", "engines.default.max_retries=6",
+               "data.max_seeds=2", "search.iterations=1", "search.expand_width=2", "search.max_depth=1",
+               "roles.evolver.max_new_tokens=24", "roles.responder.max_new_tokens=24",
+               "roles.tagger.max_new_tokens=16"])
+    assert rc == 0
+    report = json.loads((out / "run.json").read_text())
+    assert report["status"] == "finished"
+    assert report["engines"]["default"]["retries"] >= len(fault_proxy.faults) > 0

@@ -9,6 +9,7 @@ import pytest
 from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
 from idea_mcts.engines.base import Engine
 from idea_mcts.errors import UsageError
+from tests.search_helpers import check_search, two_seed_search
 from tests.vllm_fixtures import DIGITS, SCORE_CHAT, SCORE_RAW, mixed_batch, require_vllm, vllm_test_config
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -60,3 +61,11 @@ def test_digit_logprobs(engine: Engine) -> None:
 def test_logprob_candidates_must_be_single_tokens(engine: Engine) -> None:
     with pytest.raises(UsageError, match="not one"):
         engine.next_token_logprobs([SCORE_RAW], ["1", "hello world"])
+
+
+def test_two_seed_search(engine: Engine) -> None:
+    """A real IDEA-MCTS search with every role on the in-process vLLM engine."""
+    calls = engine.stats.calls
+    search, trees = two_seed_search(engine)
+    check_search(search, trees)
+    assert engine.stats.calls > calls
