@@ -15,13 +15,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
+
+from idea_mcts.scoring import score_means
+from idea_mcts.tree import Tree
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +81,6 @@ def size_category(n: int) -> str:
     return next((name for bound, name in _SIZES if n < bound), "n>1T")
 
 
-def mean(values: list[Any]) -> float | None:
-    """Mean of the non-missing values (None when there are none)."""
-    xs = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    return sum(xs) / len(xs) if xs else None
-
-
-def score_means(records: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Mean quality, diversity, complexity over `records`, and `mean`: the mean of those three (the paper's
-    "mean of (Q, D, C)"; of the ones present when a scorer was off, as in run.json's `data_quality`)."""
-    out = {k: mean([r.get(k) for r in records]) for k in SCORES}
-    out["mean"] = mean([out[k] for k in SCORES])
-    return out
-
-
 def contamination_source(config: dict[str, Any]) -> str | None:
     """The benchmark the task-specific actions came from, when `search.task_actions` was used with a
     `task_source` (or a task file) named after an evaluation benchmark; else None."""
@@ -126,33 +114,8 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 
 def render_tree(nodes: list[dict[str, Any]], max_lines: int = 40, width: int = 90) -> str:
-    """One tree as an indented outline: action, scores, reward, value/visits, the instruction's start.
-    `*` marks nodes on a root-to-terminal path, `T` terminal nodes, `~` rollout nodes."""
-    by_id = {n["node_id"]: n for n in nodes}
-    root = next((n for n in nodes if n.get("depth") == 0), None)
-    lines: list[str] = []
-    if root is None:
-        return ""
-
-    def walk(node: dict[str, Any], indent: int) -> None:
-        if len(lines) >= max_lines:
-            return
-        marks = ("*" if node.get("on_terminal_path") else " ") + ("T" if node.get("terminal") else " ") + (
-            "~" if node.get("kind") == "rollout" else " ")
-        text = " ".join(str(node.get("instruction") or "").split())
-        text = text if len(text) <= width else text[: width - 1] + "…"
-        lines.append(f"{marks} {'  ' * indent}[{node.get('action') or 'seed'}] "
-                     f"Q {_fmt(node.get('quality'))} C {_fmt(node.get('complexity'))} "
-                     f"D {_fmt(node.get('diversity'), 0)} R {_fmt(node.get('reward'))} | "
-                     f"V {_fmt(node.get('value'))} N {node.get('visits', 0)} | {text}")
-        for child in node.get("children") or []:
-            if child in by_id:
-                walk(by_id[child], indent + 1)
-
-    walk(root, 0)
-    if len(lines) < len(nodes):
-        lines.append(f"… {len(nodes) - len(lines)} more nodes (load the `trees` config to see them all)")
-    return "\n".join(lines)
+    """One tree (its trees.jsonl records) as the indented outline of `idea-mcts show`."""
+    return Tree.from_records(nodes).outline(width=width, max_lines=max_lines)
 
 
 def example_tree(nodes: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:

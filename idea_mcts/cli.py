@@ -116,10 +116,9 @@ def _pairs(path: str) -> tuple[list[str], list[str | None]]:
 
 def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.config import load_config
-    from idea_mcts.pipeline import SCORER_ROLES, score_means
+    from idea_mcts.pipeline import SCORER_ROLES
     from idea_mcts.roles import RoleClient
-    from idea_mcts.scoring import Reward
-    from idea_mcts.tree import Node
+    from idea_mcts.scoring import Reward, score_means
 
     cfg = load_config(args.config, overrides)
     data = {path: _pairs(path) for path in args.datasets}
@@ -145,10 +144,7 @@ def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
             before = sum(reward.failures.values())
             scored = reward.score(instructions, [r or "" for r in responses],
                                   [f"score:{i}" for i in range(len(instructions))])
-            nodes = [Node(node_id=str(i), seed_id="", parent_id=None, depth=0, action=None, kind="root",
-                          instruction=ins, scores=s.scores) for i, (ins, s) in enumerate(zip(instructions, scored,
-                                                                                               strict=True))]
-            table[path] = {"rows": len(nodes), **score_means(nodes),
+            table[path] = {"rows": len(scored), **score_means(s.scores for s in scored),
                            "parse_failures": sum(reward.failures.values()) - before}
     finally:
         pool.close()

@@ -31,7 +31,7 @@ from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.export import REPORT_FILE, select_rows, to_dataset, write_dataset, write_report, write_trees
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
-from idea_mcts.scoring import Reward
+from idea_mcts.scoring import Reward, score_means
 from idea_mcts.search import IdeaMCTS, estimate
 from idea_mcts.store import RunStore
 from idea_mcts.tree import Node, Tree
@@ -83,17 +83,6 @@ def check_output_dir(out: Path) -> None:
         raise UsageError(f"output_dir {out}: {base} is not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
         raise UsageError(f"output_dir {out}: {base} is not writable")
-
-
-def score_means(nodes: list[Node]) -> dict[str, float | None]:
-    """Mean quality, complexity, diversity (and their mean) over nodes: the paper's data-quality table."""
-    out: dict[str, float | None] = {}
-    for name in ("quality", "complexity", "diversity"):
-        vals = [n.scores[name] for n in nodes if n.scores.get(name) is not None]
-        out[name] = sum(vals) / len(vals) if vals else None
-    present = [v for v in out.values() if v is not None]
-    out["mean"] = sum(present) / len(present) if present else None
-    return out
 
 
 class EvolveRun:
@@ -241,7 +230,8 @@ class EvolveRun:
             "parse_failures": {k: failures.get(k, 0) for k in
                                ("quality", "complexity", "diversity", "novelty", "reward_model", "evolver",
                                 "responder", "rollout_truncated")},
-            "data_quality": {"seeds": score_means([t.root for t in trees]), "rows": score_means(rows)},
+            "data_quality": {"seeds": score_means([t.root.scores for t in trees]),
+                             "rows": score_means([n.scores for n in rows])},
             "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),
             "throughput": {"nodes_per_s": round(len(nodes) / max(search.seconds, 1e-9), 3),
                            "completion_tokens_per_s": round(total.completion_tokens / max(search.seconds, 1e-9), 2),

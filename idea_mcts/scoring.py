@@ -14,8 +14,9 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,20 @@ TAG_REQUEST = ("Please identify tags of user intentions in the following user qu
                "for each tag. Please respond in the JSON format {\"tag\": str, \"explanation\": str}.\n"
                "User query: {instruction}")
 TAG_PREFILL = '[{"tag": "'
+
+
+def score_means(scores: Iterable[Mapping[str, Any]]) -> dict[str, float | None]:
+    """Mean quality, diversity and complexity over score mappings (node scores, dataset rows, trees.jsonl
+    records), and `mean`: the mean of those present — the paper's "mean of (Q, D, C)" data-quality table.
+    Missing and NaN values are left out."""
+    rows = list(scores)
+    out: dict[str, float | None] = {}
+    for name in ("quality", "diversity", "complexity"):
+        vals = [float(v) for r in rows if (v := r.get(name)) is not None and not math.isnan(float(v))]
+        out[name] = sum(vals) / len(vals) if vals else None
+    present = [v for v in out.values() if v is not None]
+    out["mean"] = sum(present) / len(present) if present else None
+    return out
 
 
 def expected_score(logprobs: dict[str, float], digits: Sequence[str] = DIGITS) -> float | None:

@@ -153,26 +153,34 @@ class Tree:
                         terminal=r.get("terminal", False), on_terminal_path=r.get("on_terminal_path", False))
             tree.nodes[node.node_id] = node
         tree.root = tree.nodes[root["node_id"]]
-        tree.ids_issued = 1 + max(int(n.rsplit("/", 1)[1]) for n in tree.nodes)
+        suffixes = [n.rsplit("/", 1)[-1] for n in tree.nodes]
+        tree.ids_issued = 1 + max((int(x) for x in suffixes if x.isdigit()), default=len(tree.nodes) - 1)
         return tree
 
-    def outline(self, value_mode: str = "mean", width: int = 100) -> str:
-        """The tree as an indented outline with scores (`idea-mcts show`, the dataset card)."""
+    def outline(self, value_mode: str = "mean", width: int = 100, max_lines: int | None = None) -> str:
+        """The tree as an indented outline (`idea-mcts show`, the dataset card). Each line: marks, `[action]`,
+        Q(uality) C(omplexity) D(iversity) R(eward) | V(alue) N (visits) | the instruction's start. Marks: `*`
+        on a root-to-terminal path (eligible for the rows), `T` terminal, `~` rollout node."""
         lines: list[str] = []
 
-        def fmt(x: float | None) -> str:
-            return "-" if x is None else f"{x:.2f}"
+        def fmt(x: float | None, digits: int = 2) -> str:
+            return "–" if x is None else f"{x:.{digits}f}"
 
         def walk(node: Node, indent: int) -> None:
+            if max_lines is not None and len(lines) >= max_lines:
+                return
+            marks = ("*" if node.on_terminal_path else " ") + ("T" if node.terminal else " ") + (
+                "~" if node.kind == "rollout" else " ")
             text = " ".join(node.instruction.split())
             text = text if len(text) <= width else text[: width - 1] + "…"
             s = node.scores
-            flags = ("T" if node.terminal else "") + ("*" if node.on_terminal_path else "")
-            lines.append(f"{'  ' * indent}- [{node.action or 'seed'}] r={fmt(node.reward)} q={fmt(s.get('quality'))} "
-                         f"c={fmt(s.get('complexity'))} d={fmt(s.get('diversity'))} n={node.visits} "
-                         f"v={fmt(node.value(value_mode))} {flags} {text}".rstrip())
+            lines.append(f"{marks} {'  ' * indent}[{node.action or 'seed'}] Q {fmt(s.get('quality'))} "
+                         f"C {fmt(s.get('complexity'))} D {fmt(s.get('diversity'), 0)} R {fmt(node.reward)} | "
+                         f"V {fmt(node.value(value_mode))} N {node.visits} | {text}")
             for k in node.children:
                 walk(self.nodes[k], indent + 1)
 
         walk(self.root, 0)
+        if len(lines) < len(self.nodes):
+            lines.append(f"… {len(self.nodes) - len(lines)} more nodes")
         return "\n".join(lines)

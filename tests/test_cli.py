@@ -42,7 +42,8 @@ def test_show_prints_outline(tiny_run, capsys):
     assert len(listing) == 3
     assert main(["show", str(tiny_run), "--seed", "demo-01"]) == 0
     outline = capsys.readouterr().out.splitlines()
-    assert outline[0].startswith("- [seed]") and any(line.startswith("  - [") for line in outline)
+    assert outline[0].endswith("[seed] " + outline[0].split("[seed] ", 1)[1]) and "[seed] Q " in outline[0]
+    assert any(line[4:6] == "  " and line[6] == "[" for line in outline[1:])  # children indented
     assert main(["show", str(tiny_run), "--seed", "nope"]) == 2
 
 

@@ -29,9 +29,9 @@ from idea_mcts.card import (
     fenced,
     merge_metadata,
     redact,
-    score_means,
     size_category,
 )
+from idea_mcts.scoring import score_means
 from tests.hub_emulator import HubEmulator, hub_env
 from tests.publish_fixtures import write_run
 

@@ -70,4 +70,6 @@ def test_records_round_trip_and_outline():
     assert [n.to_record() for n in back] == [n.to_record() for n in t]
     assert back.ids_issued == t.ids_issued
     text = back.outline()
-    assert text.splitlines()[0].startswith("- [seed]") and "    - [format_output] r=9.50 q=4.00 c=2.50" in text
+    assert text.splitlines()[0].startswith("*   [seed] Q –")
+    assert "*T~     [format_output] Q 4.00 C 2.50 D 3 R 9.50 | V 9.50 N 1 | C" in text
+    assert back.outline(max_lines=2).splitlines()[-1] == "… 2 more nodes"
