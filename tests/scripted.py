@@ -29,7 +29,11 @@ class ScriptedEngine(Engine):
         out = []
         for r in requests:
             text = _text(r.prompt)
-            if "#New Instruction#:" in text:
+            if "different methods for rewriting" in text:
+                kinds.append("meta")
+                out.append(Generation(text="Methods:\n1. Require a rhyme scheme in the answer.\n"
+                                           "2. Ask for exactly three stanzas.\n", completion_tokens=20))
+            elif "#New Instruction#:" in text:
                 kinds.append("evolve")
                 self._evolves += 1
                 original = text.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0]
