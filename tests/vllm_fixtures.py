@@ -140,9 +140,10 @@ def stop_vllm_server(server: VLLMServer) -> None:
     proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vllm_server() -> Iterator[VLLMServer]:
-    """One `vllm serve` process (SmolLM2 on CPU) shared by every test of the session."""
+    """One `vllm serve` process (SmolLM2 on CPU) shared by the tests of a module, stopped after it: an idle
+    vLLM worker still takes CPU and RAM from the tests that follow."""
     require_vllm()
     log = Path(tempfile.mkdtemp(prefix="vllm-serve-")) / "server.log"
     t0 = time.monotonic()
