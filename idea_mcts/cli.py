@@ -46,6 +46,8 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.max_calls is not None:
         overrides = [*overrides, f"max_calls={args.max_calls}"]
     cfg = load_config(args.config, overrides)
+    if cfg.push_to_hub is not None and cfg.push_to_hub.repo_id.count("/") != 1:
+        raise UsageError(f"push_to_hub.repo_id must be namespace/name, got {cfg.push_to_hub.repo_id!r}")
     run = EvolveRun(cfg, command=command, overwrite=args.overwrite)
     if run.mode == "finished":
         print(f"nothing to do: {cfg.output_dir} already holds this finished run (--overwrite runs it again)",
@@ -69,6 +71,23 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
     c = report["counts"]
     print(f"{report['status']}: {c['rows']} rows from {c['nodes']} nodes in {report['wall_seconds']} s "
           f"-> {cfg.output_dir}", file=sys.stderr)
+    return _push_after_evolve(cfg) if cfg.push_to_hub is not None else 0
+
+
+def _push_after_evolve(cfg: Any) -> int:
+    """The config's `push_to_hub`: publish the finished run; a failure keeps OUT and says how to retry."""
+    from idea_mcts.publish import PushError, push_from_config
+
+    push = cfg.push_to_hub
+    retry = ["idea-mcts", "push", cfg.output_dir, "--repo_id", push.repo_id, "--license", push.license]
+    retry += (["--private"] if push.private else []) + (["--revision", push.revision] if push.revision else [])
+    try:
+        url = push_from_config(cfg.output_dir, push)
+    except PushError as exc:
+        print(f"error: {exc}. The run in {cfg.output_dir} is complete and unchanged; retry with: "
+              f"{shlex.join(retry)}", file=sys.stderr)
+        return 1
+    print(f"pushed: {url}", file=sys.stderr)
     return 0
 
 

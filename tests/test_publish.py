@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from datasets import load_from_disk
 from huggingface_hub import DatasetCard
 
 from idea_mcts import publish
@@ -45,29 +46,10 @@ repo = sys.argv[1]
 print(json.dumps({"rows": load_dataset(repo, split="train").to_list(),
                   "nodes": load_dataset(repo, "trees", split="train").to_list()}))
 """
-DRIVER = r"""
-import argparse, logging, sys
-logging.basicConfig(level=logging.DEBUG)
-from idea_mcts import publish
-parser = argparse.ArgumentParser(prog="idea-mcts")
-publish.register(parser.add_subparsers(dest="command", required=True))
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.func(args))
-"""
 
 
 def _push_argv() -> list[str]:
-    """`idea-mcts --log_level DEBUG push` once cli.py registers it, else the handler via a tiny argparse."""
-    script = Path(sys.executable).with_name("idea-mcts")
-    try:
-        from idea_mcts.cli import build_parser
-
-        wired = "push" in build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    except Exception:
-        wired = False
-    if wired and script.exists():
-        return [str(script), "--log_level", "DEBUG", "push"]
-    return [sys.executable, "-c", DRIVER, "push"]
+    return [sys.executable, "-m", "idea_mcts.cli", "--log_level", "DEBUG", "push"]
 
 
 def _env(hub: HubEmulator, home: Path, token: str | None = TOKEN) -> dict[str, str]:
@@ -352,3 +334,25 @@ def test_card_helpers() -> None:
     assert means == {"quality": 3.0, "diversity": 4.0, "complexity": 1.0, "mean": pytest.approx(8 / 3)}
     assert score_means([{"quality": 2.0, "diversity": 4.0}])["mean"] == 3.0  # complexity scorer off
     assert re.fullmatch(r"n<1K", size_category(10))
+
+
+def test_evolve_pushes_when_the_config_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`push_to_hub: {repo_id}` in the evolve config publishes the finished run; a failed push keeps it."""
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "idea_mcts.cli", "evolve", "--output_dir", str(out), "--no_progress",
+            f"engines.default.model={tiny_model_dir}", "data.max_seeds=2", "search.iterations=1",
+            "search.expand_width=2", "search.max_depth=1", "roles.evolver.max_new_tokens=8",
+            "roles.responder.max_new_tokens=8", "roles.tagger.max_new_tokens=8", "export.mode=all",
+            "push_to_hub.repo_id=org/auto", "push_to_hub.license=mit"]
+    with HubEmulator(token=TOKEN) as hub:
+        r = _run(argv, _env(hub, tmp_path))
+        assert r.returncode == 0, r.stderr[-3000:]
+        loaded = load(hub, tmp_path, "org/auto")
+        assert len(loaded["rows"]) == len(load_from_disk(str(out / "dataset")))
+        assert len(loaded["nodes"]) == len((out / "trees.jsonl").read_text().splitlines())
+        assert card_of(hub, "org/auto").data.license == "mit"
+        hub.fail = "all"
+        r = _run([*argv[:5], str(tmp_path / "out2"), *argv[6:]], _env(hub, tmp_path))
+    assert r.returncode == 1
+    assert "retry with: idea-mcts push" in r.stderr and (tmp_path / "out2" / "dataset").is_dir()
+    assert TOKEN not in r.stderr
