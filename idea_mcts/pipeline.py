@@ -18,6 +18,7 @@ import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,7 @@ class EvolveRun:
             key = self.cfg.role_engine(role)
             assert key is not None and self.store.cache is not None
             if key not in self.engines:
-                self.engines[key] = CachedEngine(self.pool.get(key), self.store.cache,
+                self.engines[key] = CachedEngine(partial(self.pool.get, key), self.store.cache,
                                                  engine_identity(self.cfg.engines[key]))
             role_cfg = getattr(self.cfg.roles, role)
             self.clients[role] = RoleClient(role, self.engines[key], role_cfg, self.cfg.search.seed)
@@ -149,7 +150,8 @@ class EvolveRun:
             return json.loads((self.out / REPORT_FILE).read_text())
         started, t0 = _now(), time.perf_counter()
         try:
-            self.load_engines()
+            if self.mode != "resume":  # a resume only appends to OUT: its engines load on the first cache miss
+                self.load_engines()
             self.mode = self.store.open(self.cfg.fingerprint(), self.overwrite)
             if self.mode == "resume":
                 assert self.store.cache is not None
@@ -169,7 +171,8 @@ class EvolveRun:
         return report
 
     def load_engines(self) -> None:
-        """Load every engine the roles use, before OUT is touched: a model that cannot load costs no output."""
+        """Load every engine the roles use, before OUT is touched: a model that cannot load costs no output
+        (with --overwrite, none of the old run's)."""
         for key in self.engine_keys:
             try:
                 self.pool.get(key)
@@ -225,8 +228,8 @@ class EvolveRun:
                        "max_depth": max((n.depth for n in nodes), default=0), "requests": search.calls,
                        "cached_requests": total.cached},
             "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
-            "engines": {k: {"backend": e.backend, "model": e.model_id, **e.inner.stats.as_dict(),
-                            "cached": e.stats.cached} for k, e in self.engines.items()},
+            "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
+                        for k, e in self.engines.items()},
             "parse_failures": {k: failures.get(k, 0) for k in
                                ("quality", "complexity", "diversity", "novelty", "reward_model", "evolver",
                                 "responder", "rollout_truncated")},

@@ -220,7 +220,7 @@ class RunStore:
                     path.unlink()
         state = self.state() or {"version": __version__, "fingerprint": fingerprint, "started_at": _now()}
         if state.get("status") != "running":
-            self._write_state({**state, "status": "running"})
+            self._write_state({**{k: v for k, v in state.items() if k != "finished_at"}, "status": "running"})
         self.logged = {r["node_id"] for r in self.nodes.open() if "node_id" in r}
         self.cache = RequestCache(self.out / CACHE_FILE)
         return mode

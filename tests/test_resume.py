@@ -20,6 +20,7 @@ import pytest
 
 from idea_mcts.cli import main
 from idea_mcts.config import EngineConfig, RoleConfig
+from idea_mcts.engines import EnginePool
 from idea_mcts.engines.base import GenerationRequest, SamplingParams
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.roles import RoleClient
@@ -215,14 +216,35 @@ def test_cache_key_covers_everything_that_determines_a_request():
 
 
 def test_cached_engine_answers_repeats_from_the_cache_and_counts_them(tmp_path):
-    inner = ScriptedEngine()
-    engine = CachedEngine(inner, RequestCache(tmp_path / "requests.jsonl"), {"model": "scripted"})
+    inner, loads = ScriptedEngine(), []
+
+    def load() -> ScriptedEngine:
+        loads.append(1)
+        return inner
+
+    engine = CachedEngine(load, RequestCache(tmp_path / "requests.jsonl"), {"model": "scripted"})
+    assert not loads  # loaded on the first miss only
     client = RoleClient("responder", engine, RoleConfig(), run_seed=0)
     first = client.generate(["a", "b", "a"], ["k1", "k2", "k1"])  # the repeat goes to the engine once
     assert inner.batches == [("respond", 2)] and client.stats.cached == 1 and client.stats.requests == 3
-    again = CachedEngine(inner, RequestCache(tmp_path / "requests.jsonl"), {"model": "scripted"})  # reloaded
+    again = CachedEngine(load, RequestCache(tmp_path / "requests.jsonl"), {"model": "scripted"})  # reloaded
     assert again.generate([GenerationRequest("b", client.params("k2")),
                            GenerationRequest("a", client.params("k1"))]) == [first[1], first[0]]
-    assert inner.batches == [("respond", 2)] and again.stats.cached == 2 and again.stats.completion_tokens == 0
+    assert len(loads) == 1 and again.stats.cached == 2 and again.stats.completion_tokens == 0
     assert again.generate([GenerationRequest("a", SamplingParams(seed=99))])[0].text == first[0].text
-    assert inner.batches[-1] == ("respond", 1)  # another seed is another request
+    assert inner.batches[-1] == ("respond", 1) and len(loads) == 2  # another seed is another request
+
+
+def test_resume_that_the_cache_answers_whole_loads_no_model(reference, tiny_model_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for name in ("dataset", "trees.jsonl", "run.json"):  # finished, but its outputs are gone: rebuilt by replay
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+
+    def no_model(self: EnginePool, key: str) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(EnginePool, "get", no_model)
+    assert evolve(out, tiny_model_dir) == 0
+    assert_same_run(out, reference)
+    assert json.loads((out / "run.json").read_text())["engines"]["default"]["requests"] == 0

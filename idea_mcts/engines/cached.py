@@ -3,7 +3,8 @@
 Each batched call answers the requests already in the cache from it and sends the others to the wrapped engine
 as one batch (a request repeated in the batch goes once), then stores their results as one cache line before
 returning. Results are always returned decoded from their cached form, so a replayed run sees exactly the
-values the first run saw.
+values the first run saw. The wrapped engine is loaded on the first request the cache cannot answer: a replay
+that the cache answers whole loads no model.
 """
 
 from __future__ import annotations
@@ -39,15 +40,29 @@ def engine_identity(cfg: EngineConfig) -> dict[str, Any]:
 
 
 class CachedEngine(Engine):
-    """`inner` behind `cache`. `stats` counts every request and, as `cached`, those the cache answered (or that
-    repeated another request of the batch); tokens, retries and engine work are the inner engine's only."""
+    """The engine that `load` returns, behind `cache`. `stats` counts every request and, as `cached`, those the
+    cache answered (or that repeated another request of the batch); tokens, retries and engine work are the
+    inner engine's only."""
 
-    def __init__(self, inner: Engine, cache: RequestCache, identity: dict[str, Any]) -> None:
-        super().__init__(inner.model_id)
-        self.backend = inner.backend
-        self.inner = inner
+    def __init__(self, load: Callable[[], Engine], cache: RequestCache, identity: dict[str, Any]) -> None:
+        super().__init__(str(identity.get("model", "")))
+        self.backend = str(identity.get("backend", "cached"))
         self.cache = cache
         self.identity = identity
+        self._load = load
+        self._inner: Engine | None = None
+
+    @property
+    def inner(self) -> Engine:
+        """The wrapped engine, loaded on first use."""
+        if self._inner is None:
+            self._inner = self._load()
+        return self._inner
+
+    @property
+    def work(self) -> UsageStats:
+        """What the wrapped engine did (nothing when it was never loaded)."""
+        return self._inner.stats if self._inner is not None else UsageStats()
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return self._through("generate", [{"prompt": r.prompt, "params": asdict(r.params)} for r in requests],
@@ -70,7 +85,8 @@ class CachedEngine(Engine):
                              lambda idx: self.inner.score([conversations[i] for i in idx]), float, float)
 
     def close(self) -> None:
-        self.inner.close()
+        if self._inner is not None:
+            self._inner.close()
 
     def _through(self, kind: str, payloads: list[dict[str, Any]], call: Callable[[list[int]], Sequence[Any]],
                  encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> list[Any]:
@@ -82,12 +98,13 @@ class CachedEngine(Engine):
         for i, k in enumerate(keys):
             if k not in self.cache and k not in todo:
                 todo[k] = i
-        before = replace(self.inner.stats)
+        work = UsageStats()
         if todo:
+            before = replace(self.inner.stats)
             fresh = call(list(todo.values()))
             expect_len(fresh, len(todo), f"{self.backend} {kind}")
             self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
-        work = self.inner.stats.since(before)
+            work = self.inner.stats.since(before)
         self.stats.add(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
                                   prompt_tokens=work.prompt_tokens, completion_tokens=work.completion_tokens,
                                   retries=work.retries, seconds=time.perf_counter() - t0))
