@@ -49,6 +49,17 @@ def _load_tokenizer(cfg: EngineConfig, path: str):  # noqa: ANN202 - transformer
     return tok
 
 
+def _load(cfg: EngineConfig, auto_cls: type, what: str, **kwargs: object):  # noqa: ANN202 - (tokenizer, model)
+    """Tokenizer and model of `cfg` on its device in eval mode; a model that cannot load is the user's to fix."""
+    path = resolve_model(cfg.model)
+    try:
+        tokenizer = _load_tokenizer(cfg, path)
+        model = auto_cls.from_pretrained(path, **kwargs, **cfg.engine_kwargs)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load {what} {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+    return tokenizer, model.to(_device(cfg.device)).eval()
+
+
 def _chunks(order: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(order), size):
         yield order[i : i + size]
@@ -64,16 +75,10 @@ class TransformersEngine(Engine):
 
         super().__init__(cfg.model)
         self.cfg = cfg
-        path = resolve_model(cfg.model)
         if cfg.dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
         self.device = _device(cfg.device)
-        try:
-            self.tokenizer = _load_tokenizer(cfg, path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype], **cfg.engine_kwargs)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
-        self.model.to(self.device).eval()
+        self.tokenizer, self.model = _load(cfg, AutoModelForCausalLM, "model", dtype=DTYPES[cfg.dtype])
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
@@ -209,13 +214,8 @@ class EmbeddingEngine(Engine):
 
         super().__init__(cfg.model)
         self.cfg = cfg
-        path = resolve_model(cfg.model)
         self.device = _device(cfg.device)
-        try:
-            self.tokenizer = _load_tokenizer(cfg, path)
-            self.model = AutoModel.from_pretrained(path, **cfg.engine_kwargs).to(self.device).eval()
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load embedding model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+        self.tokenizer, self.model = _load(cfg, AutoModel, "embedding model")
         self.tokenizer.padding_side = "right"
 
     @torch.inference_mode()
@@ -241,14 +241,9 @@ class RewardModelEngine(Engine):
 
         super().__init__(cfg.model)
         self.cfg = cfg
-        path = resolve_model(cfg.model)
         self.device = _device(cfg.device)
-        try:
-            self.tokenizer = _load_tokenizer(cfg, path)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=DTYPES.get(cfg.dtype, torch.float32), **cfg.engine_kwargs).to(self.device).eval()
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load reward model {cfg.model!r}: {str(exc).splitlines()[0]}") from None
+        self.tokenizer, self.model = _load(cfg, AutoModelForSequenceClassification, "reward model",
+                                           dtype=DTYPES.get(cfg.dtype, torch.float32))
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
