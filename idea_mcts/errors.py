@@ -6,8 +6,6 @@ from __future__ import annotations
 class UsageError(Exception):
     """Bad input from the user (config, seed file, paths, model names): one line, exit code 2."""
 
-    exit_code = 2
-
 
 class EngineError(RuntimeError):
     """An engine cannot serve requests (server unreachable after retries, model failed to load): one line,

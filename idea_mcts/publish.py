@@ -32,8 +32,6 @@ ROW_SCORE_COLUMNS = ("depth", "quality", "complexity", "diversity", "reward")
 class PushError(RuntimeError):
     """The Hub refused or failed the push: one line, exit code 1; the run's output directory is untouched."""
 
-    exit_code = 1
-
 
 def _tree_features() -> dict[str, Any]:
     """Types of the trees.jsonl fields (ints and lists as in the rows' features of `idea_mcts.export`)."""

@@ -21,7 +21,17 @@ from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
 from idea_mcts.engines.base import Engine
 from idea_mcts.errors import EngineError
 from tests.search_helpers import check_search, two_seed_search
-from tests.vllm_fixtures import DIGITS, SCORE_CHAT, SCORE_RAW, VLLMServer, free_port, mixed_batch
+from tests.vllm_fixtures import (
+    DIGITS,
+    SCORE_CHAT,
+    SCORE_RAW,
+    VLLMServer,
+    check_digit_logprobs,
+    check_mixed_batch,
+    check_seed_reproducible,
+    free_port,
+    mixed_batch,
+)
 
 logger = logging.getLogger(__name__)
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -50,31 +60,15 @@ def test_identity_and_no_key(vllm_server: VLLMServer, monkeypatch: pytest.Monkey
 
 
 def test_mixed_batch(engine: Engine) -> None:
-    batch = mixed_batch()
-    out = engine.generate(batch)
-    assert len(out) == len(batch)
-    for g in out:
-        assert g.text.strip()
-        assert g.prompt_tokens > 0 and 0 < g.completion_tokens <= 12
-        assert g.finish_reason in ("stop", "length")
+    check_mixed_batch(engine)
 
 
 def test_seed_reproducible_across_batches(engine: Engine) -> None:
-    batch = mixed_batch()
-    first = engine.generate(batch)
-    second = engine.generate([GenerationRequest("Once upon a time", SamplingParams(12, 0.9, seed=7)),
-                              batch[2], batch[0]])
-    assert second[1].text == first[2].text
-    assert second[2].text == first[0].text
+    check_seed_reproducible(engine)
 
 
 def test_digit_logprobs(engine: Engine) -> None:
-    out = engine.next_token_logprobs([SCORE_CHAT, SCORE_RAW], DIGITS, top_k=20)
-    assert len(out) == 2
-    for r in out:
-        assert r.logprobs and set(r.logprobs) <= set(DIGITS)
-        assert all(lp <= 0.0 for lp in r.logprobs.values())
-        assert r.prompt_tokens > 0
+    check_digit_logprobs(engine)
 
 
 # -- faults -----------------------------------------------------------------------------------------------

@@ -6,11 +6,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
+from idea_mcts.engines import build_engine
 from idea_mcts.engines.base import Engine
 from idea_mcts.errors import UsageError
 from tests.search_helpers import check_search, two_seed_search
-from tests.vllm_fixtures import DIGITS, SCORE_CHAT, SCORE_RAW, mixed_batch, require_vllm, vllm_test_config
+from tests.vllm_fixtures import (
+    SCORE_RAW,
+    check_digit_logprobs,
+    check_mixed_batch,
+    check_seed_reproducible,
+    mixed_batch,
+    require_vllm,
+    vllm_test_config,
+)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -28,34 +36,16 @@ def test_identity(engine: Engine) -> None:
 
 
 def test_mixed_batch(engine: Engine) -> None:
-    batch = mixed_batch()
-    out = engine.generate(batch)
-    assert len(out) == len(batch)
-    for g in out:
-        assert g.text.strip()
-        assert g.prompt_tokens > 0 and 0 < g.completion_tokens <= 12
-        assert g.finish_reason in ("stop", "length")
-    assert engine.stats.requests >= len(batch)
+    check_mixed_batch(engine)
+    assert engine.stats.requests >= len(mixed_batch())
 
 
 def test_seed_reproducible_across_batches(engine: Engine) -> None:
-    """The same request with the same seed gives the same text whatever else is in the batch."""
-    batch = mixed_batch()
-    first = engine.generate(batch)
-    other = [GenerationRequest("Once upon a time", SamplingParams(12, 0.9, seed=7)), batch[2], batch[0]]
-    second = engine.generate(other)
-    assert second[1].text == first[2].text
-    assert second[2].text == first[0].text
+    check_seed_reproducible(engine)
 
 
 def test_digit_logprobs(engine: Engine) -> None:
-    out = engine.next_token_logprobs([SCORE_CHAT, SCORE_RAW], DIGITS, top_k=20)
-    assert len(out) == 2
-    for r in out:
-        assert r.logprobs, "no digit in the top-20 after 'Score: '"
-        assert set(r.logprobs) <= set(DIGITS)
-        assert all(lp <= 0.0 for lp in r.logprobs.values())
-        assert r.prompt_tokens > 0
+    check_digit_logprobs(engine)
 
 
 def test_logprob_candidates_must_be_single_tokens(engine: Engine) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from idea_mcts.config import EngineConfig
-from idea_mcts.engines import GenerationRequest, SamplingParams
+from idea_mcts.engines import Engine, GenerationRequest, SamplingParams
 from idea_mcts.models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,38 @@ def mixed_batch() -> list[GenerationRequest]:
         GenerationRequest("def add(a, b):", SamplingParams(12, 0.0)),
         GenerationRequest([{"role": "user", "content": "Say hi."}], p),
     ]
+
+
+def check_mixed_batch(engine: Engine) -> None:
+    """Chat, continued chat and raw prompts in one batch: one result each, in order, with counts."""
+    batch = mixed_batch()
+    out = engine.generate(batch)
+    assert len(out) == len(batch)
+    for g in out:
+        assert g.text.strip()
+        assert g.prompt_tokens > 0 and 0 < g.completion_tokens <= 12
+        assert g.finish_reason in ("stop", "length")
+
+
+def check_seed_reproducible(engine: Engine) -> None:
+    """The same request with the same seed gives the same text whatever else is in the batch."""
+    batch = mixed_batch()
+    first = engine.generate(batch)
+    second = engine.generate([GenerationRequest("Once upon a time", SamplingParams(12, 0.9, seed=7)),
+                              batch[2], batch[0]])
+    assert second[1].text == first[2].text
+    assert second[2].text == first[0].text
+
+
+def check_digit_logprobs(engine: Engine) -> None:
+    """Digit logprobs after a prefilled "Score: " (chat and raw): present, digits only, <= 0."""
+    out = engine.next_token_logprobs([SCORE_CHAT, SCORE_RAW], DIGITS, top_k=20)
+    assert len(out) == 2
+    for r in out:
+        assert r.logprobs, "no digit in the top-20 after 'Score: '"
+        assert set(r.logprobs) <= set(DIGITS)
+        assert all(lp <= 0.0 for lp in r.logprobs.values())
+        assert r.prompt_tokens > 0
 
 
 def require_vllm() -> None:
