@@ -30,9 +30,8 @@ from idea_mcts.config import load_config
 from idea_mcts.data import load_seeds
 from idea_mcts.engines import EnginePool
 from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
-from idea_mcts.pipeline import SCORER_ROLES
 from idea_mcts.roles import RoleClient
-from idea_mcts.scoring import Reward
+from idea_mcts.scoring import SCORER_ROLES, build_reward
 from idea_mcts.search import IdeaMCTS
 
 logger = logging.getLogger("bench")
@@ -85,7 +84,7 @@ def main() -> int:
     def client(role: str) -> RoleClient:
         return RoleClient(role, rec, getattr(cfg.roles, role), cfg.search.seed)
 
-    reward = Reward(cfg.reward, **{r: client(r) for r in SCORER_ROLES if cfg.role_engine(r)})
+    reward = build_reward(cfg, client)
     search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
     engine = rec.inner
     logger.info("search: %d seeds on %s (%s)", args.seeds, engine.backend, cfg.engines[key].model)

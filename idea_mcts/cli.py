@@ -135,22 +135,15 @@ def _pairs(path: str) -> tuple[list[str], list[str | None]]:
 
 def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.config import load_config
-    from idea_mcts.pipeline import SCORER_ROLES
-    from idea_mcts.roles import RoleClient
-    from idea_mcts.scoring import Reward, score_means
+    from idea_mcts.engines import EnginePool
+    from idea_mcts.roles import pool_client
+    from idea_mcts.scoring import build_reward, score_means
 
     cfg = load_config(args.config, overrides)
     data = {path: _pairs(path) for path in args.datasets}
-    from idea_mcts.engines import EnginePool
-
     pool = EnginePool(cfg.engines)
-
-    def client(role: str) -> RoleClient:
-        key = cfg.role_engine(role)
-        assert key is not None
-        return RoleClient(role, pool.get(key), getattr(cfg.roles, role), cfg.search.seed)
-
-    reward = Reward(cfg.reward, **{r: client(r) for r in SCORER_ROLES if cfg.role_engine(r)})
+    client = pool_client(cfg, pool)
+    reward = build_reward(cfg, client)
     table: dict[str, Any] = {}
     try:
         for path, (instructions, responses) in data.items():

@@ -109,8 +109,9 @@ class RolesConfig:
     """DEITA-style quality scorer on (instruction, response): expected score over the digits 1..6."""
     complexity: RoleConfig = _role(max_new_tokens=1, temperature=0.0)
     """DEITA-style complexity scorer on the instruction: expected score over the digits 1..6."""
-    tagger: RoleConfig = _role(max_new_tokens=128, temperature=0.0)
-    """InsTag-style intent tagger: diversity = number of distinct tags it returns."""
+    tagger: RoleConfig = _role(max_new_tokens=512, temperature=0.0)
+    """InsTag-style intent tagger: diversity = number of distinct tags it returns. 512 tokens hold InsTagger's
+    JSON list of {"tag", "explanation"} objects; a truncated list is parsed by the regex fallback."""
     embedder: RoleConfig = _role(engine=None, max_new_tokens=0, temperature=0.0)
     """Sentence embedder for the optional novelty term (an `embedding` engine)."""
     reward_model: RoleConfig = _role(engine=None, max_new_tokens=0, temperature=0.0)
@@ -152,9 +153,9 @@ class SearchConfig:
     """... or when its reward is greater than this."""
     value: str = "mean"
     """V(node): `mean` of the backed-up rewards (paper) or `max`."""
-    simulate_from: str = "best"
-    """Which new child the simulation starts from: `best` (highest reward), `random`, or `all` (one rollout
-    per child)."""
+    simulate_from: str = "random"
+    """Which new child the simulation starts from: `random` (the paper's Figure 2: "randomly evolve" from the
+    expanded node), `best` (highest reward), or `all` (one rollout per child)."""
     rollout: bool = True
     """Run the simulation (random actions until terminal); off = back up the child's own reward."""
     actions: str = "general"
@@ -239,7 +240,9 @@ class EvolveConfig:
     push_to_hub: PushConfig | None = None
     """Push the dataset and its card to the Hub after the run."""
     max_calls: int | None = None
-    """Refuse to start when the estimated number of LLM calls exceeds this."""
+    """Budget of engine requests (evolutions, responses, one per scorer per node): the search stops before a
+    wave would pass it, exports what it has, and run.json says `stopped early: max_calls`. The plan printed
+    first is an upper bound; the run keeps going while the actual count stays within the budget."""
 
     def __post_init__(self) -> None:
         if self.search.value not in ("mean", "max"):
@@ -250,10 +253,8 @@ class EvolveConfig:
             raise ValueError("export.mode must be 'paper', 'best_leaf' or 'all'")
         if self.search.expand_width < 1 or self.search.iterations < 0:
             raise ValueError("search.expand_width must be >= 1 and search.iterations >= 0")
-        needed = {"evolver": 1.0, "responder": 1.0, "quality": self.reward.quality,
-                  "complexity": self.reward.complexity, "tagger": self.reward.diversity,
-                  "embedder": self.reward.novelty, "reward_model": self.reward.reward_model}
-        for role, weight in needed.items():
+        for role in ("evolver", "responder", *self.scorer_weights()):
+            weight = self.scorer_weights().get(role, 1.0)
             engine = getattr(self.roles, role).engine
             if engine is None:
                 if weight:
@@ -262,12 +263,15 @@ class EvolveConfig:
                 raise ValueError(f"roles.{role}.engine names {engine!r}, not a key of engines "
                                  f"({', '.join(self.engines) or 'none'})")
 
+    def scorer_weights(self) -> dict[str, float]:
+        """Reward weight of each scorer role (from the scorer registry, `idea_mcts.scoring.SCORERS`)."""
+        from idea_mcts.scoring import SCORERS
+
+        return {s.role: getattr(self.reward, s.name) for s in SCORERS}
+
     def role_engine(self, role: str) -> str | None:
         """Engine key of a role, or None when the role is disabled or weighs nothing."""
-        weight = {"quality": self.reward.quality, "complexity": self.reward.complexity,
-                  "tagger": self.reward.diversity, "embedder": self.reward.novelty,
-                  "reward_model": self.reward.reward_model}.get(role, 1.0)
-        return getattr(self.roles, role).engine if weight else None
+        return getattr(self.roles, role).engine if self.scorer_weights().get(role, 1.0) else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

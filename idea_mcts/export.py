@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from idea_mcts.config import ExportConfig
-from idea_mcts.tree import SCORE_NAMES, Node, Tree
+from idea_mcts.scoring import SCORE_NAMES
+from idea_mcts.tree import Node, Tree
 
 DATASET_DIR = "dataset"
 TREES_FILE = "trees.jsonl"

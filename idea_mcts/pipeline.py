@@ -32,14 +32,13 @@ from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.export import REPORT_FILE, select_rows, to_dataset, write_dataset, write_report, write_trees
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
-from idea_mcts.scoring import Reward, score_means
+from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward, score_means
 from idea_mcts.search import IdeaMCTS, estimate
 from idea_mcts.store import RunStore
 from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger(__name__)
 
-SCORER_ROLES = ("quality", "complexity", "tagger", "embedder", "reward_model")
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 """Errors writing under OUT that are the user's to fix (exit 2); completed work is kept."""
 
@@ -187,7 +186,7 @@ class EvolveRun:
         from tqdm.auto import tqdm
 
         actions = self.actions + (self._task_actions() if self.cfg.search.task_actions else [])
-        reward = Reward(self.cfg.reward, **{r: self.client(r) for r in self.scorer_roles})
+        reward = build_reward(self.cfg, self.client)
         bar = tqdm(total=self.estimate["nodes"], unit="node", disable=not progress, dynamic_ncols=True)
 
         def tick(n: int) -> None:
@@ -200,6 +199,9 @@ class EvolveRun:
         trees = search.run(self.seeds)
         bar.close()
         rows = select_rows(trees, self.cfg.export)
+        if not rows:
+            logger.warning("the export selected 0 rows (export.mode=%s): the dataset is empty; run.json "
+                           "`warnings` says why", self.cfg.export.mode)
         write_dataset(self.out, to_dataset(rows, self.cfg.search.value))
         write_trees(self.out, trees, self.cfg.search.value)
         report = self.report(trees, rows, search, reward, actions, started, time.perf_counter() - t0)
@@ -214,6 +216,11 @@ class EvolveRun:
         for c in self.clients.values():
             total.add(c.stats)
         failures = Counter(reward.failures) + search.failures
+        warnings = []
+        if not rows:
+            eligible = sum(n.reward is not None and (self.cfg.export.include_roots or n.depth > 0) for n in nodes)
+            warnings.append(f"0 rows exported (export.mode={self.cfg.export.mode}) from {eligible} scored "
+                            f"non-root nodes")
         return {
             "version": __version__, "command": self.command,
             "status": "finished" if search.stopped is None else f"stopped early: {search.stopped}",
@@ -231,8 +238,9 @@ class EvolveRun:
             "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
                         for k, e in self.engines.items()},
             "parse_failures": {k: failures.get(k, 0) for k in
-                               ("quality", "complexity", "diversity", "novelty", "reward_model", "evolver",
-                                "responder", "rollout_truncated")},
+                               (*SCORE_NAMES, "evolver", "responder", "unscored", "rollout_truncated")},
+            "scoring_method": reward.methods(),
+            "warnings": warnings,
             "data_quality": {"seeds": score_means([t.root.scores for t in trees]),
                              "rows": score_means([n.scores for n in rows])},
             "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from idea_mcts.card import RunSummary, build_card, make_plots, redact
 from idea_mcts.errors import UsageError
+from idea_mcts.scoring import SCORE_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ def _tree_features() -> dict[str, Any]:
     string, f64, i32 = Value("string"), Value("float64"), Value("int32")
     return {"seed_id": string, "node_id": string, "parent_id": string, "depth": i32, "action": string,
             "action_path": List(string), "kind": string, "instruction": string, "response": string,
-            "quality": f64, "complexity": f64, "diversity": f64, "novelty": f64, "reward_model": f64,
-            "reward": f64, "visits": i32, "value": f64, "terminal": Value("bool"),
-            "on_terminal_path": Value("bool"), "children": List(string), "failures": List(string)}
+            **{name: f64 for name in SCORE_NAMES}, "reward": f64, "visits": i32, "value": f64, "value_sum": f64,
+            "value_max": f64, "terminal": Value("bool"), "on_terminal_path": Value("bool"),
+            "children": List(string), "failures": List(string)}
 
 
 def load_output(output_dir: str | Path) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:

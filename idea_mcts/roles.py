@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from idea_mcts.config import RoleConfig
 from idea_mcts.engines.base import (
@@ -24,6 +24,10 @@ from idea_mcts.engines.base import (
     UsageStats,
 )
 
+if TYPE_CHECKING:
+    from idea_mcts.config import EvolveConfig
+    from idea_mcts.engines import EnginePool
+
 T = TypeVar("T")
 
 
@@ -31,6 +35,18 @@ def derive_seed(*parts: object) -> int:
     """A 31-bit seed from any parts (stable across processes, unlike `hash`)."""
     digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def pool_client(cfg: EvolveConfig, pool: EnginePool) -> Callable[[str], RoleClient]:
+    """`client(role)`: a role's client straight on its engine from `pool` (no request cache)."""
+
+    def client(role: str) -> RoleClient:
+        key = cfg.role_engine(role)
+        if key is None:
+            raise ValueError(f"role {role!r} is disabled in this config")
+        return RoleClient(role, pool.get(key), getattr(cfg.roles, role), cfg.search.seed)
+
+    return client
 
 
 class RoleClient:

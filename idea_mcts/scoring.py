@@ -5,7 +5,8 @@ Expected score (hkust-nlp/deita): at the first generated position take the logpr
 softmax over those present, and dot with [1..6]. Token ids come from each engine's tokenizer; vLLM and OpenAI
 servers return only the top-k (default 20) tokens, so the softmax is over the digits present there. When no
 digit is present the score is None and the failure is counted (deita returns 3.0 silently: their issue #36).
-Each scorer makes one batched call per wave.
+Each scorer makes one batched call per wave. `SCORERS` is the registry: every other module (config, export,
+card, report) derives the scores and roles of a run from it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,7 +25,12 @@ from idea_mcts.config import RewardConfig
 from idea_mcts.engines.base import Prompt
 from idea_mcts.roles import RoleClient
 
+if TYPE_CHECKING:
+    from idea_mcts.config import EvolveConfig
+
 DIGITS = ("1", "2", "3", "4", "5", "6")
+PAPER_SCORES = ("quality", "diversity", "complexity")
+"""The three scores of the paper's reward, in the order of its data-quality table."""
 
 DEITA_COMPLEXITY = ("You are a helpful assistant. Please identify the complexity score of the following user query. "
                     "\n##Query: {instruction}  \n##Complexity: ")
@@ -51,7 +57,7 @@ def score_means(scores: Iterable[Mapping[str, Any]]) -> dict[str, float | None]:
     Missing and NaN values are left out."""
     rows = list(scores)
     out: dict[str, float | None] = {}
-    for name in ("quality", "diversity", "complexity"):
+    for name in PAPER_SCORES:
         vals = [float(v) for r in rows if (v := r.get(name)) is not None and not math.isnan(float(v))]
         out[name] = sum(vals) / len(vals) if vals else None
     present = [v for v in out.values() if v is not None]
@@ -117,66 +123,116 @@ class Scored:
 
     scores: dict[str, float | None]
     failures: list[str]
-    reward: float
+    reward: float | None
+    """Weighted sum of the scores present; None when every scorer failed (a failed evaluation)."""
 
 
-@dataclass
+@dataclass(frozen=True)
+class Batch:
+    """What the scorers of one call see: the pairs, a stable key per pair (request seeds), the top-k."""
+
+    instructions: Sequence[str]
+    responses: Sequence[str]
+    keys: Sequence[str]
+    top_logprobs: int
+
+
+ScoreFn = Callable[["Reward", RoleClient, Batch], list[float | None]]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """One term of the reward. `name` is the score's name everywhere: its weight in `RewardConfig`, its key in
+    node scores, its dataset column. `role` is the role whose client computes it (roles.<role> in the config);
+    `run` scores a batch with one batched call of that client."""
+
+    name: str
+    role: str
+    run: ScoreFn
+
+
+def _expected(prompt: Callable[[str, str, str], Prompt]) -> ScoreFn:
+    """A DEITA-style scorer: the role's prompt preset, then the expected digit at the first generated position."""
+
+    def run(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+        prompts = [prompt(client.cfg.prompt, i, r) for i, r in zip(b.instructions, b.responses, strict=True)]
+        return [expected_score(r.logprobs) for r in client.next_token_logprobs(prompts, DIGITS, b.top_logprobs)]
+
+    return run
+
+
+def _tag_count(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+    pairs = [tagger_prompt(client.cfg.prompt, i) for i in b.instructions]
+    outs = client.generate([p for p, _ in pairs], b.keys)
+    tags = [parse_tags(prefix + g.text) for (_, prefix), g in zip(pairs, outs, strict=True)]
+    return [None if t is None else float(len(t)) for t in tags]
+
+
+def _novelty(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+    return reward.novelty(client.embed(list(b.instructions)))
+
+
+def _reward_model(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+    convs = [[{"role": "user", "content": i}, {"role": "assistant", "content": r}]
+             for i, r in zip(b.instructions, b.responses, strict=True)]
+    return [float(x) for x in client.score(convs)]
+
+
+SCORERS: tuple[Scorer, ...] = (
+    Scorer("quality", "quality", _expected(quality_prompt)),
+    Scorer("complexity", "complexity", _expected(lambda preset, i, r: complexity_prompt(preset, i))),
+    Scorer("diversity", "tagger", _tag_count),
+    Scorer("novelty", "embedder", _novelty),
+    Scorer("reward_model", "reward_model", _reward_model),
+)
+"""Every scorer the reward knows; adding one is one entry here (plus its weight in `RewardConfig` and its role
+in `RolesConfig`). The paper's reward is the first three: quality + complexity + diversity."""
+
+SCORE_NAMES = tuple(s.name for s in SCORERS)
+SCORER_ROLES = tuple(s.role for s in SCORERS)
+
+
 class Reward:
-    """v = sum of weight * score over the enabled scorers. Scorers whose client is None are off."""
+    """v = sum of weight * score over the enabled scorers: those given a client (by role)."""
 
-    weights: RewardConfig
-    quality: RoleClient | None = None
-    complexity: RoleClient | None = None
-    tagger: RoleClient | None = None
-    embedder: RoleClient | None = None
-    reward_model: RoleClient | None = None
-    failures: Counter = field(default_factory=Counter)
-    """Parse failures per scorer over the whole run."""
-    pool: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
-    """Embeddings of every instruction scored so far (the novelty reference)."""
+    def __init__(self, weights: RewardConfig, **clients: RoleClient | None) -> None:
+        unknown = set(clients) - set(SCORER_ROLES)
+        if unknown:
+            raise ValueError(f"not scorer roles: {', '.join(sorted(unknown))} (known: {', '.join(SCORER_ROLES)})")
+        self.weights = weights
+        self.clients = {role: c for role, c in clients.items() if c is not None}
+        self.scorers = [s for s in SCORERS if s.role in self.clients]
+        self.failures: Counter[str] = Counter()
+        """Parse failures per score over the whole run."""
+        self.unscored = 0
+        """Nodes whose every scorer failed (reward None) over the whole run."""
+        self.pool = np.zeros((0, 0), dtype=np.float32)
+        """Embeddings of every instruction scored so far (the novelty reference)."""
 
     def enabled(self) -> list[str]:
-        names = {"quality": "quality", "complexity": "complexity", "tagger": "diversity",
-                 "embedder": "novelty", "reward_model": "reward_model"}
-        return [score for role, score in names.items() if getattr(self, role) is not None]
+        return [s.name for s in self.scorers]
+
+    def methods(self) -> dict[str, str]:
+        """How each expected-score scorer read its digits: `full` softmax or `top_k` renormalisation."""
+        return {s.name: self.clients[s.role].engine.logprob_method for s in self.scorers
+                if s.role in ("quality", "complexity")}
 
     def score(self, instructions: Sequence[str], responses: Sequence[str], keys: Sequence[str]) -> list[Scored]:
         """Score a batch: one batched call per scorer."""
-        cols: dict[str, list[float | None]] = {}
-        top_k = self.weights.top_logprobs
-        if self.quality:
-            prompts = [quality_prompt(self.quality.cfg.prompt, i, r) for i, r in zip(instructions, responses,
-                                                                                     strict=True)]
-            cols["quality"] = [expected_score(r.logprobs) for r in
-                               self.quality.next_token_logprobs(prompts, DIGITS, top_k)]
-        if self.complexity:
-            prompts = [complexity_prompt(self.complexity.cfg.prompt, i) for i in instructions]
-            cols["complexity"] = [expected_score(r.logprobs) for r in
-                                  self.complexity.next_token_logprobs(prompts, DIGITS, top_k)]
-        if self.tagger:
-            pairs = [tagger_prompt(self.tagger.cfg.prompt, i) for i in instructions]
-            outs = self.tagger.generate([p for p, _ in pairs], keys)
-            tags = [parse_tags(prefix + g.text) for (_, prefix), g in zip(pairs, outs, strict=True)]
-            cols["diversity"] = [None if t is None else float(len(t)) for t in tags]
-        if self.embedder:
-            cols["novelty"] = self._novelty(self.embedder.embed(list(instructions)))
-        if self.reward_model:
-            convs = [[{"role": "user", "content": i}, {"role": "assistant", "content": r}]
-                     for i, r in zip(instructions, responses, strict=True)]
-            cols["reward_model"] = [float(x) for x in self.reward_model.score(convs)]
-        weight = {"quality": self.weights.quality, "complexity": self.weights.complexity,
-                  "diversity": self.weights.diversity, "novelty": self.weights.novelty,
-                  "reward_model": self.weights.reward_model}
+        batch = Batch(instructions, responses, keys, self.weights.top_logprobs)
+        cols = {s.name: s.run(self, self.clients[s.role], batch) for s in self.scorers}
         out = []
         for j in range(len(instructions)):
             scores = {name: col[j] for name, col in cols.items()}
             failed = [name for name, v in scores.items() if v is None]
             self.failures.update(failed)
-            reward = sum(weight[n] * v for n, v in scores.items() if v is not None)
+            present = [(n, v) for n, v in scores.items() if v is not None]
+            reward = sum(getattr(self.weights, n) * v for n, v in present) if present or not scores else None
+            self.unscored += reward is None
             out.append(Scored(scores=scores, failures=failed, reward=reward))
         return out
 
-    def _novelty(self, vectors: list[list[float]]) -> list[float | None]:
+    def novelty(self, vectors: list[list[float]]) -> list[float | None]:
         """1 - the highest cosine similarity to the pool (vectors are L2-normalised); 1.0 for the first."""
         out: list[float | None] = []
         for v in np.asarray(vectors, dtype=np.float32):
@@ -184,3 +240,8 @@ class Reward:
             out.append(1.0 - max(best, 0.0))
             self.pool = np.vstack([self.pool, v]) if len(self.pool) else v[None, :]
         return out
+
+
+def build_reward(cfg: EvolveConfig, client: Callable[[str], RoleClient]) -> Reward:
+    """The run's reward: a client (from `client(role)`) for every scorer whose role has an engine and weight."""
+    return Reward(cfg.reward, **{s.role: client(s.role) for s in SCORERS if cfg.role_engine(s.role)})

@@ -2,10 +2,11 @@
 
 Each iteration follows the paper (Figure 2) for every live tree together:
 
-    Selection        -> a leaf per tree by UCT
-    Expansion        -> `expand_width` children per leaf, each from a distinct sampled action
+    Selection        -> a node per tree by UCT, down the expansion children to one not yet expanded
+    Expansion        -> `expand_width` children of it, each from a distinct sampled action
     Evaluation       -> respond to and score every new node
-    Simulation       -> random actions from the chosen child until a terminal node
+    Simulation       -> random actions from a new child until a terminal node (rollout nodes are kept as
+                        data but are not part of the search tree: selection never enters them)
     Backpropagation  -> the terminal node's reward to every node on its path
 
 Every step is one batched engine call per role across all trees: one evolve call for the children of every
@@ -63,7 +64,8 @@ class IdeaMCTS:
         self.on_nodes = on_nodes
         self.on_progress = on_progress
         self.failures: Counter = Counter()
-        """Evolver/responder outputs that could not be used (empty or unchanged evolutions, empty responses)."""
+        """Evolver/responder outputs that could not be used (empty or unchanged evolutions, empty responses),
+        nodes whose every scorer failed (`unscored`), rollouts cut short (`rollout_truncated`)."""
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""
         self.calls = 0
@@ -91,15 +93,14 @@ class IdeaMCTS:
         return trees
 
     def select(self, trees: Sequence[Tree]) -> list[tuple[Tree, Node]]:
-        """Selection: one leaf per tree by UCT."""
-        return [(t, t.select(self.cfg.exploration_constant, self.cfg.value)) for t in trees]
+        """Selection: one node to expand per tree by UCT (trees with nothing left to expand sit out)."""
+        picked = [(t, t.select(self.cfg.exploration_constant, self.cfg.value)) for t in trees]
+        return [(t, node) for t, node in picked if node is not None]
 
     def expand(self, leaves: Sequence[tuple[Tree, Node]]) -> list[list[Node]]:
         """Expansion: children of every non-terminal leaf, each from a distinct sampled action, in one call."""
         jobs = []
         for tree, leaf in leaves:
-            if leaf.terminal:
-                continue
             k = min(self.cfg.expand_width, len(self.actions))
             jobs += [EvolveJob(tree, leaf, a, "expand", tree.next_id()) for a in tree.rng.sample(self.actions, k)]
         made = self.evolve(jobs)
@@ -124,6 +125,8 @@ class IdeaMCTS:
         for node, s in zip(nodes, scored, strict=True):
             node.scores, node.failures, node.reward = s.scores, s.failures, s.reward
             node.terminal = Tree.is_terminal(node, self.cfg.max_depth, self.cfg.reward_threshold)
+            if node.reward is None:
+                self.failures["unscored"] += 1
         if self.on_nodes:
             self.on_nodes(list(nodes))
         if self.on_progress:
@@ -131,10 +134,11 @@ class IdeaMCTS:
 
     def choose_simulation_starts(self, leaves: Sequence[tuple[Tree, Node]], children: Sequence[list[Node]]
                                  ) -> tuple[list[tuple[Tree, Node]], list[tuple[Tree, Node]]]:
-        """Which new child each tree simulates from (`best`, `random` or `all`). Trees whose leaf was terminal
-        or could not be expanded back up the leaf's own reward (second list)."""
+        """Which new child each tree simulates from (`random`, `best` or `all`), among the children whose
+        evaluation succeeded. Trees with no such child back up the expanded node's own reward (second list)."""
         starts, done = [], []
-        for (tree, leaf), kids in zip(leaves, children, strict=True):
+        for (tree, leaf), made in zip(leaves, children, strict=True):
+            kids = [k for k in made if k.reward is not None]
             if not kids:
                 done.append((tree, leaf))
             elif self.cfg.simulate_from == "all":
@@ -147,7 +151,8 @@ class IdeaMCTS:
 
     def simulate(self, starts: Sequence[tuple[Tree, Node]]) -> list[tuple[Tree, Node]]:
         """Simulation: random actions from each start until a terminal node; all rollouts advance together.
-        Rollout nodes are kept in the tree. A rollout whose evolution fails ends at its last node."""
+        Rollout nodes are kept in the tree as data. A rollout whose evolution or evaluation fails ends at its
+        last scored node."""
         ends = list(starts)
         live = [i for i, (_, node) in enumerate(ends) if self.cfg.rollout and not node.terminal]
         while live:
@@ -157,7 +162,7 @@ class IdeaMCTS:
             self.evaluate([c for c in made if c is not None])
             still = []
             for i, child in zip(live, made, strict=True):
-                if child is None:
+                if child is None or child.reward is None:
                     self.failures["rollout_truncated"] += 1
                     continue
                 ends[i] = (ends[i][0], child)
@@ -167,9 +172,12 @@ class IdeaMCTS:
         return ends
 
     def backpropagate(self, ends: Sequence[tuple[Tree, Node]]) -> None:
-        """Backpropagation: each end node's reward to every node on its root path."""
+        """Backpropagation: each end node's reward to every node on its root path. The path joins the export
+        pool when it ends in a terminal node, or always when the simulation is off (then the backed-up paths
+        are the only paths there are). A root whose every scorer failed has nothing to back up."""
         for tree, end in ends:
-            tree.backpropagate(end, end.reward if end.reward is not None else 0.0)
+            if end.reward is not None:
+                tree.backpropagate(end, end.reward, mark=end.terminal or not self.cfg.rollout)
 
     # -- the evolver ---------------------------------------------------------------------------------------
     def evolve(self, jobs: Sequence[EvolveJob]) -> list[Node | None]:

@@ -1,8 +1,12 @@
 """Search trees: one per seed instruction. A node is an instruction with its response, scores and statistics.
 
 UCT(node) = V(node) + C * sqrt(ln N(parent) / N(node)), with N(node) = 0 scoring +inf; V is the mean of the
-rewards backed up through the node (or their max). Node ids are `<seed_id>/<n>` in the order evolutions are
-attempted, so a run with the same seed and the same engine outputs builds the same trees.
+rewards backed up through the node (or their max). The search tree is made of expansion children: simulation
+(rollout) nodes are kept as data — they lie on the root-to-terminal paths the export samples — but selection
+never descends into them, so a node whose only children are rollout nodes is still a leaf to be expanded.
+
+Node ids are `<seed_id>/<n>` in the order evolutions are attempted, so a run with the same seed and the same
+engine outputs builds the same trees.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-SCORE_NAMES = ("quality", "complexity", "diversity", "novelty", "reward_model")
+from idea_mcts.scoring import SCORE_NAMES
 
 
 @dataclass
@@ -41,6 +45,8 @@ class Node:
     children: list[str] = field(default_factory=list)
     terminal: bool = False
     on_terminal_path: bool = False
+    """On a backed-up path that the export samples from: a root-to-terminal path (paper), or any backed-up path
+    when the simulation is off."""
 
     def value(self, mode: str = "mean") -> float | None:
         if not self.visits:
@@ -51,8 +57,6 @@ class Node:
         """Flat JSON record (trees.jsonl / the `trees` dataset config)."""
         d = asdict(self)
         scores = d.pop("scores")
-        d.pop("value_sum")
-        d.pop("value_max")
         for name in SCORE_NAMES:
             d[name] = scores.get(name)
         d["value"] = self.value(value_mode)
@@ -107,11 +111,25 @@ class Tree:
         exploit = node.value(mode) or 0.0
         return exploit + c * math.sqrt(math.log(max(parent.visits, 1)) / node.visits)
 
-    def select(self, c: float, mode: str = "mean") -> Node:
-        """Selection: from the root, follow the child of highest UCT (ties broken at random) to a leaf."""
+    def expansion_children(self, node: Node) -> list[Node]:
+        """The node's children in the search tree: those made by expanding it (not its rollout children)."""
+        return [self.nodes[k] for k in node.children if self.nodes[k].kind == "expand"]
+
+    def is_open(self, node: Node) -> bool:
+        """Whether selection can still reach an expandable node through `node`: a node not yet expanded that is
+        neither terminal nor a failed evaluation (every scorer failed), or one with an open expansion child."""
+        if node.terminal or (node.reward is None and node is not self.root):
+            return False
+        kids = self.expansion_children(node)
+        return not kids or any(self.is_open(k) for k in kids)
+
+    def select(self, c: float, mode: str = "mean") -> Node | None:
+        """Selection: from the root, follow the open expansion child of highest UCT (ties broken at random) to
+        a node not yet expanded. None when the tree has nothing left to expand."""
+        if not self.is_open(self.root):
+            return None
         node = self.root
-        while node.children:
-            kids = [self.nodes[k] for k in node.children]
+        while kids := [k for k in self.expansion_children(node) if self.is_open(k)]:
             scores = [self.uct(k, node, c, mode) for k in kids]
             best = max(scores)
             node = self.rng.choice([k for k, s in zip(kids, scores, strict=True) if s == best])
@@ -122,14 +140,16 @@ class Tree:
         """Terminal when depth > max_depth or reward > reward_threshold (paper: 4 and 10)."""
         return node.depth > max_depth or (node.reward is not None and node.reward > reward_threshold)
 
-    def backpropagate(self, end: Node, reward: float) -> None:
-        """Add `reward` to every node on the root-to-`end` path; mark the path when `end` is terminal."""
+    def backpropagate(self, end: Node, reward: float, mark: bool | None = None) -> None:
+        """Add `reward` to every node on the root-to-`end` path; `mark` (default: `end` is terminal) puts the
+        path in the export pool (`on_terminal_path`: the search marks the paths that end in a terminal node, or
+        every backed-up path when the simulation is off)."""
+        mark = end.terminal if mark is None else mark
         for node in self.path(end):
             node.visits += 1
             node.value_sum += reward
             node.value_max = reward if node.value_max is None else max(node.value_max, reward)
-            if end.terminal:
-                node.on_terminal_path = True
+            node.on_terminal_path = node.on_terminal_path or mark
 
     # -- (de)serialisation ----------------------------------------------------------------------------
     def records(self, value_mode: str = "mean") -> list[dict[str, Any]]:
@@ -144,12 +164,12 @@ class Tree:
         for r in records:
             scores = {k: r.get(k) for k in SCORE_NAMES}
             visits = r.get("visits", 0)
-            value = r.get("value")
             node = Node(node_id=r["node_id"], seed_id=r["seed_id"], parent_id=r["parent_id"], depth=r["depth"],
                         action=r["action"], kind=r["kind"], instruction=r["instruction"],
                         action_path=list(r.get("action_path", [])), response=r.get("response"), scores=scores,
                         failures=list(r.get("failures", [])), reward=r.get("reward"), visits=visits,
-                        value_sum=(value or 0.0) * visits, value_max=value, children=list(r.get("children", [])),
+                        value_sum=r.get("value_sum", 0.0), value_max=r.get("value_max"),
+                        children=list(r.get("children", [])),
                         terminal=r.get("terminal", False), on_terminal_path=r.get("on_terminal_path", False))
             tree.nodes[node.node_id] = node
         tree.root = tree.nodes[root["node_id"]]

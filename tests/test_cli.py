@@ -42,7 +42,11 @@ def test_show_prints_outline(tiny_run, capsys):
     assert len(listing) == 3
     assert main(["show", str(tiny_run), "--seed", "demo-01"]) == 0
     outline = capsys.readouterr().out.splitlines()
-    assert outline[0].endswith("[seed] " + outline[0].split("[seed] ", 1)[1]) and "[seed] Q " in outline[0]
+    nodes = [json.loads(line) for line in (tiny_run / "trees.jsonl").read_text().splitlines()]
+    root = next(n for n in nodes if n["seed_id"] == "demo-01" and n["depth"] == 0)
+    assert f"[seed] Q {root['quality']:.2f} C {root['complexity']:.2f} " in outline[0]
+    assert outline[0].endswith(" ".join(root["instruction"].split())[:99])  # the root's own text
+    assert len(outline) == sum(n["seed_id"] == "demo-01" for n in nodes)  # one line per node
     assert any(line[4:6] == "  " and line[6] == "[" for line in outline[1:])  # children indented
     assert main(["show", str(tiny_run), "--seed", "nope"]) == 2
 

@@ -45,13 +45,15 @@ def test_greedy_is_deterministic_and_continuation_differs(engine):
     assert engine.render(p).endswith("<|im_start|>assistant\n")
 
 
-def test_next_token_logprobs_exact_topk(engine):
+def test_next_token_logprobs_every_candidate_from_the_full_distribution(engine):
     digits = [str(i) for i in range(1, 7)]
     full = engine.next_token_logprobs([chat("Score: ")], digits, top_k=10_000)[0]
     assert set(full.logprobs) == set(digits) and all(v <= 0 for v in full.logprobs.values())
+    # the engine holds the whole distribution: top_k does not drop digits (DEITA's softmax is over all six)
     top1 = engine.next_token_logprobs([chat("Score: ")], digits, top_k=1)[0]
-    assert len(top1.logprobs) <= 1
-    with pytest.raises(UsageError, match="splits"):
+    assert top1.logprobs == pytest.approx(full.logprobs)
+    assert engine.logprob_method == "full"
+    with pytest.raises(UsageError, match="no single token for '12345'"):
         engine.next_token_logprobs([chat("x")], ["12345"], top_k=5)
 
 

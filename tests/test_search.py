@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from idea_mcts.actions import GENERAL
@@ -100,3 +102,132 @@ def test_estimate_is_an_upper_bound():
     est = estimate(search.cfg, len(SEEDS), 3, {"evolver": 1, "responder": 1, "tagger": 1})
     assert sum(len(t.nodes) for t in trees) <= est["nodes"]
     assert search.calls <= est["calls"]
+
+
+class RecordingSearch(IdeaMCTS):
+    """Records every selection (tree, node) and the value mode selection ran with."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.selected: list[tuple] = []
+
+    def select(self, trees):
+        picked = super().select(trees)
+        self.selected.append([(t.seed_id, n) for t, n in picked])
+        return picked
+
+
+def make_recording(engine, **search_kw):
+    base = make_search(engine, **search_kw)
+    return RecordingSearch(base.cfg, base.actions, base.evolver, base.responder, base.reward)
+
+
+def test_paper_settings_every_iteration_expands_a_non_terminal_node():
+    # 10 iterations at width 5, depth > 4 terminal: rollout chains must not trap selection
+    search = make_recording(ScriptedEngine(), iterations=10, max_depth=4)
+    trees = search.run(SEEDS[:2])
+    assert len(search.selected) == 10
+    for wave in search.selected:
+        assert len(wave) == 2  # every tree selected something every iteration
+        for _, node in wave:
+            assert not node.terminal and node.kind != "rollout"
+            tree = next(t for t in trees if t.seed_id == node.seed_id)
+            kids = tree.expansion_children(node)
+            assert len(kids) == 5  # the iteration added 5 nodes under it
+    for t in trees:
+        expanded = [n for n in t if t.expansion_children(n)]
+        assert len(expanded) == 10  # ten different nodes expanded, none twice
+        assert all(len(t.expansion_children(n)) == 5 for n in expanded)
+
+
+def test_simulate_from_random_best_and_all():
+    seeds = [Seed(f"s{i}", f"Task number {i}.") for i in range(12)]
+
+    def start_indices(mode):
+        trees = make_search(ScriptedEngine(), simulate_from=mode, max_depth=2).run(seeds)
+        out = []
+        for t in trees:
+            kids = t.expansion_children(t.root)
+            starts = [i for i, k in enumerate(kids) if any(t.nodes[c].kind == "rollout" for c in k.children)]
+            out.append(starts)
+        return out
+
+    # equal rewards: `best` takes the first child, `random` a child drawn from the tree's own stream
+    assert all(s == [0] for s in start_indices("best"))
+    random_starts = start_indices("random")
+    assert all(len(s) == 1 for s in random_starts) and len({s[0] for s in random_starts}) > 1
+    assert start_indices("random") == random_starts  # the same seed gives the same draws
+    assert all(s == [0, 1, 2, 3, 4] for s in start_indices("all"))  # one rollout per child
+
+
+def test_rollout_off_backs_up_children_and_paper_export_has_rows():
+    from idea_mcts.config import ExportConfig
+    from idea_mcts.export import select_rows
+
+    search = make_search(ScriptedEngine(), rollout=False, iterations=2)
+    trees = search.run(SEEDS)
+    assert not [n for t in trees for n in t if n.kind == "rollout"]
+    rows = select_rows(trees, ExportConfig(mode="paper"))
+    # the paths backed up: iteration 1 backs up a root child; iteration 2 expands an unvisited sibling (UCT
+    # +inf) and backs up one of its depth-2 children through it -> 3 non-root nodes per tree
+    assert len(rows) == 3 * len(SEEDS)
+    assert all(n.on_terminal_path and n.visits >= 1 for n in rows)
+    assert {n.depth for n in rows} == {1, 2}
+
+
+def test_value_max_is_used_by_selection(monkeypatch):
+    from idea_mcts.tree import Tree
+
+    modes = []
+    real = Tree.uct
+
+    def spy(node, parent, c, mode="mean"):
+        modes.append(mode)
+        return real(node, parent, c, mode)
+
+    monkeypatch.setattr(Tree, "uct", staticmethod(spy))
+    trees = make_search(ScriptedEngine(), value="max", iterations=6, max_depth=2).run(SEEDS[:1])
+    assert modes and set(modes) == {"max"}
+    root = trees[0].root
+    ends = [n for n in trees[0] if n.terminal and n.visits]
+    assert root.value("max") == max(n.reward for n in ends)
+
+
+def _depth2(text: str) -> bool:
+    """The scripted evolver appends ' +1' per depth: exactly two of them follow the seed."""
+    return re.search(r"[^1] \+1 \+1(?! \+1)", text) is not None
+
+
+class UnscorableDepth2(ScriptedEngine):
+    """Every scorer fails on depth-2 instructions: no digit, no tag list."""
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for r, g in zip(requests, out, strict=True):
+            text = r.prompt if isinstance(r.prompt, str) else r.prompt[0]["content"]
+            if "tags of user intentions" in text and _depth2(text):
+                g.text = "no tags here"
+        return out
+
+    def _next_token_logprobs(self, prompts, candidates, top_k):
+        out = super()._next_token_logprobs(prompts, candidates, top_k)
+        for p, r in zip(prompts, out, strict=True):
+            if _depth2(p[0]["content"]):
+                r.logprobs = {}
+        return out
+
+
+def test_node_whose_every_scorer_failed_is_a_failed_evaluation():
+    from idea_mcts.config import ExportConfig
+    from idea_mcts.export import select_rows
+
+    search = make_search(UnscorableDepth2(), iterations=4, max_depth=4)
+    trees = search.run(SEEDS)
+    unscored = [n for t in trees for n in t if n.depth == 2]
+    assert unscored and all(n.reward is None for n in unscored)
+    assert search.failures["unscored"] == len(unscored) == search.reward.unscored
+    rows = select_rows(trees, ExportConfig(mode="all"))
+    assert rows and not [n for n in rows if n.reward is None]
+    for t in trees:
+        assert not [n for n in t if n.reward is None and n.children]  # never expanded, never simulated from
+    assert search.failures["rollout_truncated"] > 0  # rollouts end at their last scored node

@@ -53,10 +53,11 @@ class Generation:
 
 @dataclass
 class TokenLogprobs:
-    """Next-token logprobs of the candidate tokens that fall inside the top-k at the first generated position."""
+    """Next-token logprobs of the candidate tokens at the first generated position: every candidate where the
+    engine holds the full distribution (`Engine.logprob_method == "full"`), else those inside the top-k."""
 
     logprobs: dict[str, float]
-    """candidate -> logprob; a candidate outside the top-k is absent."""
+    """candidate -> logprob; with a top-k engine a candidate outside the top-k is absent."""
     prompt_tokens: int = 0
 
 
@@ -92,11 +93,33 @@ def is_continuation(prompt: Prompt) -> bool:
     return not isinstance(prompt, str) and bool(prompt) and prompt[-1]["role"] == "assistant"
 
 
+def candidate_ids(tokenizer: Any, candidates: Sequence[str], model_id: str) -> dict[str, int]:
+    """Token id of each single-token candidate (e.g. the score digits "1".."6") from a model's tokenizer: its
+    exact vocabulary entry first (SentencePiece tokenizers such as LLaMA's, the DEITA scorers' and InsTagger's,
+    encode "1" as "▁" + "1", yet "1" is the token that follows "Score: "), else the text when it encodes to
+    exactly one token; anything else is a one-line UsageError naming the model."""
+    from idea_mcts.errors import UsageError
+
+    vocab = tokenizer.get_vocab()
+    ids: dict[str, int] = {}
+    for c in candidates:
+        tokens = [vocab[c]] if c in vocab else tokenizer.encode(c, add_special_tokens=False)
+        if len(tokens) != 1:
+            raise UsageError(f"the tokenizer of {model_id} has no single token for {c!r} "
+                             f"(it encodes to {len(tokens)} tokens): it cannot serve an expected-score scorer")
+        ids[c] = tokens[0]
+    return ids
+
+
 class Engine:
     """A loaded model behind a batched API. Subclasses implement the `_generate` / `_next_token_logprobs`
     (LLMs), `_embed` (embedders) or `_score` (reward models) they support."""
 
     backend: str = "base"
+    logprob_method: str = "top_k"
+    """How `next_token_logprobs` sees the candidates: `full` (the whole next-token distribution, every
+    candidate returned) or `top_k` (servers that return only the top-k tokens: absent candidates are left out
+    and the expected score renormalises over those present)."""
 
     def __init__(self, model_id: str) -> None:
         self.model_id = model_id
@@ -114,8 +137,8 @@ class Engine:
 
     def next_token_logprobs(self, prompts: Sequence[Prompt], candidates: Sequence[str], top_k: int = 20
                             ) -> list[TokenLogprobs]:
-        """Logprobs of `candidates` (single tokens, e.g. the digits "1".."6") at the first generated position,
-        for those inside the top-`top_k` tokens there."""
+        """Logprobs of `candidates` (single tokens, e.g. the digits "1".."6") at the first generated position:
+        all of them on a `full` engine, those inside the top-`top_k` tokens on a `top_k` engine."""
         if not prompts:
             return []
         t0 = time.perf_counter()

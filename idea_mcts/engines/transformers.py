@@ -23,6 +23,7 @@ from idea_mcts.engines.base import (
     Prompt,
     SamplingParams,
     TokenLogprobs,
+    candidate_ids,
     is_continuation,
 )
 from idea_mcts.errors import UsageError
@@ -69,6 +70,7 @@ class TransformersEngine(Engine):
     """A causal LM in this process (CPU or one GPU) with batched, per-request-seeded generation."""
 
     backend = "transformers"
+    logprob_method = "full"
 
     def __init__(self, cfg: EngineConfig) -> None:
         from transformers import AutoModelForCausalLM
@@ -83,7 +85,7 @@ class TransformersEngine(Engine):
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = torch.tensor(sorted(i for i in eos_ids if i is not None), device=self.device)
-        self._candidate_ids: dict[str, int] = {}
+        self._candidate_ids: dict[tuple[str, ...], dict[str, int]] = {}
 
     # -- prompts ---------------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -177,30 +179,24 @@ class TransformersEngine(Engine):
         return out
 
     # -- scoring ---------------------------------------------------------------------------------------
-    def candidate_id(self, candidate: str) -> int:
-        """Token id of a single-token candidate (e.g. a score digit), resolved from the tokenizer."""
-        if candidate not in self._candidate_ids:
-            ids = self.tokenizer.encode(candidate, add_special_tokens=False)
-            if len(ids) != 1:
-                raise UsageError(f"tokenizer of {self.model_id} splits {candidate!r} into {len(ids)} tokens")
-            self._candidate_ids[candidate] = ids[0]
-        return self._candidate_ids[candidate]
-
     @torch.inference_mode()
     def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int
                              ) -> list[TokenLogprobs]:
-        ids = {c: self.candidate_id(c) for c in candidates}
+        """Every candidate's logprob from the full next-token distribution (`top_k` does not apply: this engine
+        holds the whole distribution, so DEITA's softmax over all six digits is exact)."""
+        key = tuple(candidates)
+        if key not in self._candidate_ids:
+            self._candidate_ids[key] = candidate_ids(self.tokenizer, candidates, self.model_id)
+        ids = self._candidate_ids[key]
         seqs = [self._encode(p, 1) for p in prompts]
         order = sorted(range(len(prompts)), key=lambda i: len(seqs[i]))
         results: list[TokenLogprobs | None] = [None] * len(prompts)
         for chunk in _chunks(order, self.cfg.max_batch_size):
             logits, *_ = self._prefill([seqs[i] for i in chunk])
             logprobs = torch.log_softmax(logits, dim=-1)
-            top = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1).indices
             for b, i in enumerate(chunk):
-                in_top = set(top[b].tolist())
-                found = {c: float(logprobs[b, t]) for c, t in ids.items() if t in in_top}
-                results[i] = TokenLogprobs(logprobs=found, prompt_tokens=len(seqs[i]))
+                results[i] = TokenLogprobs(logprobs={c: float(logprobs[b, t]) for c, t in ids.items()},
+                                           prompt_tokens=len(seqs[i]))
         return [r for r in results if r is not None]
 
 

@@ -26,6 +26,7 @@ from idea_mcts.engines.base import (
     Prompt,
     SamplingParams,
     TokenLogprobs,
+    candidate_ids,
     is_continuation,
 )
 from idea_mcts.errors import EngineError, UsageError
@@ -121,20 +122,10 @@ class VLLMEngine(Engine):
 
     # -- helpers -------------------------------------------------------------------------------------
     def candidate_token_ids(self, candidates: list[str]) -> dict[str, int]:
-        """Token id of each candidate from the model's tokenizer: its exact vocabulary entry (SentencePiece
-        tokenizers encode "1" as "▁" + "1", yet "1" is the token that follows "Score: "), else the text when
-        it encodes to exactly one token; anything else is a UsageError."""
+        """Token id of each candidate from the model's tokenizer (`base.candidate_ids`), resolved once."""
         key = tuple(candidates)
         if key not in self._candidate_ids:
-            tokenizer = self.llm.get_tokenizer()
-            vocab = tokenizer.get_vocab()
-            ids = {}
-            for c in candidates:
-                tokens = [vocab[c]] if c in vocab else tokenizer.encode(c, add_special_tokens=False)
-                if len(tokens) != 1:
-                    raise UsageError(f"candidate {c!r} is {len(tokens)} tokens for {self.model_id}, not one")
-                ids[c] = tokens[0]
-            self._candidate_ids[key] = ids
+            self._candidate_ids[key] = candidate_ids(self.llm.get_tokenizer(), candidates, self.model_id)
         return self._candidate_ids[key]
 
     def _sampling(self, p: SamplingParams) -> Any:
