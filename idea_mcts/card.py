@@ -1,41 +1,43 @@
 """The dataset card of a published run: metadata, provenance, data-quality table, plots, an example tree.
 
 Built with huggingface_hub's card tools (`DatasetCardData` for the YAML metadata, `DatasetCard.from_template`
-with the Jinja template below). Everything is computed from the run's output directory (`run.json`,
-`trees.jsonl`, the rows of `dataset/`), summarised in a `RunSummary`; nothing here talks to the Hub.
+with the package's Jinja template `templates/dataset_card.md`). Everything is computed from the run's output
+directory (`run.json`, `trees.jsonl`, the rows of `dataset/`), summarised in a `RunSummary`; nothing here talks
+to the Hub.
 
-Metadata merge on re-push: the keys this module sets (`MANAGED_KEYS`) are merged three-way with what the card
-on the Hub holds and what the previous push set (recorded in an HTML comment at the end of the card), so a
-value edited on the Hub survives unless our own value changed since; every other key is kept as is. The body
-is regenerated, except the text between the `<!-- idea-mcts:user -->` markers, which is carried over.
+Re-push: the metadata keys the tool owns (`OWNED_KEYS`, and the data files of its two `configs`) are
+regenerated; every other key (language, annotations, extra tags, other configs...) is kept; so is the text
+between the `<!-- idea-mcts:user -->` markers. The rest of the body is regenerated.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib.resources import files
 from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from idea_mcts.scoring import score_means
+from idea_mcts.scoring import PAPER_SCORES, SCORERS, score_means
 from idea_mcts.tree import Tree
 
 logger = logging.getLogger(__name__)
 
-SCORES = ("quality", "diversity", "complexity")
-"""The three scores of the paper's reward, in the order of its data-quality table."""
 PAPER_RESULTS = {"complexity": (1.40, 3.62), "mean": (2.19, 3.81)}
 """arXiv 2410.10392, data-quality table: (seed data, IDEA-MCTS data)."""
 BENCHMARKS = ("alpacaeval", "mtbench", "ifeval", "arenahard", "wildbench", "livebench", "mixeval", "gsm8k",
               "mmlu", "humaneval", "bbh")
 """Names (lower case, letters and digits only) that mark a task source as an evaluation benchmark."""
-MANAGED_KEYS = ("license", "task_categories", "tags", "size_categories", "pretty_name")
-"""Metadata keys this module sets; `configs` and `dataset_info` are maintained by `datasets.push_to_hub`."""
+OWNED_KEYS = ("license", "task_categories", "size_categories", "pretty_name")
+"""Metadata keys the tool regenerates on every push; `configs` and `dataset_info` are maintained by
+`datasets.push_to_hub`; `tags` keeps the user's and adds ours (`TAGS`)."""
+TAGS = ["synthetic", "idea-mcts"]
+TEMPLATE = (files("idea_mcts") / "templates" / "dataset_card.md").read_text(encoding="utf-8")
+"""The card's Jinja template (shipped as package data, as TRL ships its card templates)."""
 IMAGES = {"scores": "assets/score_histograms.png", "depth": "assets/depth_distribution.png"}
 """Where the plots go in the repository, relative to README.md."""
 CITATION = """@inproceedings{li2024optimizing,
@@ -49,7 +51,6 @@ CITATION = """@inproceedings{li2024optimizing,
   archivePrefix = {arXiv},
   url           = {https://arxiv.org/abs/2410.10392}
 }"""
-_RECORD = re.compile(r"<!-- idea-mcts:managed (\{.*?\}) -->")
 _USER = re.compile(r"<!-- idea-mcts:user[^>]*-->\n?(.*?)<!-- /idea-mcts:user -->", re.S)
 _SIZES = ((1e3, "n<1K"), (1e4, "1K<n<10K"), (1e5, "10K<n<100K"), (1e6, "100K<n<1M"), (1e7, "1M<n<10M"),
           (1e8, "10M<n<100M"), (1e9, "100M<n<1B"), (1e10, "1B<n<10B"), (1e11, "10B<n<100B"),
@@ -136,7 +137,7 @@ def make_plots(summary: RunSummary) -> dict[str, bytes]:
         return {}
     seeds, rows = summary.seeds, summary.rows
     fig = Figure(figsize=(10, 7), dpi=100)
-    for ax, key in zip(fig.subplots(2, 2).flat, (*SCORES, "reward"), strict=True):
+    for ax, key in zip(fig.subplots(2, 2).flat, (*PAPER_SCORES, "reward"), strict=True):
         data = [[r[key] for r in group if r.get(key) is not None] for group in (seeds, rows)]
         if any(data):
             ax.hist(data, bins=12, label=[f"seeds (n={len(data[0])})", f"rows (n={len(data[1])})"],
@@ -173,47 +174,20 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _merge_list(theirs: list[Any], ours: list[Any], base: list[Any]) -> list[Any]:
-    """Three-way list merge: keep the Hub's entries (user additions and removals included), add ours that are
-    new since the last push, drop the ones we stopped setting."""
-    out = [x for x in theirs if x in ours or x not in base]
-    return out + [x for x in ours if x not in base and x not in out]
-
-
-def merge_metadata(existing: dict[str, Any], ours: dict[str, Any],
-                   base: dict[str, Any] | None) -> dict[str, Any]:
-    """Merge our metadata into the card's existing metadata.
-
-    `base` is what the previous push wrote for `MANAGED_KEYS` (None when this card was never written by us).
-    A managed value edited on the Hub (differs from `base`) is kept unless ours changed too; with no `base`,
-    existing values are kept and lists are united. Keys we do not manage are never touched.
-    """
-    merged = dict(existing)
-    for key, value in ours.items():
-        theirs = existing.get(key)
-        if theirs is None or theirs == value:
-            merged[key] = value
-        elif isinstance(value, list):
-            theirs_list = theirs if isinstance(theirs, list) else [theirs]
-            merged[key] = _merge_list(theirs_list, value, (base or {}).get(key) or [])
-        elif base is not None and theirs == base.get(key):
-            merged[key] = value  # untouched on the Hub: update
-        elif base is not None and value != base.get(key):
-            logger.warning("card metadata %r: replacing %r (edited on the Hub) with the new value %r",
-                           key, theirs, value)
-            merged[key] = value
-        else:
-            logger.info("card metadata %r: keeping %r from the Hub (ours: %r)", key, theirs, value)
-    return merged
+def merge_metadata(existing: dict[str, Any], ours: dict[str, Any]) -> dict[str, Any]:
+    """The card's metadata on a re-push: our values for the keys we own, the existing card's for every other
+    key; `tags` keeps the existing tags and adds ours."""
+    tags = existing.get("tags") or []
+    tags = tags if isinstance(tags, list) else [tags]
+    return {**existing, **ours, "tags": tags + [t for t in TAGS if t not in tags]}
 
 
 def our_metadata(summary: RunSummary, repo_id: str, license: str | None) -> dict[str, Any]:
-    """The metadata values this module sets."""
+    """The values of the metadata keys the tool owns (`OWNED_KEYS`)."""
     push = summary.config.get("push_to_hub") or {}
     return {
         "license": license or push.get("license") or "apache-2.0",
         "task_categories": ["text-generation"],
-        "tags": ["synthetic", "idea-mcts"],
         "size_categories": [size_category(len(summary.rows))],
         "pretty_name": f"IDEA-MCTS instructions: {repo_id.split('/')[-1]}",
     }
@@ -233,8 +207,7 @@ def _configs(existing: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 
 def _roles(config: dict[str, Any]) -> list[dict[str, Any]]:
     engines, weights = config.get("engines") or {}, config.get("reward") or {}
-    weight_of = {"quality": "quality", "complexity": "complexity", "tagger": "diversity",
-                 "embedder": "novelty", "reward_model": "reward_model"}
+    weight_of = {s.role: s.name for s in SCORERS}
     out = []
     for role, rc in (config.get("roles") or {}).items():
         engine = engines.get(rc.get("engine")) or {}
@@ -267,11 +240,8 @@ def build_card(summary: RunSummary, repo_id: str, *, license: str | None = None,
     everything copied from the run (command, config)."""
     config = summary.config
     existing_meta = existing.data.to_dict() if existing is not None else {}
-    record = _RECORD.search(existing.text) if existing is not None else None
-    base = json.loads(record.group(1)) if record else None
     user = _USER.search(existing.text) if existing is not None else None
-    ours = our_metadata(summary, repo_id, license)
-    meta = merge_metadata(existing_meta, ours, base)
+    meta = merge_metadata(existing_meta, our_metadata(summary, repo_id, license))
     meta["configs"] = _configs(meta.get("configs"))
     card_data = DatasetCardData(**meta)
 
@@ -280,8 +250,7 @@ def build_card(summary: RunSummary, repo_id: str, *, license: str | None = None,
     table = [{"name": name, "seeds": _fmt(seed_means[key]), "rows": _fmt(row_means[key]),
               "paper_seed": _fmt(PAPER_RESULTS.get(key, (None, None))[0]),
               "paper_ours": _fmt(PAPER_RESULTS.get(key, (None, None))[1])}
-             for key, name in (("quality", "quality"), ("diversity", "diversity"),
-                               ("complexity", "complexity"), ("mean", "**mean of (Q, D, C)**"))]
+             for key, name in (*((k, k) for k in PAPER_SCORES), ("mean", "**mean of (Q, D, C)**"))]
     seed_id, tree_nodes = example_tree(summary.nodes) if summary.nodes else ("", [])
     usage = summary.run.get("usage") or {}
     card = DatasetCard.from_template(
@@ -308,136 +277,5 @@ def build_card(summary: RunSummary, repo_id: str, *, license: str | None = None,
         config_yaml=fenced(redact(str(summary.run.get("config_yaml") or ""), secrets), "yaml"),
         citation=fenced(CITATION, "bibtex"),
         user_notes=user.group(1).strip() if user else "",
-        # what we set (not the merged values: a kept Hub edit stays an edit), "--" escaped to keep the comment
-        managed=json.dumps(ours, sort_keys=True).replace("--", "-\\u002d"),
     )
     return card
-
-
-TEMPLATE = """---
-{{ card_data }}
----
-
-# {{ title }}
-
-Instruction-tuning data synthesised with **IDEA-MCTS** ([Li et al., 2024](https://arxiv.org/abs/2410.10392)):
-Monte Carlo tree search over LLM instruction evolution, every node scored for quality, complexity and diversity.
-Made with `idea-mcts` {{ run.version or "" }}: {{ n_rows }} training rows from {{ n_nodes }} nodes grown from
-{{ n_seeds }} seed instructions.
-{%- if run.status != "finished" %} The search {{ run.status }}.{% endif %}
-{%- if contamination %}
-
-> [!WARNING]
-> **Contamination risk.** The task-specific actions (MCTS+, `search.task_actions`) were derived from example
-> instructions of **{{ contamination }}**, an evaluation benchmark. The evolved instructions were steered toward
-> that benchmark's tasks: do not report {{ contamination }} results of models trained on this data as clean
-> evaluations.
-{%- endif %}
-
-<!-- idea-mcts:user (text from here to the closing marker is kept when the card is regenerated) -->
-{%- if user_notes %}
-{{ user_notes }}
-{%- endif %}
-<!-- /idea-mcts:user -->
-
-## Use
-
-```python
-from datasets import load_dataset
-
-rows = load_dataset("{{ repo_id }}", split="train")            # training rows (TRL `messages` format)
-nodes = load_dataset("{{ repo_id }}", "trees", split="train")  # every node of every search tree
-```
-
-| config | rows | content |
-|---|---|---|
-| `default` | {{ n_rows }} | `messages` (user instruction, assistant response), provenance (`seed_id`, `node_id`, `parent_id`, `depth`, `action_path`), scores (`quality`, `complexity`, `diversity`, `novelty`, `reward_model`, `reward`), `value`, `visits` |
-| `trees` | {{ n_nodes }} | every node of the {{ n_seeds }} trees (depth 0 = the seed) with its action, response, scores, MCTS statistics, `children`, and the scorers that failed to parse (`failures`) |
-
-## How it was produced
-
-- **Seeds:** `{{ data.seeds }}`{% if data.max_seeds %} (first {{ data.max_seeds }}){% endif %}, {{ n_seeds }} used.
-- **Actions:** `{{ search.actions }}`{% if search.task_actions %} + {{ search.num_task_actions }} task-specific actions \
-from `{{ search.task_actions }}` (source: {{ search.task_source or "not recorded" }}){% endif %}.
-- **Search:** {{ search.iterations }} iteration{{ "s" if search.iterations != 1 }} per tree, {{ search.expand_width }} children per expansion, \
-UCT C = {{ search.exploration_constant }}, terminal at depth > {{ search.max_depth }} or reward > \
-{{ search.reward_threshold }}, value = {{ search.value }}, rollouts {{ "on" if search.rollout else "off" }}\
-{% if search.simulate_from %} (from the {{ search.simulate_from }} child){% endif %}, seed {{ search.seed }}.
-- **Reward:** {{ reward.quality }}·quality + {{ reward.complexity }}·complexity + {{ reward.diversity }}·diversity\
-{% if reward.novelty %} + {{ reward.novelty }}·novelty{% endif %}\
-{% if reward.reward_model %} + {{ reward.reward_model }}·reward model{% endif %}.
-- **Rows:** export mode `{{ export.mode }}`{% if export.mode == "paper" %} (up to {{ export.num_samples }} nodes \
-drawn from root-to-terminal paths){% endif %}, seeds {{ "included" if export.include_roots else "excluded" }}.
-
-| role | engine | backend | model | prompt | temperature | max new tokens | reward weight |
-|---|---|---|---|---|---|---|---|
-{%- for r in roles %}
-| {{ r.role }} | {{ r.engine }} | {{ r.backend }} | `{{ r.model }}` | {{ r.prompt }} | {{ r.temperature }} \
-| {{ r.max_new_tokens }} | {{ r.weight }} |
-{%- endfor %}
-{%- if usage %}
-
-| role | calls | requests | prompt tokens | completion tokens | seconds |
-|---|---|---|---|---|---|
-{%- for u in usage %}
-| {{ u.role }} | {{ u.calls }} | {{ u.requests }} | {{ u.prompt_tokens }} | {{ u.completion_tokens }} | {{ u.seconds }} |
-{%- endfor %}
-{%- endif %}
-
-Answers that did not parse: {% for k, v in parse_failures.items() if v %}{{ k }} {{ v }}\
-{{ ", " if not loop.last }}{% else %}none{% endfor %}. Wall time: {{ run.wall_seconds }} s.
-
-## Data quality
-
-Mean scores of the seeds (depth-0 nodes) and of the published rows, beside the paper's data-quality table.
-
-| mean score | seeds (ours, n={{ n_seeds }}) | rows (ours, n={{ n_rows }}) | seed (paper) | IDEA-MCTS (paper) |
-|---|---|---|---|---|
-{%- for t in table %}
-| {{ t.name }} | {{ t.seeds }} | {{ t.rows }} | {{ t.paper_seed }} | {{ t.paper_ours }} |
-{%- endfor %}
-
-{% if default_judge -%}
-The judges here are not the paper's: the scores above come from the models listed under *How it was
-produced*; with the CPU default judge (a small instruct model with this toolkit's own prompts) the absolute
-numbers are **not comparable** to the paper's. Compare the change from seeds to rows, not the values.
-{%- else -%}
-The quality and complexity scorers use the published DEITA formats; the paper's exact judges are unpublished,
-so compare the change from seeds to rows rather than absolute values.
-{%- endif %}
-{%- if images.scores %}
-
-![Score histograms: seeds vs rows]({{ images.scores }})
-{%- endif %}
-{%- if images.depth %}
-
-![Depth distribution of all nodes and of the rows]({{ images.depth }})
-{%- endif %}
-{%- if tree %}
-
-## Example tree
-
-Seed `{{ tree_seed }}`, the largest tree. Each line: `[action]` Q(uality) C(omplexity) D(iversity) R(eward) |
-V(alue) N (visits) | instruction. `*` on a root-to-terminal path (eligible for the rows), `T` terminal, `~` rollout.
-
-{{ tree }}
-{%- endif %}
-
-## Reproduce
-
-The exact command:
-
-{{ command }}
-
-The complete resolved configuration (`config_yaml` in the run's `run.json`):
-
-{{ config_yaml }}
-
-Then publish with `idea-mcts push OUT --repo_id {{ repo_id }}`.
-
-## Citation
-
-{{ citation }}
-
-<!-- idea-mcts:managed {{ managed }} -->
-"""  # noqa: E501 - Markdown tables are one line per row

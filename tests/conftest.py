@@ -19,6 +19,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sentencepiece_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random Llama with a real SentencePiece (LLaMA-style) tokenizer: "1" -> "▁" + "1"."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-sp"), tokenizer="sentencepiece")
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     from idea_mcts.models import smollm2_dir as resolve
 

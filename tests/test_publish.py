@@ -193,9 +193,9 @@ def test_push_twice_merges_card_and_updates_data(tmp_path: Path) -> None:
         card = card_of(hub, "org/twice")
     assert loaded["rows"] == second["rows"] and loaded["nodes"] == second["nodes"]
     meta = card.data.to_dict()
-    assert meta["license"] == "mit" and meta["language"] == ["en"]
-    assert meta["annotations_creators"] == ["machine-generated"]
-    assert {"synthetic", "idea-mcts", "math"} <= set(meta["tags"])
+    assert meta["license"] == "apache-2.0"  # a key the tool owns: regenerated from the push's license
+    assert meta["language"] == ["en"] and meta["annotations_creators"] == ["machine-generated"]  # kept
+    assert meta["tags"] == ["synthetic", "idea-mcts", "math"]  # the user's tag kept, ours present
     info = {i["config_name"]: i["splits"][0]["num_examples"] for i in meta["dataset_info"]}
     assert info == {"default": len(second["rows"]), "trees": len(second["nodes"])}
     assert f"rows (ours, n={len(second['rows'])})" in card.text
@@ -289,19 +289,14 @@ def test_contamination_note(tmp_path: Path, task_actions: str | None, task_sourc
     assert ("Contamination risk" in text) is warned
 
 
-def test_merge_metadata_three_way() -> None:
-    ours = {"license": "apache-2.0", "tags": ["synthetic", "idea-mcts"], "size_categories": ["1K<n<10K"]}
-    base = {"license": "apache-2.0", "tags": ["synthetic", "idea-mcts"], "size_categories": ["n<1K"]}
-    hub = {"license": "mit", "tags": ["synthetic", "math"], "size_categories": ["n<1K"], "language": ["en"]}
-    merged = merge_metadata(hub, ours, base)
-    assert merged["license"] == "mit"  # edited on the Hub, ours unchanged: kept
-    assert merged["tags"] == ["synthetic", "math"]  # the user's removal and addition both kept
-    assert merged["size_categories"] == ["1K<n<10K"]  # untouched on the Hub: updated
-    assert merged["language"] == ["en"]
-    changed = merge_metadata(hub, {**ours, "license": "cc-by-4.0"}, base)  # ours changed too: ours wins
-    assert changed["license"] == "cc-by-4.0"
-    first = merge_metadata({"license": "mit", "tags": ["x"]}, ours, None)  # a card we never wrote
-    assert first["license"] == "mit" and first["tags"] == ["x", "synthetic", "idea-mcts"]
+def test_merge_metadata_regenerates_owned_keys_and_keeps_the_rest() -> None:
+    ours = {"license": "apache-2.0", "size_categories": ["1K<n<10K"], "pretty_name": "P"}
+    hub = {"license": "mit", "tags": ["math"], "size_categories": ["n<1K"], "language": ["en"],
+           "pretty_name": "edited"}
+    merged = merge_metadata(hub, ours)
+    assert merged == {"license": "apache-2.0", "size_categories": ["1K<n<10K"], "pretty_name": "P",
+                      "language": ["en"], "tags": ["math", "synthetic", "idea-mcts"]}
+    assert merge_metadata({}, ours)["tags"] == ["synthetic", "idea-mcts"]
 
 
 def test_stopped_early_run_is_publishable(tmp_path: Path) -> None:
@@ -311,20 +306,22 @@ def test_stopped_early_run_is_publishable(tmp_path: Path) -> None:
     assert "The search stopped early: max_calls." in build_card(_summary(tmp_path), "org/x").text
 
 
-def test_rebuilt_card_keeps_hub_edits_and_user_notes(tmp_path: Path) -> None:
+def test_rebuilt_card_keeps_other_keys_and_user_notes(tmp_path: Path) -> None:
     write_run(tmp_path)
     summary = _summary(tmp_path)
     card = build_card(summary, "org/x")
-    card.data.license, card.data.pretty_name = "mit", "mine --> yours"  # edited on the Hub
+    card.data.pretty_name = "mine --> yours"  # an owned key edited on the Hub
+    card.data.language = ["en"]  # a key the tool does not own
     marker = "<!-- /idea-mcts:user -->"
     card = DatasetCard(str(card).replace(marker, "Reviewed by hand.\n" + marker))
-    for _ in range(2):  # the edits survive every later push, not just the next one
+    for _ in range(2):  # kept by every later push, not just the next one
         card = build_card(summary, "org/x", existing=DatasetCard(str(card)))
-        assert card.data.license == "mit" and card.data.pretty_name == "mine --> yours"
+        assert card.data.language == ["en"] and card.data.pretty_name == "IDEA-MCTS instructions: x"
         assert "Reviewed by hand.\n" + marker in card.text
         assert card.text.count(marker) == 1
-    card = build_card(summary, "org/x", existing=card, license="cc-by-4.0")  # a new explicit license wins
-    assert card.data.license == "cc-by-4.0"
+        assert "idea-mcts:managed" not in card.text
+    card = build_card(summary, "org/x", existing=card, license="cc-by-4.0")  # the push's license is written
+    assert card.data.license == "cc-by-4.0" and card.data.language == ["en"]
 
 
 def test_card_helpers() -> None:

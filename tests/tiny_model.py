@@ -19,10 +19,10 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> Path:
-    import torch
+def bpe_tokenizer():  # noqa: ANN201 - PreTrainedTokenizerFast
+    """Byte-level BPE (GPT-2 / SmolLM2 style): "1" is one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -34,11 +34,46 @@ def build_tiny_model(target: Path, seed: int = 0) -> Path:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     fast.chat_template = CHATML
+    return fast
+
+
+def sentencepiece_tokenizer(workdir: Path):  # noqa: ANN201 - LlamaTokenizer
+    """A real SentencePiece model (LLaMA style: BPE, split digits, byte fallback, a dummy prefix) trained here
+    and loaded through transformers' LlamaTokenizer, as the DEITA scorers and InsTagger load theirs: "1" encodes
+    to "▁" + "1", while "1" is its own vocabulary entry. No chat template of its own (set to ChatML here so the
+    evolver and responder roles can use it too)."""
+    import io
+    import json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 20), model_writer=buf, vocab_size=420,
+                                   model_type="bpe", split_digits=True, byte_fallback=True, unk_id=0, bos_id=1,
+                                   eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "tokenizer.model").write_bytes(buf.getvalue())
+    (workdir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+    tok = AutoTokenizer.from_pretrained(workdir)
+    tok.chat_template = CHATML
+    return tok
+
+
+def build_tiny_model(target: Path, seed: int = 0, tokenizer: str = "bpe") -> Path:
+    """A random-weights Llama (hidden 64, 2 layers) with a `bpe` or `sentencepiece` tokenizer, saved to
+    `target`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = bpe_tokenizer() if tokenizer == "bpe" else sentencepiece_tokenizer(target)
     torch.manual_seed(seed)
+    pad = fast.pad_token_id if fast.pad_token_id is not None else fast.eos_token_id
     config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id, tie_word_embeddings=True)
+                         pad_token_id=pad, tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id
     target.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 from idea_mcts.config import EngineConfig
@@ -21,29 +22,28 @@ __all__ = ["Engine", "EnginePool", "Generation", "GenerationRequest", "Prompt", 
 logger = logging.getLogger(__name__)
 
 
+ENGINE_CLASSES = {
+    "transformers": "idea_mcts.engines.transformers:TransformersEngine",
+    "vllm": "idea_mcts.engines.vllm:VLLMEngine",
+    "openai": "idea_mcts.engines.openai:OpenAIEngine",
+    "embedding": "idea_mcts.engines.transformers:EmbeddingEngine",
+    "sequence_classification": "idea_mcts.engines.transformers:RewardModelEngine",
+}
+"""Engine class per backend, imported on use (vLLM and openai are optional extras, imported by their engines
+only when one is built)."""
+
+
+def engine_class(backend: str) -> type[Engine]:
+    """The engine class of a backend, without building it (its class attributes: `logprob_method`...)."""
+    if backend not in ENGINE_CLASSES:
+        raise ValueError(f"unknown engine backend {backend!r}")
+    module, name = ENGINE_CLASSES[backend].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def build_engine(cfg: EngineConfig) -> Engine:
-    """Instantiate the engine for `cfg.backend` (imports are lazy: vLLM and openai are optional extras)."""
-    if cfg.backend == "transformers":
-        from idea_mcts.engines.transformers import TransformersEngine
-
-        return TransformersEngine(cfg)
-    if cfg.backend == "vllm":
-        from idea_mcts.engines.vllm import VLLMEngine
-
-        return VLLMEngine(cfg)
-    if cfg.backend == "openai":
-        from idea_mcts.engines.openai import OpenAIEngine
-
-        return OpenAIEngine(cfg)
-    if cfg.backend == "embedding":
-        from idea_mcts.engines.transformers import EmbeddingEngine
-
-        return EmbeddingEngine(cfg)
-    if cfg.backend == "sequence_classification":
-        from idea_mcts.engines.transformers import RewardModelEngine
-
-        return RewardModelEngine(cfg)
-    raise ValueError(f"unknown engine backend {cfg.backend!r}")
+    """Instantiate the engine for `cfg.backend`."""
+    return engine_class(cfg.backend)(cfg)  # type: ignore[call-arg]
 
 
 class EnginePool:

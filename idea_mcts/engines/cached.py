@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from idea_mcts.config import EngineConfig
+from idea_mcts.engines import ENGINE_CLASSES, engine_class
 from idea_mcts.engines.base import (
     Engine,
     Generation,
@@ -47,6 +48,8 @@ class CachedEngine(Engine):
     def __init__(self, load: Callable[[], Engine], cache: RequestCache, identity: dict[str, Any]) -> None:
         super().__init__(str(identity.get("model", "")))
         self.backend = str(identity.get("backend", "cached"))
+        if self.backend in ENGINE_CLASSES:  # known without loading the model (a replay may never load it)
+            self.logprob_method = engine_class(self.backend).logprob_method
         self.cache = cache
         self.identity = identity
         self._load = load
