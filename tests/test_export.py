@@ -50,3 +50,18 @@ def test_dataset_has_messages_and_provenance(tmp_path):
     write_trees(tmp_path, trees)
     back = read_trees(tmp_path)
     assert [n.to_record() for n in back[0]] == [n.to_record() for n in trees[0]]
+
+
+def test_a_run_that_exports_zero_rows_warns(tiny_model_dir, tmp_path, caplog):
+    import json
+    import logging
+
+    from tests.runs import evolve
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="idea_mcts"):
+        assert evolve(out, tiny_model_dir, "search.iterations=0", "export.mode=paper") == 0
+    report = json.loads((out / "run.json").read_text())
+    assert report["counts"]["rows"] == 0
+    assert report["warnings"] and "0 rows exported" in report["warnings"][0]
+    assert any("0 rows" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
