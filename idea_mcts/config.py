@@ -9,17 +9,88 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from idea_mcts.errors import UsageError
 
 ENGINE_BACKENDS = ("transformers", "vllm", "openai", "embedding", "sequence_classification")
 LLM_ROLES = ("evolver", "responder", "quality", "complexity", "tagger")
+GENERATING_ROLES = ("evolver", "responder", "tagger")
+"""Roles whose answer is generated text: they need `max_new_tokens >= 1`."""
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+PROMPT_PRESETS = ("general", "deita", "instag")
+VALUE_MODES = ("mean", "max")
+SIMULATE_FROM = ("best", "random", "all")
+EXPORT_MODES = ("paper", "best_leaf", "all")
+
+
+class ConfigValueError(ValueError):
+    """A config field holds a value outside its allowed range or choices. `key` names the field (its dotted
+    full key once `load_config` has located it), `allowed` says what is allowed."""
+
+    def __init__(self, key: str, allowed: str, value: Any) -> None:
+        self.key, self.allowed, self.value = key, allowed, value
+        super().__init__(f"{key} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric field: bounds (None = unbounded), each inclusive unless open; NaN is
+    never allowed, infinities only when `finite` is off."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    integer: bool = False
+    optional: bool = False
+    finite: bool = True
+
+    def allows(self, x: Any) -> bool:
+        if x is None:
+            return self.optional
+        if isinstance(x, bool) or not isinstance(x, int if self.integer else (int, float)) or math.isnan(x):
+            return False
+        if self.finite and math.isinf(x):
+            return False
+        if self.lo is not None and (x <= self.lo if self.lo_open else x < self.lo):
+            return False
+        return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number" if self.finite else "a number"
+        if self.lo is not None and self.hi is not None:
+            text = f"{kind} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{kind} {'>' if self.lo_open else '>='} {self.lo:g}"
+        elif self.hi is not None:
+            text = f"{kind} {'<' if self.hi_open else '<='} {self.hi:g}"
+        else:
+            text = kind
+        return f"{text} or null" if self.optional else text
+
+
+def check_fields(obj: Any, ranges: dict[str, Range] | None = None,
+                 choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Raise ConfigValueError for the first field of `obj` outside its range or choices."""
+    for name, rng in (ranges or {}).items():
+        value = getattr(obj, name)
+        if not rng.allows(value):
+            raise ConfigValueError(name, str(rng), value)
+    for name, allowed in (choices or {}).items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise ConfigValueError(name, "one of " + ", ".join(allowed), value)
+
+
+POSITIVE_INT = Range(1, integer=True)
+NON_NEGATIVE_INT = Range(0, integer=True)
 
 
 @dataclass
@@ -70,10 +141,11 @@ class EngineConfig:
     """openai: seconds before one request times out (then retried)."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ENGINE_BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(ENGINE_BACKENDS)}, got {self.backend!r}")
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
+        check_fields(self, {"max_batch_size": POSITIVE_INT, "max_model_len": POSITIVE_INT,
+                            "tensor_parallel_size": POSITIVE_INT, "data_parallel_size": POSITIVE_INT,
+                            "gpu_memory_utilization": Range(0, 1, lo_open=True), "max_concurrency": POSITIVE_INT,
+                            "max_retries": NON_NEGATIVE_INT, "timeout": Range(0, lo_open=True)},
+                     {"backend": ENGINE_BACKENDS, "dtype": DTYPES})
 
 
 @dataclass
@@ -91,6 +163,10 @@ class RoleConfig:
     prompt: str = "general"
     """Prompt preset: `general` (own prompts for any instruct judge), `deita` (the published DEITA scorer
     formats, for hkust-nlp/deita-*-scorer), `instag` (the InsTagger format, for OFA-Sys/InsTagger)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"max_new_tokens": NON_NEGATIVE_INT, "temperature": Range(0),
+                            "top_p": Range(0, 1, lo_open=True)}, {"prompt": PROMPT_PRESETS})
 
 
 def _role(**kw: Any) -> Any:
@@ -136,6 +212,11 @@ class RewardConfig:
     """Top-k next-token logprobs asked for by the expected-score scorers (vLLM's default cap is 20); the
     score is renormalised over the digits present."""
 
+    def __post_init__(self) -> None:
+        weight = Range(0)
+        check_fields(self, {"quality": weight, "complexity": weight, "diversity": weight, "novelty": weight,
+                            "reward_model": weight, "top_logprobs": POSITIVE_INT})
+
 
 @dataclass
 class SearchConfig:
@@ -170,6 +251,12 @@ class SearchConfig:
     seed: int = 42
     """Run seed: action sampling, tie-breaking and every request's sampling seed derive from it."""
 
+    def __post_init__(self) -> None:
+        check_fields(self, {"iterations": NON_NEGATIVE_INT, "expand_width": POSITIVE_INT,
+                            "exploration_constant": Range(0), "max_depth": NON_NEGATIVE_INT,
+                            "reward_threshold": Range(finite=False), "num_task_actions": POSITIVE_INT},
+                     {"value": VALUE_MODES, "simulate_from": SIMULATE_FROM})
+
 
 @dataclass
 class DataConfig:
@@ -189,6 +276,9 @@ class DataConfig:
     max_seeds: int | None = None
     """Use only the first N seeds."""
 
+    def __post_init__(self) -> None:
+        check_fields(self, {"max_seeds": Range(1, integer=True, optional=True)})
+
 
 @dataclass
 class ExportConfig:
@@ -203,6 +293,9 @@ class ExportConfig:
     """Whether seed (root) nodes are eligible rows."""
     seed: int = 0
     """Seed of the random draw."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"num_samples": POSITIVE_INT}, {"mode": EXPORT_MODES})
 
 
 @dataclass
@@ -245,14 +338,14 @@ class EvolveConfig:
     first is an upper bound; the run keeps going while the actual count stays within the budget."""
 
     def __post_init__(self) -> None:
-        if self.search.value not in ("mean", "max"):
-            raise ValueError(f"search.value must be 'mean' or 'max', got {self.search.value!r}")
-        if self.search.simulate_from not in ("best", "random", "all"):
-            raise ValueError("search.simulate_from must be 'best', 'random' or 'all'")
-        if self.export.mode not in ("paper", "best_leaf", "all"):
-            raise ValueError("export.mode must be 'paper', 'best_leaf' or 'all'")
-        if self.search.expand_width < 1 or self.search.iterations < 0:
-            raise ValueError("search.expand_width must be >= 1 and search.iterations >= 0")
+        if not self.output_dir.strip():
+            raise ConfigValueError("output_dir", "a directory path", self.output_dir)
+        check_fields(self, {"max_calls": Range(1, integer=True, optional=True)})
+        for role in GENERATING_ROLES:
+            role_cfg = getattr(self.roles, role)
+            if self.role_engine(role) is not None and role_cfg.max_new_tokens < 1:
+                raise ConfigValueError(f"roles.{role}.max_new_tokens", "an integer >= 1 (the role generates text)",
+                                       role_cfg.max_new_tokens)
         for role in ("evolver", "responder", *self.scorer_weights()):
             weight = self.scorer_weights().get(role, 1.0)
             engine = getattr(self.roles, role).engine
@@ -333,9 +426,33 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None, sch
             raise UsageError(f"bad override: {_one_line(exc)}") from None
     try:
         merged = OmegaConf.merge(*layers)
-        return OmegaConf.to_object(merged)
     except (OmegaConfBaseException, ValueError, TypeError) as exc:
         raise UsageError(_one_line(exc)) from None
+    try:
+        return OmegaConf.to_object(merged)
+    except ConfigValueError as exc:
+        key = f"{_failing_section(merged)}{exc.key}"
+        raise UsageError(f"config key '{key}' must be {exc.allowed}, got {exc.value!r}") from None
+    except (OmegaConfBaseException, ValueError, TypeError) as exc:
+        raise UsageError(_one_line(exc)) from None
+
+
+def _failing_section(node: DictConfig, prefix: str = "") -> str:
+    """Dotted prefix (`search.`, `engines.big.`, ...) of the innermost section of `node` that cannot be built:
+    each dataclass checks its own fields, so its error names the field; this names the section."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none() and _fails(child):
+            return _failing_section(child, f"{prefix}{key}.")
+    return prefix
+
+
+def _fails(node: DictConfig) -> bool:
+    try:
+        OmegaConf.to_object(node)
+    except ValueError:
+        return True
+    return False
 
 
 def to_yaml(cfg: Any) -> str:
