@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from idea_mcts.errors import EngineError, UsageError
 
@@ -37,19 +40,23 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
-    from idea_mcts.config import load_config
+    from idea_mcts.config import ConfigValueError, load_config
     from idea_mcts.pipeline import EvolveRun
 
     command = shlex.join(["idea-mcts", *args.argv])
-    if args.output_dir:
-        overrides = [*overrides, f"output_dir={args.output_dir}"]
-    if args.max_calls is not None:
-        overrides = [*overrides, f"max_calls={args.max_calls}"]
     cfg = load_config(args.config, overrides)
+    try:  # the flags go in as values, not as dotlist text that OmegaConf would parse
+        cfg = replace(cfg, **{k: v for k in ("output_dir", "max_calls") if (v := getattr(args, k)) is not None})
+    except ConfigValueError as exc:
+        raise UsageError(f"--{exc.key} must be {exc.allowed}, got {exc.value!r}") from None
     if cfg.push_to_hub is not None and cfg.push_to_hub.repo_id.count("/") != 1:
         raise UsageError(f"push_to_hub.repo_id must be namespace/name, got {cfg.push_to_hub.repo_id!r}")
     run = EvolveRun(cfg, command=command, overwrite=args.overwrite)
     if run.mode == "finished":
+        if cfg.push_to_hub is not None and not run.store.pushed(_push_target(cfg)):
+            print(f"{cfg.output_dir} already holds this finished run; it was not pushed to "
+                  f"{cfg.push_to_hub.repo_id} yet: pushing", file=sys.stderr)
+            return _push_after_evolve(cfg, run.store)
         print(f"nothing to do: {cfg.output_dir} already holds this finished run (--overwrite runs it again)",
               file=sys.stderr)
         return 0
@@ -71,10 +78,15 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
     c = report["counts"]
     print(f"{report['status']}: {c['rows']} rows from {c['nodes']} nodes in {report['wall_seconds']} s "
           f"-> {cfg.output_dir}", file=sys.stderr)
-    return _push_after_evolve(cfg) if cfg.push_to_hub is not None else 0
+    return _push_after_evolve(cfg, run.store) if cfg.push_to_hub is not None else 0
 
 
-def _push_after_evolve(cfg: Any) -> int:
+def _push_target(cfg: Any) -> dict[str, Any]:
+    push = cfg.push_to_hub
+    return {"repo_id": push.repo_id, "revision": push.revision, "private": push.private, "license": push.license}
+
+
+def _push_after_evolve(cfg: Any, store: Any) -> int:
     """The config's `push_to_hub`: publish the finished run; a failure keeps OUT and says how to retry."""
     from idea_mcts.publish import PushError, push_from_config
 
@@ -84,63 +96,38 @@ def _push_after_evolve(cfg: Any) -> int:
     try:
         url = push_from_config(cfg.output_dir, push)
     except PushError as exc:
-        print(f"error: {exc}. The run in {cfg.output_dir} is complete and unchanged; retry with: "
+        print(f"error: {exc}. The run in {cfg.output_dir} is complete and unchanged; re-run this command to push "
+              f"it, or retry with: "
               f"{shlex.join(retry)}", file=sys.stderr)
         return 1
+    store.record_push(_push_target(cfg), url)
     print(f"pushed: {url}", file=sys.stderr)
     return 0
 
 
 # -- score -------------------------------------------------------------------------------------------------
-def _pairs(path: str) -> tuple[list[str], list[str | None]]:
-    """(instruction, response) pairs from a run dir, a save_to_disk dir or a data file."""
-    import datasets
-
-    p = Path(path)
-    try:
-        if (p / "dataset").is_dir():
-            ds = datasets.load_from_disk(str(p / "dataset"))
-        elif p.is_dir():
-            ds = datasets.load_from_disk(str(p))
-        elif p.is_file():
-            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(p.suffix)
-            if builder is None:
-                raise UsageError(f"cannot read {p}: use .jsonl, .json, .csv, .parquet or a dataset dir")
-            ds = datasets.load_dataset(builder, data_files=str(p), split="train")
-        else:
-            raise UsageError(f"no such dataset: {p}")
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"cannot load {p}: {str(exc).splitlines()[0][:200]}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"]
-    instructions: list[str] = []
-    responses: list[str | None] = []
-    for row in ds:
-        if "messages" in row and row["messages"]:
-            user = next((m["content"] for m in row["messages"] if m["role"] == "user"), None)
-            bot = next((m["content"] for m in row["messages"] if m["role"] == "assistant"), None)
-        else:
-            user = row.get("instruction") or row.get("prompt")
-            bot = row.get("output") or row.get("response")
-            if user and row.get("input"):
-                user = f"{user}\n\n{row['input']}"
-        if not isinstance(user, str):
-            raise UsageError(f"{p}: rows need `messages` or an `instruction`/`prompt` column")
-        instructions.append(user)
-        responses.append(bot)
-    return instructions, responses
+def check_output_file(path: Path, what: str) -> None:
+    """`path` can be written: not a directory, in an existing writable directory (checked before the work)."""
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a directory")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{what} {path} is not writable")
 
 
 def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.config import load_config
+    from idea_mcts.data import load_pairs
     from idea_mcts.engines import EnginePool
     from idea_mcts.roles import pool_client
     from idea_mcts.scoring import build_reward, score_means
 
     cfg = load_config(args.config, overrides)
-    data = {path: _pairs(path) for path in args.datasets}
+    if args.output_json:
+        check_output_file(Path(args.output_json), "--output_json")
+    data = {path: load_pairs(path) for path in args.datasets}
     pool = EnginePool(cfg.engines)
     client = pool_client(cfg, pool)
     reward = build_reward(cfg, client)
@@ -185,46 +172,68 @@ def cmd_show(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.export import TREES_FILE, read_trees
 
     out = Path(args.output_dir)
-    if not (out / TREES_FILE).is_file():
+    path = out / TREES_FILE
+    if not path.is_file():
         raise UsageError(f"{out} holds no {TREES_FILE}: not an idea-mcts output dir")
-    trees = read_trees(out)
-    if args.seed is None:
-        for i, t in enumerate(trees):
-            print(f"{i}\t{t.seed_id}\t{len(t.nodes)} nodes\t{' '.join(t.root.instruction.split())[:80]}")
-        return 0
-    match = [t for i, t in enumerate(trees) if args.seed in (t.seed_id, str(i))]
-    if not match:
-        raise UsageError(f"no seed {args.seed!r} in {out} (seed ids or indices 0..{len(trees) - 1})")
-    print(match[0].outline(width=args.width))
+    try:  # a hand-edited, truncated or foreign file: any of these while reading or rendering it
+        trees = read_trees(out)
+        if not trees:
+            raise UsageError(f"{path} holds no trees")
+        if args.seed is None:
+            text = "\n".join(f"{i}\t{t.seed_id}\t{len(t.nodes)} nodes\t{' '.join(t.root.instruction.split())[:80]}"
+                             for i, t in enumerate(trees))
+        else:
+            match = [t for i, t in enumerate(trees) if args.seed in (t.seed_id, str(i))]
+            if not match:
+                raise UsageError(f"no seed {args.seed!r} in {out} (seed ids or indices 0..{len(trees) - 1})")
+            text = match[0].outline(width=args.width)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError, StopIteration) as exc:
+        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise UsageError(f"{path} is malformed ({type(exc).__name__}{': ' + msg if msg else ''}); re-run evolve "
+                         "to rewrite it") from None
+    print(text)
     return 0
 
 
-# -- main --------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="idea-mcts", description=__doc__.splitlines()[0])
+# -- main ------------------------------------------------------------------------------------------------
+OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=")
+"""A `key=value` config override (dotted key)."""
+TAKES_OVERRIDES = ("evolve", "score")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors: one `error:` line and exit code 2, no usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="idea-mcts", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--log_level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("evolve", help="grow one search tree per seed and write the dataset",
-                       description="Overrides after the options: key=value or --key value (dotted, e.g. "
-                                   "search.iterations=1 roles.evolver.temperature=0.9).")
+    p = sub.add_parser("evolve", help="grow one search tree per seed and write the dataset", allow_abbrev=False,
+                       description="Config overrides anywhere among the options: key=value, --key=value or "
+                                   "--key value (dotted, e.g. search.iterations=1 roles.evolver.temperature=0.9).")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("--output_dir", help="where dataset/, trees.jsonl and run.json go; an unfinished run of the same "
                                         "config there is resumed, a finished one is left as is")
     p.add_argument("--max_calls", type=int, help="stop before a wave would pass this many LLM calls")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace the run in output_dir (its outputs, node log and state) by this one; the request "
-                        "cache is kept, so requests that did not change are not re-issued")
+                   help="replace the idea-mcts run in output_dir (its outputs, node log and state) by this one; the "
+                        "request cache is kept, so requests that did not change are not re-issued")
     p.set_defaults(func=cmd_evolve)
 
-    p = sub.add_parser("score", help="score datasets with the reward's scorers; print mean Q/D/C")
+    p = sub.add_parser("score", help="score datasets with the reward's scorers; print mean Q/D/C", allow_abbrev=False,
+                       description="Config overrides (key=value or --key value) may follow the datasets.")
     p.add_argument("datasets", nargs="+", help="run dirs, save_to_disk dirs or .jsonl/.json/.csv/.parquet files")
     p.add_argument("--config", help="YAML config naming the scorer engines (default: the embedded model)")
     p.add_argument("--output_json", help="also write the table as JSON")
     p.set_defaults(func=cmd_score)
 
-    p = sub.add_parser("show", help="print a tree as an indented outline with scores")
+    p = sub.add_parser("show", help="print a tree as an indented outline with scores", allow_abbrev=False)
     p.add_argument("output_dir")
     p.add_argument("--seed", help="seed id or index (omit to list the trees)")
     p.add_argument("--width", type=int, default=100, help="characters of each instruction shown")
@@ -236,19 +245,66 @@ def build_parser() -> argparse.ArgumentParser:
         publish = None  # type: ignore[assignment]
     if publish is not None and hasattr(publish, "register"):
         publish.register(sub)
+    parser.set_defaults(commands=sub.choices)
     return parser
+
+
+def split_overrides(parser: Parser, argv: list[str]) -> tuple[list[str], list[str]]:
+    """The CLI's own arguments and the config overrides (as `key=value`) of `evolve`/`score`.
+
+    Flags the subcommand defines take their value first, so an override can never swallow one (`--key` with
+    no value before `--output_dir X` is an error, not `key=--output_dir`). Everything else is an override:
+    `--key=value`, `--key value`, and `key=value` (for `score`, unless it names an existing dataset path)."""
+    commands = parser.get_default("commands")
+    i = 0
+    while i < len(argv) and argv[i] not in commands:
+        i += 1 + (argv[i] == "--log_level")
+    if i >= len(argv) or argv[i] not in TAKES_OVERRIDES:
+        return argv, []
+    sub = commands[argv[i]]
+    flags = sub._option_string_actions
+    own, overrides, rest = argv[: i + 1], [], argv[i + 1:]
+    j = 0
+    while j < len(rest):
+        tok = rest[j]
+        name = tok.split("=", 1)[0]
+        if tok == "--":
+            own += rest[j:]
+            break
+        if name in flags:
+            own.append(tok)
+            if flags[name].nargs != 0 and "=" not in tok and j + 1 < len(rest):
+                own.append(rest[j + 1])
+                j += 1
+        elif tok.startswith("--") and len(tok) > 2:
+            if "=" in tok:
+                overrides.append(tok[2:])
+            elif j + 1 < len(rest) and not rest[j + 1].startswith("--"):
+                overrides.append(f"{tok[2:]}={rest[j + 1]}")
+                j += 1
+            else:
+                raise UsageError(f"option {tok} has no value: write {tok[2:]}=VALUE or {tok} VALUE")
+        elif tok.startswith("-") or (argv[i] == "score" and not (OVERRIDE.match(tok) and not os.path.exists(tok))):
+            own.append(tok)
+        else:
+            overrides.append(tok)
+        j += 1
+    return own, overrides
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
+    try:
+        own, overrides = split_overrides(parser, argv)
+        args = parser.parse_args(own)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     args.argv = argv
     _setup_logging(args.log_level)
-    if rest and args.command not in ("evolve", "score"):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        return args.func(args, rest) if args.command in ("evolve", "score", "show") else args.func(args)
+        return args.func(args, overrides) if args.command in ("evolve", "score", "show") else args.func(args)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
