@@ -213,7 +213,9 @@ def _roles(config: dict[str, Any]) -> list[dict[str, Any]]:
         engine = engines.get(rc.get("engine")) or {}
         weight = weights.get(weight_of[role]) if role in weight_of else None
         out.append({"role": role, "engine": rc.get("engine") or "disabled",
-                    "backend": engine.get("backend", "–"), "model": engine.get("model", "–"),
+                    "backend": engine.get("backend", "–") + (", trust_remote_code" if (engine.get("engine_kwargs")
+                                                                         or {}).get("trust_remote_code") else ""),
+                    "model": engine.get("model", "–"),
                     "prompt": rc.get("prompt", "–"), "temperature": rc.get("temperature", "–"),
                     "max_new_tokens": rc.get("max_new_tokens", "–"),
                     "weight": "–" if weight is None else weight})

@@ -34,7 +34,7 @@ from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward, score_means
 from idea_mcts.search import IdeaMCTS, estimate
-from idea_mcts.store import RunStore
+from idea_mcts.store import RunStore, check_layout
 from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def read_examples(path: str, column: str = "instruction") -> list[str]:
 
 
 def check_output_dir(out: Path) -> None:
-    """OUT is a directory or can be made one: its nearest existing ancestor is a writable directory."""
+    """OUT is a directory or can be made one (its nearest existing ancestor is a writable directory), and
+    everything a run writes under it can be written (`idea_mcts.store.check_layout`)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"output_dir {out} exists and is not a directory")
     base = out.absolute()
@@ -83,6 +84,7 @@ def check_output_dir(out: Path) -> None:
         raise UsageError(f"output_dir {out}: {base} is not a directory")
     if not os.access(base, os.W_OK | os.X_OK):
         raise UsageError(f"output_dir {out}: {base} is not writable")
+    check_layout(out)
 
 
 class EvolveRun:
@@ -107,6 +109,11 @@ class EvolveRun:
             for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
                 if name:
                     resolve_model(name)  # local paths must be model dirs; embedded models get prepared
+        self.trust_remote_code = sorted({cfg.engines[k].model for k in self.engine_keys
+                                         if cfg.engines[k].engine_kwargs.get("trust_remote_code")})
+        """Models that run code from their own repository (`engine_kwargs.trust_remote_code`)."""
+        for model in self.trust_remote_code:
+            logger.warning("trust_remote_code is on for %s: it runs Python code shipped with that model", model)
         max_new = {r: getattr(cfg.roles, r).max_new_tokens for r in ("evolver", "responder", "tagger")}
         if "tagger" not in self.scorer_roles:
             max_new["tagger"] = 0
@@ -237,6 +244,7 @@ class EvolveRun:
             "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
             "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
                         for k, e in self.engines.items()},
+            "trust_remote_code": self.trust_remote_code,
             "parse_failures": {k: failures.get(k, 0) for k in
                                (*SCORE_NAMES, "evolver", "responder", "unscored", "rollout_truncated")},
             "scoring_method": reward.methods(),

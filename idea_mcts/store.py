@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -44,6 +45,33 @@ CACHE_FILE = "cache/requests.jsonl"
 LOCK_FILE = ".lock"
 OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
 """What a finished run leaves; written only at the end, each atomically."""
+LAYOUT = {STATE_FILE: "file", NODES_FILE: "file", "cache": "dir", CACHE_FILE: "file", LOCK_FILE: "file",
+          DATASET_DIR: "dir", DATASET_DIR + ".tmp": "dir", DATASET_DIR + ".old": "dir", TREES_FILE: "file",
+          REPORT_FILE: "file", **{f"{n}.tmp": "file" for n in (STATE_FILE, TREES_FILE, REPORT_FILE)}}
+"""Every path a run creates under OUT (the `.tmp`/`.old` ones while it swaps a file in) and what it must be."""
+
+
+def check_layout(out: Path) -> None:
+    """UsageError unless every path a run will create under `out` is absent or of the right kind, and files
+    can be created in `out` (or, when it does not exist yet, in its nearest existing ancestor) and in
+    `out/cache`. Touches nothing (a probe file is created and removed at once)."""
+    for name, kind in LAYOUT.items():
+        path = out / name
+        if path.exists() and path.is_dir() != (kind == "dir"):
+            raise UsageError(f"output_dir {out}: {name} is not a {'directory' if kind == 'dir' else 'regular file'}"
+                             "; move it away or use another --output_dir")
+    base = out.absolute()
+    while not base.exists():
+        base = base.parent
+    for where in (base, out / "cache"):
+        if not where.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(dir=where, prefix=".idea-mcts-probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise UsageError(f"output_dir {out}: cannot create files in {where} ({exc.strerror})") from None
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
@@ -128,6 +156,11 @@ class RequestCache:
     def get(self, key: str) -> Any:
         return self.index[key]
 
+    def drop(self, key: str) -> None:
+        """Forget a result found malformed; the line stays in the log, and the re-issued request's fresh line,
+        written later, wins on every reload."""
+        self.index.pop(key, None)
+
     def put(self, kind: str, results: dict[str, Any]) -> None:
         """Store the fresh results of one engine call durably (one line), then index them."""
         self.log.append([{"kind": kind, "results": results}])
@@ -182,6 +215,11 @@ class RunStore:
         return self._decide(fingerprint, overwrite)
 
     def _decide(self, fingerprint: str, overwrite: bool) -> str:
+        if overwrite and self.out.is_dir() and not any((self.out / n).exists() for n in (STATE_FILE, REPORT_FILE)):
+            doomed = [n for n in (*OUTPUTS, NODES_FILE) if (self.out / n).exists()]
+            if doomed:
+                raise UsageError(f"{self.out} holds {', '.join(doomed)} but no idea-mcts run ({STATE_FILE} or "
+                                 f"{REPORT_FILE}): --overwrite deletes only a run's files; use another --output_dir")
         if overwrite or not self.out.is_dir():
             return "new"
         state = self.state()
@@ -219,8 +257,9 @@ class RunStore:
                 elif path.exists():
                     path.unlink()
         state = self.state() or {"version": __version__, "fingerprint": fingerprint, "started_at": _now()}
-        if state.get("status") != "running":
-            self._write_state({**{k: v for k, v in state.items() if k != "finished_at"}, "status": "running"})
+        if state.get("status") != "running" or "pushed" in state:  # outputs to come: not pushed yet
+            self._write_state({**{k: v for k, v in state.items() if k not in ("finished_at", "pushed")},
+                               "status": "running"})
         self.logged = {r["node_id"] for r in self.nodes.open() if "node_id" in r}
         self.cache = RequestCache(self.out / CACHE_FILE)
         return mode
@@ -237,6 +276,29 @@ class RunStore:
         state = self.state()
         assert state is not None
         self._write_state({**state, "status": status, "finished_at": _now()})
+
+    def pushed(self, target: dict[str, Any]) -> bool:
+        """Whether the run's current outputs were pushed to `target` (repo_id, revision, ...) by `evolve`."""
+        state = self.state() or {}
+        pushed = state.get("pushed")
+        return isinstance(pushed, dict) and all(pushed.get(k) == v for k, v in target.items())
+
+    def record_push(self, target: dict[str, Any], url: str) -> None:
+        """Note in the state that the outputs were pushed to `target`: a re-run then has nothing to do, while a
+        push that failed is retried by re-running the same command."""
+        fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("%s is in use by another run: the push is not recorded", self.out)
+            os.close(fd)
+            return
+        try:
+            state = self.state()
+            if state is not None:
+                self._write_state({**state, "pushed": {**target, "url": url, "at": _now()}})
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         """Close the logs and release OUT (idempotent)."""

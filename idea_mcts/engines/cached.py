@@ -9,6 +9,8 @@ that the cache answers whole loads no model.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -27,6 +29,8 @@ from idea_mcts.engines.base import (
     expect_len,
 )
 from idea_mcts.store import RequestCache
+
+logger = logging.getLogger(__name__)
 
 NOT_IN_KEY = ("device", "max_batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
               "enforce_eager", "enable_prefix_caching", "base_url", "api_key_env", "max_concurrency", "timeout",
@@ -97,18 +101,56 @@ class CachedEngine(Engine):
             return []
         t0 = time.perf_counter()
         keys = [RequestCache.key(self.identity, kind, p) for p in payloads]
+        results: dict[str, Any] = {}  # key -> decoded result
         todo: dict[str, int] = {}  # missing key -> first request with it
         for i, k in enumerate(keys):
-            if k not in self.cache and k not in todo:
-                todo[k] = i
+            if k in results or k in todo:
+                continue
+            if k in self.cache:
+                try:
+                    results[k] = _checked(decode(self.cache.get(k)))
+                    continue
+                except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a hand-edited or foreign line
+                    logger.warning("request cache: the %s result under key %s… is malformed (%s): dropped, the "
+                                   "request is sent again", kind, k[:12], exc)
+                    self.cache.drop(k)
+            todo[k] = i
         work = UsageStats()
         if todo:
             before = replace(self.inner.stats)
             fresh = call(list(todo.values()))
             expect_len(fresh, len(todo), f"{self.backend} {kind}")
             self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
+            results.update({k: decode(self.cache.get(k)) for k in todo})
             work = self.inner.stats.since(before)
         self.stats.add(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
                                   prompt_tokens=work.prompt_tokens, completion_tokens=work.completion_tokens,
                                   retries=work.retries, seconds=time.perf_counter() - t0))
-        return [decode(self.cache.get(k)) for k in keys]
+        return [results[k] for k in keys]
+
+
+def _checked(result: Any) -> Any:
+    """`result` when its values have the types its class declares (a cached line may have been edited); a
+    TypeError otherwise."""
+    if isinstance(result, float) and not math.isnan(result):
+        return result
+    if isinstance(result, list):
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in result):
+            raise TypeError("an embedding holds a non-number")
+        return result
+    if isinstance(result, Generation):
+        ok = (isinstance(result.text, str) and _is_int(result.prompt_tokens) and _is_int(result.completion_tokens)
+              and (result.finish_reason is None or isinstance(result.finish_reason, str)))
+    elif isinstance(result, TokenLogprobs):
+        ok = (isinstance(result.logprobs, dict) and _is_int(result.prompt_tokens)
+              and all(isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+                      for k, v in result.logprobs.items()))
+    else:
+        ok = False
+    if not ok:
+        raise TypeError(f"a field of {type(result).__name__} has the wrong type")
+    return result
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)

@@ -43,7 +43,8 @@ def _device(name: str) -> torch.device:
 def _load_tokenizer(cfg: EngineConfig, path: str):  # noqa: ANN202 - transformers tokenizer
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer) if cfg.tokenizer else path)
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.tokenizer) if cfg.tokenizer else path,
+                                        trust_remote_code=bool(cfg.engine_kwargs.get("trust_remote_code")))
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
