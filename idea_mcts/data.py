@@ -12,6 +12,7 @@ from typing import Any
 
 from idea_mcts.config import DataConfig
 from idea_mcts.errors import UsageError
+from idea_mcts.hub import check_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +75,6 @@ def check_utf8(path: Path, what: str) -> None:
             offset += len(chunk)
 
 
-def _hub_reachable(name: str, what: str) -> None:
-    """Fail fast on a Hub dataset name that cannot be reached (instead of datasets' retries), with one line."""
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return  # datasets reads its local cache, or says at once that the name is not there
-    try:
-        HfApi().dataset_info(name, timeout=10)
-    except (RepositoryNotFoundError, GatedRepoError) as exc:
-        raise UsageError(f"{what} {name}: no such Hub dataset, or no access to it ({_one_line(exc)})") from None
-    except Exception as exc:  # connection, DNS, proxy, timeout errors of httpx/requests
-        raise UsageError(f"{what} {name}: the Hub cannot be reached ({_one_line(exc)}); set HF_HUB_OFFLINE=1 to "
-                         "use a locally cached copy") from None
-
-
 def open_dataset(spec: str, split: str, what: str, file_what: str):  # noqa: ANN201 - datasets.Dataset
     """A dataset from a `save_to_disk` directory, a JSONL/JSON/CSV/Parquet file or a Hub dataset name, loaded
     quietly; any problem is a one-line UsageError naming `what` (`seeds`), or `file_what` (`seed file`)."""
@@ -115,7 +100,7 @@ def open_dataset(spec: str, split: str, what: str, file_what: str):  # noqa: ANN
                 return datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train")
             if path.exists() or spec.startswith((".", "/", "~")):
                 raise UsageError(f"cannot read {what} {path}: use .jsonl, .json, .csv, .parquet or a dataset dir")
-            _hub_reachable(spec, what)
+            check_reachable(spec, "dataset", what)
             return datasets.load_dataset(spec, split=split)
         except UsageError:
             raise

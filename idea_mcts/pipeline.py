@@ -30,6 +30,7 @@ from idea_mcts.engines import EnginePool, UsageStats
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.export import REPORT_FILE, select_rows, to_dataset, write_dataset, write_report, write_trees
+from idea_mcts.hub import check_reachable
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward, score_means
@@ -107,8 +108,8 @@ class EvolveRun:
         for key in self.engine_keys:
             ecfg = cfg.engines[key]
             for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
-                if name:
-                    resolve_model(name)  # local paths must be model dirs; embedded models get prepared
+                if name and resolve_model(name) == name and not Path(name).expanduser().exists():
+                    check_reachable(name, "model", f"engines.{key}")  # a Hub name: fail fast when unreachable
         self.trust_remote_code = sorted({cfg.engines[k].model for k in self.engine_keys
                                          if cfg.engines[k].engine_kwargs.get("trust_remote_code")})
         """Models that run code from their own repository (`engine_kwargs.trust_remote_code`)."""

@@ -39,6 +39,17 @@ def out(finished: Path, tmp_path: Path) -> Path:
     return tmp_path / "out"
 
 
+@pytest.fixture
+def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading any engine fails the test: the case must be refused before a model is loaded."""
+    import idea_mcts.engines
+
+    def get(self: object, key: str) -> None:
+        pytest.fail("an engine was loaded before the input was checked")
+
+    monkeypatch.setattr(idea_mcts.engines.EnginePool, "get", get)
+
+
 def one_error_line(argv: list[str], capfd: pytest.CaptureFixture) -> str:
     """Run the CLI in this process: exit 2, and stderr (the whole fd) is one `error:` line, no traceback."""
     rc = main(argv)
@@ -140,13 +151,7 @@ def test_library_configs_validate_themselves(build, key):
 
 # -- 5. OUT layout problems found before any model loads -----------------------------------------------
 @pytest.mark.parametrize("case", ["under /proc", "cache is a file", "lock is a directory"])
-def test_output_dir_layout_checked_before_loading(case, tiny_model_dir, tmp_path, monkeypatch, capfd):
-    import idea_mcts.engines
-
-    def no_load(self: object, key: str) -> None:
-        pytest.fail("an engine was loaded before the output dir was checked")
-
-    monkeypatch.setattr(idea_mcts.engines.EnginePool, "get", no_load)
+def test_output_dir_layout_checked_before_loading(case, tiny_model_dir, tmp_path, no_engine, capfd):
     if case == "under /proc":
         out = Path("/proc/idea-mcts-test/out")
     else:
@@ -182,13 +187,7 @@ def test_score_empty_jsonl(tiny_model_dir, tmp_path, capfd):
     assert "empty" in line and str(data) in line
 
 
-def test_score_output_json_checked_before_scoring(tiny_model_dir, tmp_path, monkeypatch, capfd):
-    import idea_mcts.engines
-
-    def no_load(self: object, key: str) -> None:
-        pytest.fail("scoring started before --output_json was checked")
-
-    monkeypatch.setattr(idea_mcts.engines.EnginePool, "get", no_load)
+def test_score_output_json_checked_before_scoring(tiny_model_dir, tmp_path, no_engine, capfd):
     data = _write(tmp_path / "d.jsonl", '{"instruction": "Say hi.", "output": "Hi!"}\n')
     target = tmp_path / "missing" / "t.json"
     line = one_error_line(["score", str(data), "--output_json", str(target),
@@ -269,6 +268,21 @@ def test_unreachable_hub_dataset_fails_fast_with_one_line(tiny_model_dir, tmp_pa
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "someorg/no-such-seeds" in lines[0], r.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_unreachable_hub_model_fails_fast_with_one_line(offline, out, tiny_model_dir, tmp_path, monkeypatch,
+                                                        no_engine, capfd):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    before = snapshot(out)
+    line = one_error_line([*evolve_argv(out, tiny_model_dir), "engines.default.model=someorg/no-such-model",
+                           "--overwrite"], capfd)
+    assert "someorg/no-such-model" in line and ("HF_HUB_OFFLINE" in line if offline else "cannot be reached" in line)
+    assert snapshot(out) == before
 
 
 # -- 11. --overwrite only replaces an idea-mcts run -----------------------------------------------------
