@@ -28,7 +28,7 @@ QUICK = ["data.max_seeds=1", "search.iterations=1", "search.expand_width=1", "se
 @pytest.fixture(scope="module")
 def finished(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "out"
-    assert evolve(out, tiny_model_dir) == 0
+    assert evolve(out, tiny_model_dir, *QUICK) == 0
     return out
 
 
@@ -215,7 +215,7 @@ def test_tampered_cache_value_is_dropped_and_reissued(out, tiny_model_dir, caplo
     (out / CACHE_FILE).write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     state = json.loads((out / STATE_FILE).read_text())
     (out / STATE_FILE).write_text(json.dumps({**state, "status": "running"}))  # resume: replay from the cache
-    assert evolve(out, tiny_model_dir) == 0
+    assert evolve(out, tiny_model_dir, *QUICK) == 0
     assert any("malformed" in r.getMessage() and key[:12] in r.getMessage() for r in caplog.records
                if r.levelname == "WARNING")
     records = read_jsonl(out / CACHE_FILE)[0]
@@ -235,7 +235,7 @@ def test_failed_push_is_retried_by_rerunning_evolve(out, tiny_model_dir, monkeyp
         return "https://hub.example/datasets/org/x"
 
     monkeypatch.setattr(publish, "push_from_config", push)
-    argv = [*evolve_argv(out, tiny_model_dir), "push_to_hub.repo_id=org/x"]
+    argv = [*evolve_argv(out, tiny_model_dir, *QUICK), "push_to_hub.repo_id=org/x"]
     assert main(argv) == 1  # the finished run is pushed; the push fails
     assert calls == [str(out)] and "retry" in capfd.readouterr().err
     before = snapshot(out)
