@@ -204,6 +204,9 @@ TAKES_OVERRIDES = ("evolve", "score")
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are UsageErrors: one `error:` line and exit code 2, no usage text."""
 
+    commands: dict[str, argparse.ArgumentParser] = {}
+    """The subcommands' parsers by name (set by `build_parser`)."""
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
@@ -245,7 +248,7 @@ def build_parser() -> Parser:
         publish = None  # type: ignore[assignment]
     if publish is not None and hasattr(publish, "register"):
         publish.register(sub)
-    parser.set_defaults(commands=sub.choices)
+    parser.commands = sub.choices
     return parser
 
 
@@ -255,7 +258,7 @@ def split_overrides(parser: Parser, argv: list[str]) -> tuple[list[str], list[st
     Flags the subcommand defines take their value first, so an override can never swallow one (`--key` with
     no value before `--output_dir X` is an error, not `key=--output_dir`). Everything else is an override:
     `--key=value`, `--key value`, and `key=value` (for `score`, unless it names an existing dataset path)."""
-    commands = parser.get_default("commands")
+    commands = parser.commands
     i = 0
     while i < len(argv) and argv[i] not in commands:
         i += 1 + (argv[i] == "--log_level")
