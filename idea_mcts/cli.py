@@ -121,13 +121,15 @@ def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.config import load_config
     from idea_mcts.data import load_pairs
     from idea_mcts.engines import EnginePool
+    from idea_mcts.pipeline import check_models
     from idea_mcts.roles import pool_client
-    from idea_mcts.scoring import build_reward, score_means
+    from idea_mcts.scoring import SCORER_ROLES, build_reward, score_means
 
     cfg = load_config(args.config, overrides)
     if args.output_json:
         check_output_file(Path(args.output_json), "--output_json")
     data = {path: load_pairs(path) for path in args.datasets}
+    check_models(cfg, {k for r in ("responder", *SCORER_ROLES) if (k := cfg.role_engine(r)) is not None})
     pool = EnginePool(cfg.engines)
     client = pool_client(cfg, pool)
     reward = build_reward(cfg, client)

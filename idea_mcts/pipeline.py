@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -88,6 +89,16 @@ def check_output_dir(out: Path) -> None:
     check_layout(out)
 
 
+def check_models(cfg: EvolveConfig, keys: Iterable[str]) -> None:
+    """The models of engines `keys` can be loaded, as far as can be told without loading them: a local path is
+    a model directory, an embedded model is prepared, a Hub name can be reached (or is cached, offline)."""
+    for key in keys:
+        ecfg = cfg.engines[key]
+        for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
+            if name and resolve_model(name) == name and not Path(name).expanduser().exists():
+                check_reachable(name, "model", f"engines.{key}")  # a Hub name: fail fast when unreachable
+
+
 class EvolveRun:
     """One `evolve` run: validated inputs and the estimate up front; `execute` does the work."""
 
@@ -105,11 +116,7 @@ class EvolveRun:
         self.scorer_roles = [r for r in SCORER_ROLES if cfg.role_engine(r)]
         self.engine_keys = sorted({k for r in ("evolver", "responder", *self.scorer_roles)
                                    if (k := cfg.role_engine(r)) is not None})
-        for key in self.engine_keys:
-            ecfg = cfg.engines[key]
-            for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
-                if name and resolve_model(name) == name and not Path(name).expanduser().exists():
-                    check_reachable(name, "model", f"engines.{key}")  # a Hub name: fail fast when unreachable
+        check_models(cfg, self.engine_keys)
         self.trust_remote_code = sorted({cfg.engines[k].model for k in self.engine_keys
                                          if cfg.engines[k].engine_kwargs.get("trust_remote_code")})
         """Models that run code from their own repository (`engine_kwargs.trust_remote_code`)."""

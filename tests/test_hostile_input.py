@@ -283,6 +283,9 @@ def test_unreachable_hub_model_fails_fast_with_one_line(offline, out, tiny_model
                            "--overwrite"], capfd)
     assert "someorg/no-such-model" in line and ("HF_HUB_OFFLINE" in line if offline else "cannot be reached" in line)
     assert snapshot(out) == before
+    data = _write(tmp_path / "d.jsonl", '{"instruction": "Say hi.", "output": "Hi!"}\n')
+    line = one_error_line(["score", str(data), "engines.default.model=someorg/no-such-model"], capfd)
+    assert "someorg/no-such-model" in line
 
 
 # -- 11. --overwrite only replaces an idea-mcts run -----------------------------------------------------
