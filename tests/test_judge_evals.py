@@ -17,6 +17,7 @@ from idea_mcts.errors import UsageError
 from idea_mcts.evaluation import alpaca, mtbench
 from idea_mcts.evaluation.judge import (
     CHOICE_RETRY,
+    RATING_PREFILL,
     RATING_RETRY,
     Judge,
     JudgeConfig,
@@ -96,11 +97,11 @@ def test_combine_orders(as_a: str | None, as_b: str | None, expected: tuple) -> 
 def test_unparsable_verdicts_are_retried_once_then_counted_as_failures() -> None:
     def respond(messages: Messages) -> str:
         first = messages[1]["content"]
-        retry = messages[-1]["content"] == RATING_RETRY
+        retry = any(m["content"] == RATING_RETRY for m in messages)
         if first == "ok":
             return "Fine. Rating: [[7]]"
-        if first == "late":  # no verdict at first, one when asked again
-            return "[[4]]" if retry else "It is a decent answer but I ran out of"
+        if first == "late":  # no verdict at first, one when asked again (continuing the prefilled "Rating: [[")
+            return "4]]" if retry else "It is a decent answer but I ran out of"
         return "no idea" if retry else "hmm"  # never a verdict
 
     engine = ScriptedJudge(respond)
@@ -115,9 +116,18 @@ def test_unparsable_verdicts_are_retried_once_then_counted_as_failures() -> None
     assert retry[:2] == prompts[1]
     assert retry[2] == {"role": "assistant", "content": "It is a decent answer but I ran out of"}
     assert retry[3] == {"role": "user", "content": RATING_RETRY}
+    assert retry[4] == {"role": "assistant", "content": RATING_PREFILL}
+    assert verdicts[1].retry_text == "Rating: [[4]]"
     assert engine.requests[3].params.max_new_tokens == JudgeConfig().retry_max_new_tokens
     assert engine.requests[3].params.seed != engine.requests[1].params.seed
-    assert verdicts[2].retry_text == "no idea"
+    assert verdicts[2].retry_text == "Rating: [[no idea"
+
+
+def test_retry_without_prefill_ends_with_the_question() -> None:
+    engine = ScriptedJudge(lambda m: "[[B]]" if m[-1]["content"] == CHOICE_RETRY else "hmm")
+    judge = Judge(engine, JudgeConfig(retry_prefill=False))
+    assert [v.value for v in judge.choices([[{"role": "user", "content": "x"}]], ["a"])] == ["B"]
+    assert engine.requests[1].prompt[-1] == {"role": "user", "content": CHOICE_RETRY}
 
 
 def test_retry_can_be_turned_off() -> None:
@@ -150,8 +160,8 @@ def test_mtbench_single_grading(mt_data: mtbench.MTBenchData) -> None:
     parses: it is a counted failure, left out of the means."""
     def respond(messages: Messages) -> str:
         text = messages[-1]["content"]
-        if messages[-1]["content"] == RATING_RETRY:
-            return "no" if "A141-2" in messages[1]["content"] else "[[1]]"
+        if messages[-1]["content"] == RATING_PREFILL:
+            return "no" if "A141-2" in messages[1]["content"] else "1]]"
         if "A141-2" in text:
             return "I cannot decide."
         return "Rating: [[3]]" if re.search(r"A\d+-2", text) else "Rating: [[9]]"
@@ -169,7 +179,7 @@ def test_mtbench_single_grading(mt_data: mtbench.MTBenchData) -> None:
     assert 3.0 <= lo < result["score"] < hi <= 9.0
     rows = {(r["question_id"], r["turn"]): r for r in result["rows"]}
     assert rows[(101, 1)]["rating"] == 9.0 and rows[(101, 2)]["rating"] == 3.0
-    assert rows[(141, 2)]["rating"] is None and rows[(141, 2)]["retry"] == "no"
+    assert rows[(141, 2)]["rating"] is None and rows[(141, 2)]["retry"] == "Rating: [[no"
 
 
 def test_mtbench_judge_prompts_follow_fastchat(mt_data: mtbench.MTBenchData) -> None:
@@ -303,54 +313,82 @@ def test_tiny_model_run_end_to_end(tiny_model_dir: Path, tmp_path: Path) -> None
     _check_counts(res, 1)
 
 
+REAL_JUDGE = JudgeConfig(max_new_tokens=24, retry_max_new_tokens=4)
+"""Short judgments: SmolLM2 rarely reaches a verdict in 24 tokens, so the retry (prefilled) path is exercised."""
+
+
+@pytest.fixture(scope="module")
+def smollm2_engine(smollm2_dir: Path) -> Engine:
+    return build_engine(EngineConfig(model=str(smollm2_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def real_mt() -> tuple[mtbench.MTBenchConfig, mtbench.MTBenchData]:
+    cfg = mtbench.MTBenchConfig(question_ids=REAL_QUESTIONS, answer_max_new_tokens=16, judge=REAL_JUDGE)
+    return cfg, mtbench.load_mtbench(cfg)
+
+
+@pytest.fixture(scope="module")
+def smollm2_mt_answers(smollm2_engine: Engine, real_mt: tuple) -> list[dict]:
+    cfg, data = real_mt
+    answers, usage = mtbench.generate_answers(smollm2_engine, data, cfg, "smollm2")
+    assert usage.requests == 6 and usage.completion_tokens > 0
+    return answers
+
+
 @pytest.mark.smollm2
-def test_mtbench_single_and_pairwise_with_a_smollm2_judge(smollm2_dir: Path) -> None:
-    engine = build_engine(EngineConfig(model=str(smollm2_dir), device="cpu", max_model_len=2048))
-    cfg = mtbench.MTBenchConfig(question_ids=REAL_QUESTIONS, answer_max_new_tokens=24,
-                                judge=JudgeConfig(max_new_tokens=32, retry_max_new_tokens=8))
-    single = mtbench.run_single(engine, engine, cfg, model_name="smollm2")
+def test_mtbench_single_with_a_smollm2_judge(smollm2_engine: Engine, real_mt: tuple,
+                                             smollm2_mt_answers: list[dict]) -> None:
+    cfg, data = real_mt
+    assert all(a["turns"][0] and a["turns"][1] for a in smollm2_mt_answers)
+    judge = Judge(smollm2_engine, cfg.judge)
+    single = mtbench.grade_single(judge, data, smollm2_mt_answers, cfg)
     _check_counts(single, 6)
-    assert all(a["turns"][0] and a["turns"][1] for a in single["answers"])
+    assert single["judgments"] == 6 and single["verdicts"]["requests"] == 6
     for row in single["rows"]:
         text = row["retry"] if row["retry"] is not None else row["judgment"]
         assert row["rating"] == parse_rating(text)
         assert row["rating"] is None or 1 <= row["rating"] <= 10
     if single["n"]:
         assert 1 <= single["ci95"][0] <= single["score"] <= single["ci95"][1] <= 10
+    else:
+        assert single["score"] is None
 
-    greedy = mtbench.MTBenchConfig(question_ids=REAL_QUESTIONS, answer_max_new_tokens=24, answer_temperature=0.0,
-                                   judge=cfg.judge)
-    data = mtbench.load_mtbench(greedy)
-    judge = Judge(engine, greedy.judge)
-    result = mtbench.grade_pairwise(judge, data, single["answers"],
-                                    mtbench.generate_answers(engine, data, greedy, "smollm2-greedy")[0], greedy)
+
+@pytest.mark.smollm2
+def test_mtbench_pairwise_with_a_smollm2_judge(smollm2_engine: Engine, real_mt: tuple,
+                                               smollm2_mt_answers: list[dict], tiny_model_dir: Path) -> None:
+    """SmolLM2's answers against the tiny random model's, judged by SmolLM2 in both orders."""
+    cfg, data = real_mt
+    tiny = build_engine(EngineConfig(model=str(tiny_model_dir), device="cpu"))
+    tiny_answers, _ = mtbench.generate_answers(tiny, data, cfg, "tiny")
+    judge = Judge(smollm2_engine, cfg.judge)
+    result = mtbench.grade_pairwise(judge, data, smollm2_mt_answers, tiny_answers, cfg)
     _check_counts(result, 6)
-    assert result["judgments"] == 12
+    assert result["judgments"] == 12 and result["verdicts"]["requests"] == 12
+    assert (result["model_a"], result["model_b"]) == ("smollm2", "tiny")
     assert result["wins"] + result["ties"] + result["losses"] == result["n"]
     for row in result["rows"]:
         assert row["outcome"] == combine_orders(row["verdict_a_first"], row["verdict_b_first"])[0]
 
 
 @pytest.mark.smollm2
-def test_alpaca_eval_style_with_a_smollm2_judge(smollm2_dir: Path, tmp_path: Path) -> None:
+def test_alpaca_eval_style_with_a_smollm2_judge(smollm2_engine: Engine, tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "inst.jsonl", [
         {"instruction": "Name three primary colors.", "output": "Red, yellow and blue."},
         {"instruction": "Give a synonym of 'happy'.", "output": "Joyful."},
         {"instruction": "What is the capital of France?", "output": "Paris."},
     ])
-    engine = build_engine(EngineConfig(model=str(smollm2_dir), device="cpu"))
-    cfg = alpaca.AlpacaEvalConfig(source=str(path), max_new_tokens=24,
-                                  judge=JudgeConfig(max_new_tokens=32, retry_max_new_tokens=8))
-    result = alpaca.run_alpaca_eval(engine, engine, cfg, model_name="smollm2")
+    cfg = alpaca.AlpacaEvalConfig(source=str(path), max_new_tokens=16, judge=REAL_JUDGE)
+    result = alpaca.run_alpaca_eval(smollm2_engine, smollm2_engine, cfg, model_name="smollm2")
     _check_counts(result, 3)
     assert result["judgments"] == 6 and result["instructions"] == 3
-    assert result["avg_reference_length"] == pytest.approx((21 + 7 + 6) / 3)
+    assert result["avg_reference_length"] == pytest.approx((21 + 7 + 6) / 3, abs=0.01)
     assert result["avg_length"] > 0
     for row in result["rows"]:
         assert row["outcome"] == combine_orders(row["verdict_model_first"], row["verdict_reference_first"])[0]
     if result["n"]:
         assert 0.0 <= result["win_rate"] <= 1.0 and 0.0 <= result["length_controlled_win_rate"] <= 1.0
-    assert CHOICE_RETRY  # the retry message the judge gets for a missing verdict
 
 
 # -- serving a tuned adapter ------------------------------------------------------------------------------------
@@ -395,3 +433,53 @@ def test_merged_adapter_serves_the_tuned_model(tiny_model_dir: Path, tmp_path: P
     with pytest.raises(UsageError, match="not a PEFT adapter"):
         merge_adapter(tmp_path, tmp_path / "m2")
     assert not (tmp_path / "m2").exists()
+
+
+# -- the Hub sources, through the loopback Hub emulator ---------------------------------------------------------
+HUB_LOAD = """
+import json, sys
+from idea_mcts.errors import UsageError
+from idea_mcts.evaluation import alpaca, mtbench
+data = mtbench.load_mtbench(mtbench.MTBenchConfig(source="hub", hub_repo="org/mt-bench", hub_repo_type="dataset",
+                                                  limit=3))
+items = alpaca.load_instructions(alpaca.AlpacaEvalConfig(hub_repo="org/alpaca_eval", limit=2))
+try:
+    alpaca.load_instructions(alpaca.AlpacaEvalConfig(hub_repo="org/missing"))
+    missing = None
+except UsageError as exc:
+    missing = str(exc)
+print(json.dumps({"questions": [q["question_id"] for q in data.questions], "prompts": sorted(data.judge_prompts),
+                  "references": sorted(data.references), "items": [vars(i) for i in items], "missing": missing}))
+"""
+
+
+@pytest.mark.hub
+def test_hub_sources(tmp_path: Path) -> None:
+    """MT-Bench's FastChat files and AlpacaEval's reference file downloaded from a (loopback) Hub repo."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hub_emulator import HubEmulator, hub_env
+
+    package = mtbench._data_dir(mtbench.MTBenchConfig())
+    with HubEmulator() as hub:
+        hub._create_repo("org/mt-bench", private=False)
+        for f in ("judge_prompts.jsonl", "mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"):
+            hub.put_file("org/mt-bench", f"data/{f}", (package / f).read_bytes())
+        hub._create_repo("org/alpaca_eval", private=False)
+        rows = [{"instruction": f"Do task {i}.", "output": f"Done {i}.", "generator": "gpt4_turbo",
+                 "dataset": "helpful_base"} for i in range(4)]
+        hub.put_file("org/alpaca_eval", "alpaca_eval_gpt4_baseline.json", json.dumps(rows).encode())
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING_FACE"))},
+               **hub_env(hub, tmp_path)}
+        r = subprocess.run([sys.executable, "-c", HUB_LOAD], env=env, capture_output=True, text=True, timeout=300,
+                           cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["questions"] == [81, 82, 83]
+    assert {"single-v1", "pair-v2", "single-math-v1-multi-turn"} <= set(out["prompts"])
+    assert 101 in out["references"]  # the reference answers came down too
+    assert out["items"] == [{"instruction": f"Do task {i}.", "reference": f"Done {i}.",
+                             "reference_generator": "gpt4_turbo", "dataset": "helpful_base"} for i in range(2)]
+    assert out["missing"].startswith("cannot download alpaca_eval_gpt4_baseline.json from dataset 'org/missing'")

@@ -5,8 +5,10 @@ pairwise choice `[[A]]` / `[[B]]` / `[[C]]` (tie). The *last* verdict in the jud
 the format ("for example: Rating: [[5]]") before giving their own, and the final verdict closes the answer.
 
 A judge output without a verdict is retried once, as a follow-up in the same conversation: the judge's first
-text as the assistant turn, then a short user message asking for the verdict alone. (Re-sending the same prompt
-would give the same text again on a greedy judge.) A verdict still missing after the retry is a failure: it is
+text as the assistant turn, a short user message asking for the verdict alone, and (`retry_prefill`) the
+answer's start prefilled, `Rating: [[` or `Verdict: [[`, so that the judge only has to continue with the value.
+(Re-sending the same prompt would give the same text again on a greedy judge.) The retry's text is parsed with
+its prefill. A verdict still missing after the retry is a failure: it is
 counted in `VerdictCounts.failed`, its item is left out of every aggregate, and it is never replaced by a
 default value.
 
@@ -39,6 +41,8 @@ _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _RATING_BACKUP = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 _CHOICE = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 
+RATING_PREFILL = "Rating: [["
+CHOICE_PREFILL = "Verdict: [["
 RATING_RETRY = ("Your reply did not end with a rating in the required format. Reply with only your rating of "
                 "the response, on a scale of 1 to 10, strictly in this format: [[rating]], for example [[5]].")
 CHOICE_RETRY = ('Your reply did not end with a verdict in the required format. Reply with only your final '
@@ -87,6 +91,9 @@ class JudgeConfig:
     """Ask once more, in the same conversation, for the verdict alone when a judgment has none."""
     retry_max_new_tokens: int = 16
     """Most tokens for the retry's answer (a verdict alone)."""
+    retry_prefill: bool = True
+    """Prefill the retry's answer with the verdict's opening (`Rating: [[`, `Verdict: [[`): the judge continues
+    it (engines continue a chat whose last message is the assistant's; OpenAI's own API does not, vLLM does)."""
     seed: int = 0
     """Run seed for the per-request seeds of the judge's calls."""
 
@@ -151,7 +158,7 @@ class Judge:
         return total
 
     def judge(self, prompts: Sequence[Messages], keys: Sequence[str], parse: Callable[[str], T | None],
-              retry_message: str) -> list[Verdict[T]]:
+              retry_message: str, retry_prefill: str = "") -> list[Verdict[T]]:
         """Judge every prompt in one batch, retry the unparsable ones once in one more batch."""
         if len(prompts) != len(keys):
             raise ValueError("one key per judge prompt")
@@ -160,13 +167,16 @@ class Judge:
         counts = VerdictCounts(requests=len(verdicts), parsed_first=sum(v.value is not None for v in verdicts))
         bad = [i for i, v in enumerate(verdicts) if v.value is None]
         if bad and self.cfg.retry_unparsable:
-            follow_ups = [[*prompts[i], {"role": "assistant", "content": verdicts[i].text},
-                           {"role": "user", "content": retry_message}] for i in bad]
+            prefill = retry_prefill if self.cfg.retry_prefill else ""
+            follow_ups: list[Messages] = [[*prompts[i], {"role": "assistant", "content": verdicts[i].text},
+                                           {"role": "user", "content": retry_message}] for i in bad]
+            if prefill:
+                follow_ups = [[*f, {"role": "assistant", "content": prefill}] for f in follow_ups]
             again = self.retry_client.generate(follow_ups, [f"{keys[i]}:retry" for i in bad])
             counts.retried = len(bad)
             for i, g in zip(bad, again, strict=True):
-                verdicts[i].retry_text = g.text
-                verdicts[i].value = parse(g.text)
+                verdicts[i].retry_text = prefill + g.text
+                verdicts[i].value = parse(verdicts[i].retry_text)
             counts.recovered = sum(verdicts[i].value is not None for i in bad)
         counts.failed = sum(v.value is None for v in verdicts)
         if counts.failed:
@@ -176,10 +186,10 @@ class Judge:
         return verdicts
 
     def ratings(self, prompts: Sequence[Messages], keys: Sequence[str]) -> list[Verdict[float]]:
-        return self.judge(prompts, keys, parse_rating, RATING_RETRY)
+        return self.judge(prompts, keys, parse_rating, RATING_RETRY, RATING_PREFILL)
 
     def choices(self, prompts: Sequence[Messages], keys: Sequence[str]) -> list[Verdict[Choice]]:
-        return self.judge(prompts, keys, parse_choice, CHOICE_RETRY)
+        return self.judge(prompts, keys, parse_choice, CHOICE_RETRY, CHOICE_PREFILL)
 
     def report(self) -> dict[str, Any]:
         """Verdict counts and the judge's usage (calls, tokens, time)."""
