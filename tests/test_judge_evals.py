@@ -22,6 +22,8 @@ from idea_mcts.evaluation.judge import (
     Judge,
     JudgeConfig,
     combine_orders,
+    item_scores,
+    paired_difference,
     parse_choice,
     parse_rating,
 )
@@ -483,3 +485,22 @@ def test_hub_sources(tmp_path: Path) -> None:
     assert out["items"] == [{"instruction": f"Do task {i}.", "reference": f"Done {i}.",
                              "reference_generator": "gpt4_turbo", "dataset": "helpful_base"} for i in range(2)]
     assert out["missing"].startswith("cannot download alpaca_eval_gpt4_baseline.json from dataset 'org/missing'")
+
+
+def test_paired_difference_between_two_graded_models(mt_data: mtbench.MTBenchData) -> None:
+    """Model A's answers rate 8, B's 6 except one failure: the paired difference is exactly 2 over 5 items."""
+    def respond(messages: Messages) -> str:
+        text = messages[-1]["content"]
+        if "B141-2" in text or messages[-1]["content"] == RATING_PREFILL:
+            return "undecided"
+        return "[[8]]" if re.search(r"A\d+-", text) else "[[6]]"
+
+    cfg = mtbench.MTBenchConfig(question_ids=QUESTIONS)
+    results = []
+    for m in "AB":
+        answers = [{"question_id": q, "model": m, "turns": [f"{m}{q}-1", f"{m}{q}-2"]} for q in QUESTIONS]
+        results.append(mtbench.grade_single(Judge(ScriptedJudge(respond)), mt_data, answers, cfg))
+    assert results[1]["failed"] == 1
+    diff = paired_difference(results[0], results[1])
+    assert diff == {"n": 5, "only_a": 1, "only_b": 0, "difference": 2.0, "ci95": [2.0, 2.0]}
+    assert item_scores(results[0])["101:turn2"] == 8.0

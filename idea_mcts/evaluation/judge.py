@@ -217,3 +217,31 @@ def summarize_pairwise(outcomes: Sequence[Outcome | None], consistent: Sequence[
     else:
         out.update(win_rate=None, win_rate_ci95=None, consistency=None)
     return out
+
+
+def item_scores(result: dict[str, Any]) -> dict[str, float]:
+    """Per-item scores of a judge-evaluation result (`mtbench.grade_single`: the rating of each question's turn;
+    `grade_pairwise` / `alpaca.judge_win_rate`: 1 / 0.5 / 0 per item), keyed by item; failed items are absent."""
+    out: dict[str, float] = {}
+    for row in result["rows"]:
+        key = f"{row['question_id']}:turn{row['turn']}" if "question_id" in row else str(row["index"])
+        if row.get("rating") is not None:
+            out[key] = float(row["rating"])
+        elif row.get("outcome") is not None:
+            out[key] = OUTCOME_SCORE[row["outcome"]]
+    return out
+
+
+def paired_difference(result_a: dict[str, Any], result_b: dict[str, Any], *, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap 95% CI of mean(score of A) - mean(score of B) over the items both results scored (two
+    models or two data arms evaluated on the same questions with the same judge). Items that failed in either
+    are left out and counted."""
+    from idea_mcts.evaluation.stats import paired_bootstrap_diff_ci
+
+    a, b = item_scores(result_a), item_scores(result_b)
+    common = sorted(a.keys() & b.keys())
+    out: dict[str, Any] = {"n": len(common), "only_a": len(a.keys() - b.keys()), "only_b": len(b.keys() - a.keys())}
+    if not common:
+        return {**out, "difference": None, "ci95": None}
+    ci = paired_bootstrap_diff_ci([a[k] for k in common], [b[k] for k in common], seed=seed)
+    return {**out, "difference": round(ci.estimate, 4), "ci95": [round(ci.low, 4), round(ci.high, 4)]}
