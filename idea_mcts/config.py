@@ -250,6 +250,9 @@ class SearchConfig:
     """Where the task examples come from (e.g. `alpaca_eval`), recorded for the dataset card."""
     seed: int = 42
     """Run seed: action sampling, tie-breaking and every request's sampling seed derive from it."""
+    max_live_trees: int = 1024
+    """Trees grown at once (the pipelined search's window): enough to keep every engine's batches full, few
+    enough that memory stays flat however many seeds there are (finished trees are written out)."""
 
     def __post_init__(self) -> None:
         check_fields(self, {"iterations": NON_NEGATIVE_INT, "expand_width": POSITIVE_INT,

@@ -8,8 +8,8 @@ and in whatever batch it is issued.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from idea_mcts.config import RoleConfig
@@ -22,6 +22,7 @@ from idea_mcts.engines.base import (
     SamplingParams,
     TokenLogprobs,
     UsageStats,
+    usage_of,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class RoleClient:
         self.cfg = cfg
         self.run_seed = run_seed
         self.stats = UsageStats()
+        self._lock = threading.Lock()
 
     def params(self, key: str) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
@@ -80,7 +82,7 @@ class RoleClient:
     def _counted(self, method: Callable[..., list[T]], *args: Any) -> list[T]:
         """Call the engine and add what the call added to the engine's counters (requests, tokens, retries,
         cached, time) to this role's."""
-        before = replace(self.engine.stats)
-        out = method(*args)
-        self.stats.add(self.engine.stats.since(before))
+        out, usage = usage_of(self.engine, lambda: method(*args))
+        with self._lock:
+            self.stats.add(usage)
         return out

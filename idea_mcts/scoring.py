@@ -15,13 +15,14 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from idea_mcts.config import RewardConfig
+from idea_mcts.dispatch import Calls, DirectCalls, run_sync
 from idea_mcts.engines.base import Prompt
 from idea_mcts.roles import RoleClient
 
@@ -137,14 +138,14 @@ class Batch:
     top_logprobs: int
 
 
-ScoreFn = Callable[["Reward", RoleClient, Batch], list[float | None]]
+ScoreFn = Callable[["Reward", RoleClient, Batch, Calls], Awaitable[list[float | None]]]
 
 
 @dataclass(frozen=True)
 class Scorer:
     """One term of the reward. `name` is the score's name everywhere: its weight in `RewardConfig`, its key in
     node scores, its dataset column. `role` is the role whose client computes it (roles.<role> in the config);
-    `run` scores a batch with one batched call of that client."""
+    `run` scores a batch through `Calls` (the pipelined search's dispatcher, or direct batched calls)."""
 
     name: str
     role: str
@@ -154,28 +155,29 @@ class Scorer:
 def _expected(prompt: Callable[[str, str, str], Prompt]) -> ScoreFn:
     """A DEITA-style scorer: the role's prompt preset, then the expected digit at the first generated position."""
 
-    def run(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+    async def run(reward: Reward, client: RoleClient, b: Batch, calls: Calls) -> list[float | None]:
         prompts = [prompt(client.cfg.prompt, i, r) for i, r in zip(b.instructions, b.responses, strict=True)]
-        return [expected_score(r.logprobs) for r in client.next_token_logprobs(prompts, DIGITS, b.top_logprobs)]
+        out = await calls.call(client, "next_token_logprobs", prompts, DIGITS, b.top_logprobs)
+        return [expected_score(r.logprobs) for r in out]
 
     return run
 
 
-def _tag_count(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+async def _tag_count(reward: Reward, client: RoleClient, b: Batch, calls: Calls) -> list[float | None]:
     pairs = [tagger_prompt(client.cfg.prompt, i) for i in b.instructions]
-    outs = client.generate([p for p, _ in pairs], b.keys)
+    outs = await calls.call(client, "generate", [(p, k) for (p, _), k in zip(pairs, b.keys, strict=True)])
     tags = [parse_tags(prefix + g.text) for (_, prefix), g in zip(pairs, outs, strict=True)]
     return [None if t is None else float(len(t)) for t in tags]
 
 
-def _novelty(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
-    return reward.novelty(client.embed(list(b.instructions)))
+async def _novelty(reward: Reward, client: RoleClient, b: Batch, calls: Calls) -> list[float | None]:
+    return reward.novelty(await calls.call(client, "embed", list(b.instructions)))
 
 
-def _reward_model(reward: Reward, client: RoleClient, b: Batch) -> list[float | None]:
+async def _reward_model(reward: Reward, client: RoleClient, b: Batch, calls: Calls) -> list[float | None]:
     convs = [[{"role": "user", "content": i}, {"role": "assistant", "content": r}]
              for i, r in zip(b.instructions, b.responses, strict=True)]
-    return [float(x) for x in client.score(convs)]
+    return [float(x) for x in await calls.call(client, "score", convs)]
 
 
 SCORERS: tuple[Scorer, ...] = (
@@ -218,9 +220,16 @@ class Reward:
                 if s.role in ("quality", "complexity")}
 
     def score(self, instructions: Sequence[str], responses: Sequence[str], keys: Sequence[str]) -> list[Scored]:
-        """Score a batch: one batched call per scorer."""
+        """Score a batch: one batched call per scorer, straight to the clients."""
+        return run_sync(self.ascore(instructions, responses, keys, DirectCalls()))
+
+    async def ascore(self, instructions: Sequence[str], responses: Sequence[str], keys: Sequence[str],
+                     calls: Calls) -> list[Scored]:
+        """Score a batch through `calls`: the scorers run as concurrent strands (roles on different engines
+        overlap in the pipelined search)."""
         batch = Batch(instructions, responses, keys, self.weights.top_logprobs)
-        cols = {s.name: s.run(self, self.clients[s.role], batch) for s in self.scorers}
+        values = await calls.run_strands([s.run(self, self.clients[s.role], batch, calls) for s in self.scorers])
+        cols = {s.name: v for s, v in zip(self.scorers, values, strict=True)}
         out = []
         for j in range(len(instructions)):
             scores = {name: col[j] for name, col in cols.items()}

@@ -1,20 +1,25 @@
-"""IDEA-MCTS over every seed at once.
+"""IDEA-MCTS: every tree runs the paper's loop (Figure 2) on its own, all trees at once.
 
-Each iteration follows the paper (Figure 2) for every live tree together:
+    for each tree, concurrently:
+        evaluate the root
+        repeat `iterations` times:
+            Selection        -> a node by UCT, down the expansion children to one not yet expanded
+            Expansion        -> `expand_width` children of it, each from a distinct sampled action
+            Evaluation       -> respond to and score every new node
+            Simulation       -> random actions from a new child until a terminal node (rollout nodes are kept
+                                as data but are not part of the search tree: selection never enters them)
+            Backpropagation  -> the terminal node's reward to every node on its path
 
-    Selection        -> a node per tree by UCT, down the expansion children to one not yet expanded
-    Expansion        -> `expand_width` children of it, each from a distinct sampled action
-    Evaluation       -> respond to and score every new node
-    Simulation       -> random actions from a new child until a terminal node (rollout nodes are kept as
-                        data but are not part of the search tree: selection never enters them)
-    Backpropagation  -> the terminal node's reward to every node on its path
-
-Every step is one batched engine call per role across all trees: one evolve call for the children of every
-tree, one respond call, one call per scorer; a simulation step advances every unfinished rollout together.
+A tree never calls an engine itself: its requests go to the `Dispatcher` (idea_mcts/dispatch.py), which batches
+the pending requests of every tree and role onto their engines. No tree waits for another, no role waits for a
+role on another engine, and each engine sees large batches (one-call-at-a-time engines at the moment every
+tree waits, servers as the requests come). Trees run in a window of `max_live_trees`; a finished tree is handed
+to `on_tree` (written out) and, when `keep_trees` is off, dropped from memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from idea_mcts.actions import Action, clean_evolution
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
+from idea_mcts.dispatch import Dispatcher
 from idea_mcts.roles import RoleClient, derive_seed
 from idea_mcts.scoring import Reward
 from idea_mcts.tree import Node, Tree
@@ -32,14 +38,13 @@ logger = logging.getLogger(__name__)
 
 
 class BudgetExhausted(Exception):
-    """The next wave would exceed `max_calls`."""
+    """The tree's next requests would exceed `max_calls`."""
 
 
 @dataclass
 class EvolveJob:
     """One evolution to attempt: `parent` rewritten by `action` into a child with id `node_id`."""
 
-    tree: Tree
     parent: Node
     action: Action
     kind: str
@@ -47,12 +52,14 @@ class EvolveJob:
 
 
 class IdeaMCTS:
-    """The search. `on_nodes` is called with the nodes completed by each wave (for durable logging)."""
+    """The search. `on_nodes` is called with each group of evaluated nodes (durable logging), `on_progress` with
+    their number, `on_tree` with each finished tree."""
 
     def __init__(self, cfg: SearchConfig, actions: Sequence[Action], evolver: RoleClient, responder: RoleClient,
                  reward: Reward, *, max_calls: int | None = None,
                  on_nodes: Callable[[list[Node]], None] | None = None,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None,
+                 on_tree: Callable[[Tree], None] | None = None, keep_trees: bool = True) -> None:
         if len(actions) < 1:
             raise ValueError("the search needs at least one action")
         self.cfg = cfg
@@ -63,6 +70,8 @@ class IdeaMCTS:
         self.max_calls = max_calls
         self.on_nodes = on_nodes
         self.on_progress = on_progress
+        self.on_tree = on_tree
+        self.keep_trees = keep_trees
         self.failures: Counter = Counter()
         """Evolver/responder outputs that could not be used (empty or unchanged evolutions, empty responses),
         nodes whose every scorer failed (`unscored`), rollouts cut short (`rollout_truncated`)."""
@@ -70,123 +79,147 @@ class IdeaMCTS:
         """Why the search ended early (`max_calls`), or None."""
         self.calls = 0
         self.seconds = 0.0
+        self.dispatcher: Dispatcher | None = None
+        self._completed: list[Node] = []
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run(self, seeds: Sequence[Seed]) -> list[Tree]:
+        """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off)."""
         t0 = time.perf_counter()
-        trees = [Tree(s.seed_id, s.instruction, derive_seed(self.cfg.seed, "tree", s.seed_id)) for s in seeds]
-        try:
-            self._charge(len(trees) * self.calls_per_node(evolved=False))
-            self.evaluate([t.root for t in trees])
-            for iteration in range(self.cfg.iterations):
-                logger.debug("iteration %d", iteration + 1)
-                leaves = self.select(trees)
-                children = self.expand(leaves)
-                self.evaluate([c for kids in children for c in kids])
-                starts, done = self.choose_simulation_starts(leaves, children)
-                ends = self.simulate(starts)
-                self.backpropagate(done + ends)
-        except BudgetExhausted:
-            self.stopped = "max_calls"
-            logger.warning("stopped early: the next wave would exceed max_calls=%s", self.max_calls)
+        trees = asyncio.run(self._run(seeds))
         self.seconds = time.perf_counter() - t0
+        if self.stopped:
+            logger.warning("stopped early: the next requests would exceed max_calls=%s", self.max_calls)
         return trees
 
-    def select(self, trees: Sequence[Tree]) -> list[tuple[Tree, Node]]:
-        """Selection: one node to expand per tree by UCT (trees with nothing left to expand sit out)."""
-        picked = [(t, t.select(self.cfg.exploration_constant, self.cfg.value)) for t in trees]
-        return [(t, node) for t, node in picked if node is not None]
+    async def _run(self, seeds: Sequence[Seed]) -> list[Tree]:
+        self.dispatcher = d = Dispatcher(on_barrier=self._flush_completed)
+        done: dict[int, Tree] = {}
+        queue = iter(enumerate(seeds))
 
-    def expand(self, leaves: Sequence[tuple[Tree, Node]]) -> list[list[Node]]:
-        """Expansion: children of every non-terminal leaf, each from a distinct sampled action, in one call."""
-        jobs = []
-        for tree, leaf in leaves:
-            k = min(self.cfg.expand_width, len(self.actions))
-            jobs += [EvolveJob(tree, leaf, a, "expand", tree.next_id()) for a in tree.rng.sample(self.actions, k)]
-        made = self.evolve(jobs)
-        by_leaf: dict[str, list[Node]] = {leaf.node_id: [] for _, leaf in leaves}
-        for job, child in zip(jobs, made, strict=True):
-            if child is not None:
-                by_leaf[job.parent.node_id].append(child)
-        return [by_leaf[leaf.node_id] for _, leaf in leaves]
+        async def worker() -> None:
+            """A strand that grows trees one after the other: `max_live_trees` of them share the seeds."""
+            try:
+                for i, seed in queue:
+                    tree = Tree(seed.seed_id, seed.instruction, derive_seed(self.cfg.seed, "tree", seed.seed_id))
+                    await self.grow(tree)
+                    if self.on_tree:
+                        self.on_tree(tree)
+                    if self.keep_trees:
+                        done[i] = tree
+            finally:
+                d.end_strand()
 
-    def evaluate(self, nodes: Sequence[Node]) -> None:
-        """Evaluation: respond to each node's instruction, then score (instruction, response), batched."""
+        workers = min(max(1, self.cfg.max_live_trees), len(seeds))
+        for _ in range(workers):  # all live before any runs: the first barrier sees every tree's requests
+            d.start_strand()
+        try:
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        finally:
+            d.close()
+        self._flush_completed()
+        return [done[i] for i in sorted(done)]
+
+    async def grow(self, tree: Tree) -> None:
+        """The paper's loop for one tree."""
+        try:
+            await self.evaluate(tree, [tree.root])
+            for _ in range(self.cfg.iterations):
+                leaf = self.select(tree)
+                if leaf is None:
+                    break
+                children = await self.expand(tree, leaf)
+                await self.evaluate(tree, children)
+                starts, done = self.choose_simulation_starts(tree, leaf, children)
+                ends = await self.simulate(tree, starts)
+                self.backpropagate(tree, done + ends)
+        except BudgetExhausted:
+            self.stopped = "max_calls"
+
+    def select(self, tree: Tree) -> Node | None:
+        """Selection: the node to expand by UCT (None when the tree has nothing left to expand)."""
+        return tree.select(self.cfg.exploration_constant, self.cfg.value)
+
+    async def expand(self, tree: Tree, leaf: Node) -> list[Node]:
+        """Expansion: children of the leaf, each from a distinct sampled action, in one request group."""
+        k = min(self.cfg.expand_width, len(self.actions))
+        jobs = [EvolveJob(leaf, a, "expand", tree.next_id()) for a in tree.rng.sample(self.actions, k)]
+        return [c for c in await self.evolve(tree, jobs) if c is not None]
+
+    async def evaluate(self, tree: Tree, nodes: Sequence[Node]) -> None:
+        """Evaluation: respond to each node's instruction, then score (instruction, response)."""
         if not nodes:
             return
-        gens = self.responder.generate([[{"role": "user", "content": n.instruction}] for n in nodes],
-                                       [n.node_id for n in nodes])
+        d = self._dispatcher()
+        if tree.root in nodes:
+            self._charge(len(nodes) * self.calls_per_node(evolved=False))
+        gens = await d.call(self.responder, "generate",
+                            [([{"role": "user", "content": n.instruction}], n.node_id) for n in nodes])
         for node, g in zip(nodes, gens, strict=True):
             node.response = g.text.strip()
             if not node.response:
                 self.failures["responder"] += 1
-        scored = self.reward.score([n.instruction for n in nodes], [n.response or "" for n in nodes],
-                                   [n.node_id for n in nodes])
+        scored = await self.reward.ascore([n.instruction for n in nodes], [n.response or "" for n in nodes],
+                                          [n.node_id for n in nodes], d)
         for node, s in zip(nodes, scored, strict=True):
             node.scores, node.failures, node.reward = s.scores, s.failures, s.reward
             node.terminal = Tree.is_terminal(node, self.cfg.max_depth, self.cfg.reward_threshold)
             if node.reward is None:
                 self.failures["unscored"] += 1
-        if self.on_nodes:
-            self.on_nodes(list(nodes))
-        if self.on_progress:
-            self.on_progress(len(nodes))
+        self._completed.extend(nodes)
 
-    def choose_simulation_starts(self, leaves: Sequence[tuple[Tree, Node]], children: Sequence[list[Node]]
-                                 ) -> tuple[list[tuple[Tree, Node]], list[tuple[Tree, Node]]]:
-        """Which new child each tree simulates from (`random`, `best` or `all`), among the children whose
-        evaluation succeeded. Trees with no such child back up the expanded node's own reward (second list)."""
-        starts, done = [], []
-        for (tree, leaf), made in zip(leaves, children, strict=True):
-            kids = [k for k in made if k.reward is not None]
-            if not kids:
-                done.append((tree, leaf))
-            elif self.cfg.simulate_from == "all":
-                starts += [(tree, k) for k in kids]
-            elif self.cfg.simulate_from == "random":
-                starts.append((tree, tree.rng.choice(kids)))
-            else:
-                starts.append((tree, max(kids, key=lambda k: k.reward or 0.0)))
-        return starts, done
+    def choose_simulation_starts(self, tree: Tree, leaf: Node, children: Sequence[Node]
+                                 ) -> tuple[list[Node], list[Node]]:
+        """Which new children the simulation starts from (`random`, `best` or `all`), among those whose
+        evaluation succeeded. With no such child the expanded node backs up its own reward (second list)."""
+        kids = [k for k in children if k.reward is not None]
+        if not kids:
+            return [], [leaf]
+        if self.cfg.simulate_from == "all":
+            return kids, []
+        if self.cfg.simulate_from == "random":
+            return [tree.rng.choice(kids)], []
+        return [max(kids, key=lambda k: k.reward or 0.0)], []
 
-    def simulate(self, starts: Sequence[tuple[Tree, Node]]) -> list[tuple[Tree, Node]]:
-        """Simulation: random actions from each start until a terminal node; all rollouts advance together.
-        Rollout nodes are kept in the tree as data. A rollout whose evolution or evaluation fails ends at its
-        last scored node."""
+    async def simulate(self, tree: Tree, starts: Sequence[Node]) -> list[Node]:
+        """Simulation: random actions from each start until a terminal node; a tree's rollouts advance
+        together. Rollout nodes are kept in the tree as data. A rollout whose evolution or evaluation fails
+        ends at its last scored node."""
         ends = list(starts)
-        live = [i for i, (_, node) in enumerate(ends) if self.cfg.rollout and not node.terminal]
+        live = [i for i, node in enumerate(ends) if self.cfg.rollout and not node.terminal]
         while live:
-            jobs = [EvolveJob(ends[i][0], ends[i][1], ends[i][0].rng.choice(self.actions), "rollout",
-                              ends[i][0].next_id()) for i in live]
-            made = self.evolve(jobs)
-            self.evaluate([c for c in made if c is not None])
+            jobs = [EvolveJob(ends[i], tree.rng.choice(self.actions), "rollout", tree.next_id()) for i in live]
+            made = await self.evolve(tree, jobs)
+            await self.evaluate(tree, [c for c in made if c is not None])
             still = []
             for i, child in zip(live, made, strict=True):
                 if child is None or child.reward is None:
                     self.failures["rollout_truncated"] += 1
                     continue
-                ends[i] = (ends[i][0], child)
+                ends[i] = child
                 if not child.terminal:
                     still.append(i)
             live = still
         return ends
 
-    def backpropagate(self, ends: Sequence[tuple[Tree, Node]]) -> None:
+    def backpropagate(self, tree: Tree, ends: Sequence[Node]) -> None:
         """Backpropagation: each end node's reward to every node on its root path. The path joins the export
         pool when it ends in a terminal node, or always when the simulation is off (then the backed-up paths
         are the only paths there are). A root whose every scorer failed has nothing to back up."""
-        for tree, end in ends:
+        for end in ends:
             if end.reward is not None:
                 tree.backpropagate(end, end.reward, mark=end.terminal or not self.cfg.rollout)
 
     # -- the evolver ---------------------------------------------------------------------------------------
-    def evolve(self, jobs: Sequence[EvolveJob]) -> list[Node | None]:
-        """One batched evolver call for every job; unusable rewrites (empty, unchanged) are counted, not kept."""
+    async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
+        """One request group for the jobs' evolutions; unusable rewrites (empty, unchanged) are counted, not
+        kept."""
         if not jobs:
             return []
         self._charge(len(jobs) * self.calls_per_node(evolved=True))
-        prompts = [[{"role": "user", "content": j.action.render(j.parent.instruction)}] for j in jobs]
-        gens = self.evolver.generate(prompts, [j.node_id for j in jobs])
+        gens = await self._dispatcher().call(
+            self.evolver, "generate",
+            [([{"role": "user", "content": j.action.render(j.parent.instruction)}], j.node_id) for j in jobs])
         made: list[Node | None] = []
         for job, g in zip(jobs, gens, strict=True):
             text = clean_evolution(g.text)
@@ -194,7 +227,7 @@ class IdeaMCTS:
                 self.failures["evolver"] += 1
                 made.append(None)
                 continue
-            made.append(job.tree.add_child(job.parent, job.action.name, text, job.kind, job.node_id))
+            made.append(tree.add_child(job.parent, job.action.name, text, job.kind, job.node_id))
         return made
 
     def calls_per_node(self, evolved: bool) -> int:
@@ -202,10 +235,22 @@ class IdeaMCTS:
         return int(evolved) + 1 + len(self.reward.enabled())
 
     def _charge(self, n: int) -> None:
-        """Count `n` requests before issuing them; refuse the wave when it would pass `max_calls`."""
+        """Count `n` requests before issuing them; refuse them when they would pass `max_calls`."""
         if self.max_calls is not None and self.calls + n > self.max_calls:
             raise BudgetExhausted
         self.calls += n
+
+    def _flush_completed(self) -> None:
+        """Hand the nodes evaluated since the last barrier to `on_nodes` (the node log) and `on_progress`."""
+        nodes, self._completed = self._completed, []
+        if nodes and self.on_nodes:
+            self.on_nodes(nodes)
+        if nodes and self.on_progress:
+            self.on_progress(len(nodes))
+
+    def _dispatcher(self) -> Dispatcher:
+        assert self.dispatcher is not None, "the search is not running"
+        return self.dispatcher
 
 
 def estimate(cfg: SearchConfig, n_seeds: int, n_scorers: int, max_new_tokens: dict[str, int]) -> dict[str, int]:

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -135,6 +136,7 @@ class RequestCache:
 
     def __init__(self, path: Path) -> None:
         self.log = JsonlLog(path)
+        self._lock = threading.Lock()
         self.index: dict[str, Any] = {}
         for rec in self.log.open():
             results = rec.get("results")
@@ -162,9 +164,11 @@ class RequestCache:
         self.index.pop(key, None)
 
     def put(self, kind: str, results: dict[str, Any]) -> None:
-        """Store the fresh results of one engine call durably (one line), then index them."""
-        self.log.append([{"kind": kind, "results": results}])
-        self.index.update(results)
+        """Store the fresh results of one engine call durably (one line), then index them. Thread-safe: the
+        pipelined search runs engines in worker threads."""
+        with self._lock:
+            self.log.append([{"kind": kind, "results": results}])
+            self.index.update(results)
 
     def close(self) -> None:
         self.log.close()

@@ -8,10 +8,14 @@ assistant message are continued (the assistant turn is prefilled), not answered.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages
@@ -111,11 +115,28 @@ def candidate_ids(tokenizer: Any, candidates: Sequence[str], model_id: str) -> d
     return ids
 
 
+_USAGE_SINK: ContextVar[tuple[Engine, UsageStats] | None] = ContextVar("idea_mcts_usage_sink", default=None)
+
+
+def usage_of(engine: Engine, call: Callable[[], T]) -> tuple[T, UsageStats]:
+    """Run `call` (a call of `engine`'s public API) and return its result with the usage that call alone added
+    to `engine`'s counters (requests, tokens, cached, time), even while other threads use the same engine."""
+    usage = UsageStats()
+    token = _USAGE_SINK.set((engine, usage))
+    try:
+        return call(), usage
+    finally:
+        _USAGE_SINK.reset(token)
+
+
 class Engine:
     """A loaded model behind a batched API. Subclasses implement the `_generate` / `_next_token_logprobs`
     (LLMs), `_embed` (embedders) or `_score` (reward models) they support."""
 
     backend: str = "base"
+    concurrent: bool = False
+    """Serves many calls at once (a server with continuous batching): the pipelined search sends each tree's
+    requests as they come. False: one call at a time, batched at the search's barriers (deterministic)."""
     logprob_method: str = "top_k"
     """How `next_token_logprobs` sees the candidates: `full` (the whole next-token distribution, every
     candidate returned) or `top_k` (servers that return only the top-k tokens: absent candidates are left out
@@ -125,6 +146,7 @@ class Engine:
         self.model_id = model_id
         """Identity of the model (used in cache keys and reports)."""
         self.stats = UsageStats()
+        self._lock = threading.Lock()
 
     # -- public, batched ---------------------------------------------------------------------------
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
@@ -182,8 +204,17 @@ class Engine:
         raise NotImplementedError(f"{type(self).__name__} is not a reward model")
 
     def _account(self, n: int, t0: float, prompt_tokens: int, completion_tokens: int) -> None:
-        self.stats.add(UsageStats(calls=1, requests=n, prompt_tokens=prompt_tokens,
+        self._record(UsageStats(calls=1, requests=n, prompt_tokens=prompt_tokens,
                                   completion_tokens=completion_tokens, seconds=time.perf_counter() - t0))
+
+    def _record(self, usage: UsageStats) -> None:
+        """Add one call's usage to the engine's counters and to the caller's sink (see `usage_of`): calls may
+        run concurrently from several threads (the pipelined search), so a caller cannot diff the counters."""
+        with self._lock:
+            self.stats.add(usage)
+        sink = _USAGE_SINK.get(None)
+        if sink is not None and sink[0] is self:
+            sink[1].add(usage)
 
 
 class EngineProtocolError(RuntimeError):

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 from idea_mcts.config import EngineConfig
@@ -27,6 +27,7 @@ from idea_mcts.engines.base import (
     TokenLogprobs,
     UsageStats,
     expect_len,
+    usage_of,
 )
 from idea_mcts.store import RequestCache
 
@@ -54,6 +55,7 @@ class CachedEngine(Engine):
         self.backend = str(identity.get("backend", "cached"))
         if self.backend in ENGINE_CLASSES:  # known without loading the model (a replay may never load it)
             self.logprob_method = engine_class(self.backend).logprob_method
+            self.concurrent = engine_class(self.backend).concurrent
         self.cache = cache
         self.identity = identity
         self._load = load
@@ -117,13 +119,11 @@ class CachedEngine(Engine):
             todo[k] = i
         work = UsageStats()
         if todo:
-            before = replace(self.inner.stats)
-            fresh = call(list(todo.values()))
+            fresh, work = usage_of(self.inner, lambda: call(list(todo.values())))
             expect_len(fresh, len(todo), f"{self.backend} {kind}")
             self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
             results.update({k: decode(self.cache.get(k)) for k in todo})
-            work = self.inner.stats.since(before)
-        self.stats.add(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
+        self._record(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
                                   prompt_tokens=work.prompt_tokens, completion_tokens=work.completion_tokens,
                                   retries=work.retries, seconds=time.perf_counter() - t0))
         return [results[k] for k in keys]

@@ -27,6 +27,7 @@ from idea_mcts.engines.base import (
     Prompt,
     SamplingParams,
     TokenLogprobs,
+    UsageStats,
     is_continuation,
 )
 from idea_mcts.errors import EngineError, UsageError
@@ -42,6 +43,7 @@ class OpenAIEngine(Engine):
     """Chat and text completions, and next-token logprobs, through an OpenAI-compatible HTTP API."""
 
     backend = "openai"
+    concurrent = True
 
     def __init__(self, cfg: EngineConfig) -> None:
         if not cfg.base_url:
@@ -133,7 +135,7 @@ class OpenAIEngine(Engine):
     async def _count_retry(self, request: Any) -> None:
         """httpx request hook: the client marks each retried attempt with `x-stainless-retry-count` > 0."""
         if request.headers.get("x-stainless-retry-count", "0") != "0":
-            self.stats.retries += 1
+            self._record(UsageStats(retries=1))
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _run(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:

@@ -1,0 +1,255 @@
+"""The request dispatcher of the pipelined search: every tree advances on its own, requests of every tree and
+role stream to their engines, which see them in batches.
+
+Trees (and the sub-strands a tree forks, e.g. its scorers) run as asyncio coroutines. A strand never calls an
+engine itself: it `submit`s requests (one per prompt, tagged with its role client) and `wait`s for them. Pending
+requests are grouped by (role client, call kind, call arguments) and handed to the role's engine as one batched
+call, in a worker thread, so the event loop keeps the other trees moving while an engine works:
+
+- engines that serve one call at a time (transformers, in-process vLLM: `Engine.concurrent` false) get a batch
+  when **every live strand is waiting** (a barrier, not a timer): then the batch holds everything any tree
+  could ask for at that point, and a run's batches — so its results — do not depend on timing. An engine that
+  is still busy takes its queue at the next barrier after it is free. Roles on different engines overlap.
+- engines that keep many requests in flight (OpenAI-compatible servers: `concurrent` true) get each strand's
+  requests as soon as it waits; the server's continuous batching does the rest.
+
+`max_calls`, progress and the node log stay with the search (`idea_mcts.search`), which charges requests before
+it submits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from idea_mcts.roles import RoleClient
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Ticket:
+    """One `wait`: how many of its requests are still unanswered."""
+
+    remaining: int
+
+
+@dataclass
+class _Group:
+    """Pending requests of one role client for one kind of call with the same arguments."""
+
+    client: RoleClient
+    method: str
+    args: tuple[Any, ...]
+    items: list[Any] = field(default_factory=list)
+    futures: list[asyncio.Future[Any]] = field(default_factory=list)
+
+
+class Dispatcher:
+    """Collects requests from the strands of a running search and batches them onto their engines."""
+
+    def __init__(self, on_barrier: Callable[[], None] | None = None, max_threads: int = 16) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.on_barrier = on_barrier
+        """Called at every barrier (every strand waits), before batches go out: the search writes the nodes
+        completed since the last one to its log there, so logging follows the waves of work, not each tree."""
+        self.groups: dict[tuple[int, str, tuple[Any, ...]], _Group] = {}
+        self.live = 0
+        """Strands that may still submit requests (trees, and the sub-strands a tree forks)."""
+        self.waiting = 0
+        """Live strands blocked in `wait`."""
+        self.busy: set[int] = set()
+        """Engines (by id) running a batch, for engines that serve one call at a time."""
+        self.in_flight: dict[str, int] = {}
+        """Requests handed to each role's engine and not yet answered (for tests and benchmarks)."""
+        self.peak_overlap = 0
+        """Most roles with requests in flight at the same moment."""
+        self._tickets: dict[asyncio.Future[Any], _Ticket] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="engine")
+
+    # -- strands ---------------------------------------------------------------------------------------
+    async def run_strands(self, coros: Sequence[Awaitable[T]]) -> list[T]:
+        """Run `coros` as concurrent strands. The caller counts as waiting until the last of them ends (at
+        that very moment it is ready again, before it resumes). Exceptions propagate like `asyncio.gather`'s."""
+        if not coros:
+            return []
+        pending = [len(coros)]
+        self.live += len(coros)
+        self.waiting += 1
+
+        async def strand(c: Awaitable[T]) -> T:
+            try:
+                return await c
+            finally:
+                self.live -= 1
+                pending[0] -= 1
+                if not pending[0]:
+                    self.waiting -= 1
+                self._barrier()
+
+        return list(await asyncio.gather(*(strand(c) for c in coros)))
+
+    def start_strand(self) -> None:
+        """A top-level strand (a tree) begins."""
+        self.live += 1
+
+    def end_strand(self) -> None:
+        """A top-level strand ends: the others may now all be waiting."""
+        self.live -= 1
+        self._barrier()
+
+    # -- requests --------------------------------------------------------------------------------------
+    def submit(self, client: RoleClient, method: str, item: Any, *args: Any) -> asyncio.Future[Any]:
+        """Queue one request (`item`: what the batched client method takes per request) and return its
+        future; nothing is sent until a strand waits."""
+        key = (id(client), method, args)
+        group = self.groups.get(key)
+        if group is None:
+            group = self.groups[key] = _Group(client, method, args)
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        group.items.append(item)
+        group.futures.append(fut)
+        return fut
+
+    async def wait(self, futures: Sequence[asyncio.Future[T]]) -> list[T]:
+        """Block this strand until its requests are answered. The strand stops counting as waiting the moment
+        its last answer is set (not when it resumes), so a barrier never fires on answers not yet read."""
+        ticket = _Ticket(len(futures))
+        for fut in futures:
+            self._tickets[fut] = ticket
+        self.waiting += 1
+        try:
+            self._send_concurrent()
+            self._barrier()
+            return list(await asyncio.gather(*futures))
+        finally:
+            if ticket.remaining:  # cancelled or failed before every answer came
+                self.waiting -= 1
+                for fut in futures:
+                    self._tickets.pop(fut, None)
+
+    async def call(self, client: RoleClient, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
+        """Submit one request per item and wait for all of them."""
+        if not items:
+            return []
+        return await self.wait([self.submit(client, method, item, *args) for item in items])
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- batching --------------------------------------------------------------------------------------
+    def _send_concurrent(self) -> None:
+        """Engines that keep many requests in flight get everything pending now."""
+        for key, group in list(self.groups.items()):
+            if group.client.engine.concurrent:
+                del self.groups[key]
+                self._launch([group])
+
+    def _barrier(self) -> None:
+        """When every live strand waits, every free one-call-at-a-time engine gets its queue."""
+        if self.live and self.waiting < self.live:
+            return
+        if self.on_barrier is not None:
+            try:
+                self.on_barrier()
+            except Exception as exc:  # e.g. the node log's disk is full: every waiting strand fails with it
+                for group in self.groups.values():
+                    for fut in group.futures:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                self.groups.clear()
+                return
+        by_engine: dict[int, list[_Group]] = {}
+        for key, group in list(self.groups.items()):
+            engine = group.client.engine
+            if engine.concurrent:
+                continue
+            if id(engine) not in self.busy:
+                del self.groups[key]
+                by_engine.setdefault(id(engine), []).append(group)
+        for engine_id, groups in by_engine.items():
+            self.busy.add(engine_id)
+            self._launch(groups, engine_id)
+
+    def _launch(self, groups: list[_Group], engine_id: int | None = None) -> None:
+        """Run the groups' batched calls one after the other in a worker thread. A one-call-at-a-time engine's
+        answers are all delivered together when its job ends, in group order: strands then resume in the same
+        order in every run, whatever the threads' timing."""
+        for g in groups:
+            self.in_flight[g.client.role] = self.in_flight.get(g.client.role, 0) + len(g.items)
+        self.peak_overlap = max(self.peak_overlap, sum(1 for n in self.in_flight.values() if n))
+
+        def work() -> None:
+            done = []
+            for g in groups:
+                try:
+                    done.append((g, _call(g), None))
+                except BaseException as exc:  # handed to the waiting strands, raised there
+                    done.append((g, None, exc))
+            self.loop.call_soon_threadsafe(self._finish, done, engine_id)
+
+        self._pool.submit(work)
+
+    def _finish(self, done: list[tuple[_Group, list[Any] | None, BaseException | None]],
+                engine_id: int | None) -> None:
+        for group, result, error in done:
+            self.in_flight[group.client.role] -= len(group.items)
+            for i, fut in enumerate(group.futures):
+                ticket = self._tickets.pop(fut, None)
+                if ticket is not None:
+                    ticket.remaining -= 1
+                    if ticket.remaining == 0:
+                        self.waiting -= 1
+                if fut.done():
+                    continue
+                if error is not None:
+                    fut.set_exception(error)
+                else:
+                    assert result is not None
+                    fut.set_result(result[i])
+        if engine_id is not None:
+            self.busy.discard(engine_id)
+            self._barrier()
+
+
+class DirectCalls:
+    """The `Calls` of code that is not a pipelined search (`idea-mcts score`, tests, benchmarks): each call goes
+    straight to the client's batched method, strands run one after the other. Coroutines using it never
+    suspend, so `run_sync` runs them without an event loop."""
+
+    async def call(self, client: RoleClient, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
+        if not items:
+            return []
+        return _call(_Group(client, method, args, list(items)))
+
+    async def run_strands(self, coros: Sequence[Awaitable[T]]) -> list[T]:
+        return [await c for c in coros]
+
+
+Calls = Dispatcher | DirectCalls
+"""How scoring code reaches its role clients: through the search's dispatcher, or directly."""
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine that never suspends (one that only uses `DirectCalls`) to its result."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coro.close()
+    raise RuntimeError("run_sync: the coroutine suspended (it awaited something other than DirectCalls)")
+
+
+def _call(g: _Group) -> list[Any]:
+    """One batched call of the group's role client."""
+    method: Callable[..., list[Any]] = getattr(g.client, g.method)
+    if g.method == "generate":
+        prompts, keys = zip(*g.items, strict=True)
+        return method(list(prompts), list(keys))
+    return method(list(g.items), *g.args)
