@@ -62,9 +62,33 @@ def _load(cfg: EngineConfig, auto_cls: type, what: str, **kwargs: object):  # no
     return tokenizer, model.to(_device(cfg.device)).eval()
 
 
-def _chunks(order: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(order), size):
-        yield order[i : i + size]
+PAD_MULTIPLE = 32
+"""Prompts are left-padded to the next multiple of this many tokens (always at least one pad, so the attention
+always takes its masked path) and batched only with prompts of the same padded width: a row's computation then
+never depends on what else is in its batch (batch-invariant results: the same request gives the same bits
+whether the pipelined search batched it with 1 or 100 others)."""
+
+
+MIN_ROWS = 4
+"""Fewest rows in a forward pass: a batch of 1 or 2 rows runs other CPU matmul kernels than 3 or more (the
+last bits of a row's logits then depend on how many rows share its batch); smaller batches get filler rows."""
+
+
+def _bucket(n: int) -> int:
+    return (n // PAD_MULTIPLE + 1) * PAD_MULTIPLE
+
+
+def _chunks(seqs: list[list[int]], size: int) -> Iterator[list[int]]:
+    """Indices of `seqs` in micro-batches of at most `size`, each of one padded width, shortest first."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    chunk: list[int] = []
+    for i in order:
+        if chunk and (len(chunk) == size or _bucket(len(seqs[i])) != _bucket(len(seqs[chunk[0]]))):
+            yield chunk
+            chunk = []
+        chunk.append(i)
+    if chunk:
+        yield chunk
 
 
 class TransformersEngine(Engine):
@@ -108,7 +132,7 @@ class TransformersEngine(Engine):
     def _prefill(self, seqs: list[list[int]]):  # noqa: ANN202
         from transformers import DynamicCache
 
-        width = max(len(s) for s in seqs)
+        width = _bucket(max(len(s) for s in seqs))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
@@ -121,9 +145,8 @@ class TransformersEngine(Engine):
     # -- generation ------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         seqs = [self._encode(r.prompt, r.params.max_new_tokens) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: len(seqs[i]))
         results: list[Generation | None] = [None] * len(requests)
-        for chunk in _chunks(order, self.cfg.max_batch_size):
+        for chunk in _chunks(seqs, self.cfg.max_batch_size):
             outs = self._decode([seqs[i] for i in chunk], [requests[i].params for i in chunk])
             for i, (tokens, reason) in zip(chunk, outs, strict=True):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -133,24 +156,31 @@ class TransformersEngine(Engine):
 
     @torch.inference_mode()
     def _decode(self, seqs: list[list[int]], params: list[SamplingParams]) -> list[tuple[list[int], str]]:
+        n = len(seqs)
+        seqs = seqs + [seqs[0]] * (MIN_ROWS - n)  # filler rows (see MIN_ROWS), never read
         logits, mask, position, cache = self._prefill(seqs)
+        params = params + [SamplingParams(temperature=0.0)] * (len(seqs) - n)
         gens = [torch.Generator().manual_seed(p.seed) if p.seed is not None else None for p in params]
         tokens: list[list[int]] = [[] for _ in seqs]
         reasons = ["length"] * len(seqs)
-        active = list(range(len(seqs)))  # original row of each live batch row
-        while active:
+        done = [row >= n for row in range(len(seqs))]
+        active = list(range(len(seqs)))  # original row of each batch row
+        while True:
             nxt = self._sample(logits, [params[i] for i in active], [gens[i] for i in active])
-            keep: list[int] = []
             for b, row in enumerate(active):
+                if done[row]:
+                    continue
                 tok = int(nxt[b])
                 if bool((self.eos_ids == tok).any()):
-                    reasons[row] = "stop"
+                    reasons[row], done[row] = "stop", True
                     continue
                 tokens[row].append(tok)
-                if len(tokens[row]) < params[row].max_new_tokens:
-                    keep.append(b)
+                done[row] = len(tokens[row]) >= params[row].max_new_tokens
+            keep = [b for b, row in enumerate(active) if not done[row]]
             if not keep:
                 break
+            if len(keep) < MIN_ROWS:  # finished rows ride along: the batch never drops below MIN_ROWS rows
+                keep = sorted(keep + [b for b in range(len(active)) if b not in keep][: MIN_ROWS - len(keep)])
             if len(keep) < len(active):
                 idx = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(idx)
@@ -161,7 +191,7 @@ class TransformersEngine(Engine):
             out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1, :].float()
-        return list(zip(tokens, reasons, strict=True))
+        return list(zip(tokens, reasons, strict=True))[:n]
 
     @staticmethod
     def _sample(logits: torch.Tensor, params: Sequence[SamplingParams],
@@ -190,10 +220,10 @@ class TransformersEngine(Engine):
             self._candidate_ids[key] = candidate_ids(self.tokenizer, candidates, self.model_id)
         ids = self._candidate_ids[key]
         seqs = [self._encode(p, 1) for p in prompts]
-        order = sorted(range(len(prompts)), key=lambda i: len(seqs[i]))
         results: list[TokenLogprobs | None] = [None] * len(prompts)
-        for chunk in _chunks(order, self.cfg.max_batch_size):
-            logits, *_ = self._prefill([seqs[i] for i in chunk])
+        for chunk in _chunks(seqs, self.cfg.max_batch_size):
+            rows = [seqs[i] for i in chunk]
+            logits, *_ = self._prefill(rows + [rows[0]] * (MIN_ROWS - len(rows)))
             logprobs = torch.log_softmax(logits, dim=-1)
             for b, i in enumerate(chunk):
                 results[i] = TokenLogprobs(logprobs={c: float(logprobs[b, t]) for c, t in ids.items()},
