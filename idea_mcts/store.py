@@ -25,9 +25,10 @@ import json
 import logging
 import os
 import shutil
+import sqlite3
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 NODES_FILE = "nodes.jsonl"
 CACHE_FILE = "cache/requests.jsonl"
+INDEX_NAME = "index.sqlite"
+"""The request cache's index, beside its log (`cache/index.sqlite`, with SQLite's -wal/-shm files)."""
 LOCK_FILE = ".lock"
 OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
 """What a finished run leaves; written only at the end, each atomically."""
@@ -102,19 +105,30 @@ class JsonlLog:
         self.path = path
         self.fd: int | None = None
 
-    def open(self) -> list[dict[str, Any]]:
-        """Read the records, cut a torn last line, and open the file for appending."""
-        records, good = read_jsonl(self.path)
+    def open(self) -> None:
+        """Cut a torn last line (a crash mid-write) and open the file for appending. Reads only the file's tail:
+        memory stays flat however long the log."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        if os.fstat(self.fd).st_size > good:
-            logger.warning("%s: cut a torn last line (%d bytes)", self.path, os.fstat(self.fd).st_size - good)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        size = good = os.fstat(self.fd).st_size
+        while good > 0:  # back to the last newline
+            start = max(0, good - 65536)
+            nl = os.pread(self.fd, good - start, start).rfind(b"\n")
+            if nl >= 0:
+                good = start + nl + 1
+                break
+            good = start
+        if size > good:
+            logger.warning("%s: cut a torn last line (%d bytes)", self.path, size - good)
             os.ftruncate(self.fd, good)
-        return records
 
     def append(self, records: Sequence[dict[str, Any]]) -> None:
+        self.append_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+    def append_text(self, text: str) -> None:
+        """Append whole lines in one write, then fsync; a failed append is rolled back."""
         assert self.fd is not None, "open() first"
-        data = memoryview("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+        data = memoryview(text.encode())
         size = os.fstat(self.fd).st_size
         try:
             while data:
@@ -131,17 +145,103 @@ class JsonlLog:
             self.fd = None
 
 
-class RequestCache:
-    """Engine results by request key, backed by an append-only log (one line per engine call)."""
+class LogIndex:
+    """An index on disk (a SQLite table: key -> offset and length of its line) of an append-only JSONL log, so
+    that memory stays flat however long the log. Each `add` records keys and the log's new size and mtime in
+    one transaction; on open, an index whose recorded size and mtime differ from the log's (a crash between a
+    line and its transaction, a torn line cut, a hand-edited log) is rebuilt by streaming the log."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, db: sqlite3.Connection, table: str, log: JsonlLog,
+                 keys_of: Callable[[dict[str, Any]], list[str] | None]) -> None:
+        self.db, self.table, self.log, self.keys_of = db, table, log, keys_of
+        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, offset INTEGER, length INTEGER)")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER)")
+        if self._recorded() != self._signature():
+            self._rebuild()
+
+    def _signature(self) -> tuple[int, int]:
+        st = os.stat(self.log.path)
+        return st.st_size, st.st_mtime_ns
+
+    def _recorded(self) -> tuple[int, int] | None:
+        rows = dict(self.db.execute("SELECT name, value FROM meta WHERE name IN (?, ?)",
+                                    (f"{self.table}_size", f"{self.table}_mtime_ns")).fetchall())
+        return (rows[f"{self.table}_size"], rows[f"{self.table}_mtime_ns"]) if len(rows) == 2 else None
+
+    def _rebuild(self) -> None:
+        logger.info("%s: indexing", self.log.path)
+        self.db.execute("BEGIN")
+        self.db.execute(f"DELETE FROM {self.table}")
+        offset, rows = 0, []
+        with open(self.log.path, "rb") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    rec = None
+                keys = self.keys_of(rec) if isinstance(rec, dict) else None
+                rows += [(k, offset, len(line)) for k in keys or ()]
+                offset += len(line)
+                if len(rows) >= 10_000:
+                    self._insert(rows)
+                    rows = []
+        self._insert(rows)
+        self._commit_signature()
+
+    def _insert(self, rows: list[tuple[str, int, int]]) -> None:
+        self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?, ?)", rows)
+
+    def _commit_signature(self) -> None:
+        size, mtime = self._signature()
+        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            [(f"{self.table}_size", size), (f"{self.table}_mtime_ns", mtime)])
+        self.db.execute("COMMIT")
+
+    def append(self, lines: Sequence[tuple[str, list[str]]]) -> None:
+        """Append lines (text, the keys it holds) to the log in one write, then index them in one transaction."""
+        assert self.log.fd is not None
+        offset = os.fstat(self.log.fd).st_size
+        self.log.append_text("".join(text for text, _ in lines))
+        rows = []
+        for text, keys in lines:
+            length = len(text.encode())
+            rows += [(k, offset, length) for k in keys]
+            offset += length
+        self.db.execute("BEGIN")
+        self._insert(rows)
+        self._commit_signature()
+
+    def find(self, key: str) -> tuple[int, int] | None:
+        return self.db.execute(f"SELECT offset, length FROM {self.table} WHERE key = ?", (key,)).fetchone()
+
+    def __len__(self) -> int:
+        return self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
+
+    def drop(self, key: str) -> None:
+        self.db.execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
+
+
+def open_index_db(path: Path) -> sqlite3.Connection:
+    """The run's index database (WAL: a writer never blocks, a crash never corrupts it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    return db
+
+
+class RequestCache:
+    """Engine results by request key: the append-only log (one line per engine call, the durable record) and
+    its index on disk (`LogIndex`), so memory stays flat however long the run."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection | None = None) -> None:
         self.log = JsonlLog(path)
+        self.log.open()
         self._lock = threading.Lock()
-        self.index: dict[str, Any] = {}
-        for rec in self.log.open():
-            results = rec.get("results")
-            if isinstance(results, dict):
-                self.index.update(results)
+        self._read_fd = os.open(path, os.O_RDONLY)
+        self.db = db or open_index_db(path.with_name(INDEX_NAME))
+        self.index = LogIndex(self.db, "results", self.log,
+                              lambda rec: list(r) if isinstance(r := rec.get("results"), dict) else None)
+        self._line: tuple[int, dict[str, Any]] | None = None  # the last line read (a batch is read in a row)
 
     @staticmethod
     def key(identity: dict[str, Any], kind: str, payload: dict[str, Any]) -> str:
@@ -150,28 +250,39 @@ class RequestCache:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def __contains__(self, key: str) -> bool:
-        return key in self.index
+        with self._lock:
+            return self.index.find(key) is not None
 
     def __len__(self) -> int:
-        return len(self.index)
+        with self._lock:
+            return len(self.index)
 
     def get(self, key: str) -> Any:
-        return self.index[key]
+        with self._lock:
+            where = self.index.find(key)
+            if where is None:
+                raise KeyError(key)
+            if self._line is None or self._line[0] != where[0]:
+                self._line = (where[0], json.loads(os.pread(self._read_fd, where[1], where[0]))["results"])
+            return self._line[1][key]
 
     def drop(self, key: str) -> None:
         """Forget a result found malformed; the line stays in the log, and the re-issued request's fresh line,
         written later, wins on every reload."""
-        self.index.pop(key, None)
+        with self._lock:
+            self.index.drop(key)
 
     def put(self, kind: str, results: dict[str, Any]) -> None:
-        """Store the fresh results of one engine call durably (one line), then index them. Thread-safe: the
-        pipelined search runs engines in worker threads."""
+        """Store the fresh results of one engine call durably (one line), then index them in one transaction.
+        Thread-safe: the pipelined search runs engines in worker threads."""
         with self._lock:
-            self.log.append([{"kind": kind, "results": results}])
-            self.index.update(results)
+            line = json.dumps({"kind": kind, "results": results}, ensure_ascii=False) + "\n"
+            self.index.append([(line, list(results))])
 
     def close(self) -> None:
         self.log.close()
+        with suppress(OSError):
+            os.close(self._read_fd)
 
 
 def _now() -> str:
@@ -185,7 +296,8 @@ class RunStore:
         self.out = out
         self.nodes = JsonlLog(out / NODES_FILE)
         self.cache: RequestCache | None = None
-        self.logged: set[str] = set()
+        self.logged: LogIndex | None = None
+        """Which nodes the node log holds (an index on disk)."""
         self._lock_fd: int | None = None
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -264,16 +376,19 @@ class RunStore:
         if state.get("status") != "running" or "pushed" in state:  # outputs to come: not pushed yet
             self._write_state({**{k: v for k, v in state.items() if k not in ("finished_at", "pushed")},
                                "status": "running"})
-        self.logged = {r["node_id"] for r in self.nodes.open() if "node_id" in r}
+        self.nodes.open()
         self.cache = RequestCache(self.out / CACHE_FILE)
+        self.logged = LogIndex(self.cache.db, "nodes", self.nodes,
+                               lambda rec: [rec["node_id"]] if isinstance(rec.get("node_id"), str) else None)
         return mode
 
     def log_nodes(self, nodes: Sequence[Node]) -> None:
         """Append the nodes of a completed wave (a replayed node already in the log is not written again)."""
-        fresh = [n for n in nodes if n.node_id not in self.logged]
+        assert self.logged is not None
+        fresh = [n for n in nodes if self.logged.find(n.node_id) is None]
         if fresh:
-            self.nodes.append([n.to_record() for n in fresh])
-            self.logged.update(n.node_id for n in fresh)
+            self.logged.append([(json.dumps(n.to_record(), ensure_ascii=False) + "\n", [n.node_id])
+                                for n in fresh])
 
     def finish(self, status: str) -> None:
         """Mark the run `finished` (or `stopped`: a budget cut it short, a re-run goes on from there)."""
@@ -309,6 +424,8 @@ class RunStore:
         self.nodes.close()
         if self.cache is not None:
             self.cache.close()
+            self.cache.db.close()
+            self.cache, self.logged = None, None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -169,11 +169,19 @@ def test_output_dir_layout_checked_before_loading(case, tiny_model_dir, tmp_path
 
 
 # -- 6. show on a malformed trees.jsonl -----------------------------------------------------------------
+def _mid_line(data: bytes) -> int:
+    """A cut point about half-way through `data` that falls inside a line (a torn write)."""
+    cut = len(data) // 2
+    while data[cut - 1 : cut] == b"\n":
+        cut += 1
+    return cut
+
+
 @pytest.mark.parametrize("content", ["foreign", "binary", "partial"])
 def test_show_on_malformed_trees(content, out, capfd):
     trees = (out / "trees.jsonl").read_bytes()
     _write(out / "trees.jsonl", {"foreign": b'{"foo": 1}\n', "binary": b"\x00\xff\xfe\x80 not text\n",
-                                 "partial": trees[: len(trees) // 2]}[content])
+                                 "partial": trees[: _mid_line(trees)]}[content])
     before = snapshot(out)
     line = one_error_line(["show", str(out)], capfd)
     assert "trees.jsonl" in line and "malformed" in line
