@@ -67,3 +67,44 @@ def test_transformers_same_dataset_whatever_the_batching(tiny_model_dir, tmp_pat
                   "data.max_seeds=3") == 0
     assert (wide / "trees.jsonl").read_bytes() == (narrow / "trees.jsonl").read_bytes()
     assert load_from_disk(str(wide / "dataset")).to_list() == load_from_disk(str(narrow / "dataset")).to_list()
+
+
+def test_request_index_survives_kill_mid_transaction(tiny_model_dir, tmp_path):
+    """kill -9 after a cache line is written and while its index transaction is open: the index has not seen the
+    line; the resume rebuilds the index from the log and ends identical to an uninterrupted run."""
+    import json
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+
+    from idea_mcts.cli import main
+    from idea_mcts.store import CACHE_FILE, INDEX_NAME
+    from tests.runs import assert_same_run, evolve_argv
+
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    assert evolve(ref, tiny_model_dir) == 0
+    script = f"""
+import os, signal, sys
+from idea_mcts import store
+real, n = store.LogIndex._commit_signature, [0]
+def dying(self):
+    n[0] += self.table == "results"
+    if n[0] == 6:  # the 5th engine call's line is in the log, its transaction open: die here
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self)
+store.LogIndex._commit_signature = dying
+from idea_mcts.cli import main
+sys.exit(main({evolve_argv(out, tiny_model_dir)!r}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    logged = sum(len(json.loads(line)["results"]) for line in (out / CACHE_FILE).read_text().splitlines())
+    db = sqlite3.connect(out / "cache" / INDEX_NAME)
+    indexed = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    db.close()
+    assert indexed < logged  # the last line's keys never reached the index
+    assert main(evolve_argv(out, tiny_model_dir)) == 0
+    assert_same_run(out, ref)
+    keys = [k for line in (out / CACHE_FILE).read_text().splitlines() for k in json.loads(line)["results"]]
+    assert len(keys) == len(set(keys))  # the line the index missed was found again, not re-issued
