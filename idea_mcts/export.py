@@ -7,12 +7,12 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from idea_mcts.config import ExportConfig
-from idea_mcts.scoring import SCORE_NAMES
+from idea_mcts.scoring import PAPER_SCORES, SCORE_NAMES, ScoreMeans
 from idea_mcts.tree import Node, Tree
 
 DATASET_DIR = "dataset"
@@ -20,29 +20,44 @@ TREES_FILE = "trees.jsonl"
 REPORT_FILE = "run.json"
 
 
-def _scored(node: Node) -> bool:
-    return node.reward is not None and node.response is not None
+Record = dict[str, Any]
+"""A node as one line of trees.jsonl (`Node.to_record`)."""
+
+
+def select_records(trees: Callable[[], Iterable[Sequence[Record]]], cfg: ExportConfig) -> Iterator[Record]:
+    """The rows, as node records, streamed. `trees()` yields each tree's records (a fresh pass per call; `paper`
+    makes two: count, then draw). `paper`: `num_samples` nodes at random from the nodes on backed-up
+    root-to-terminal paths; `best_leaf`: per tree the scored leaf of highest reward (terminal leaves first);
+    `all`: every scored node. Roots only with `include_roots`."""
+
+    def ok(r: Record) -> bool:
+        return (r.get("reward") is not None and r.get("response") is not None
+                and (cfg.include_roots or r.get("depth", 0) > 0))
+
+    if cfg.mode == "all":
+        yield from (r for tree in trees() for r in tree if ok(r))
+    elif cfg.mode == "best_leaf":
+        for tree in trees():
+            leaves = [r for r in tree if ok(r) and not r.get("children")]
+            if leaves:
+                yield max(leaves, key=lambda r: (r.get("terminal", False), r["reward"]))
+    else:
+        n = sum(ok(r) and r.get("on_terminal_path", False) for tree in trees() for r in tree)
+        picked = set(random.Random(cfg.seed).sample(range(n), min(cfg.num_samples, n)))
+        i = 0
+        for tree in trees():
+            for r in tree:
+                if ok(r) and r.get("on_terminal_path", False):
+                    if i in picked:
+                        yield r
+                    i += 1
 
 
 def select_rows(trees: Sequence[Tree], cfg: ExportConfig) -> list[Node]:
-    """`paper`: `num_samples` nodes at random from root-to-terminal paths; `best_leaf`: per tree the scored leaf
-    of highest reward (terminal leaves first); `all`: every scored node. Roots only with `include_roots`."""
-
-    def ok(n: Node) -> bool:
-        return _scored(n) and (cfg.include_roots or n.depth > 0)
-
-    if cfg.mode == "all":
-        return [n for t in trees for n in t if ok(n)]
-    if cfg.mode == "best_leaf":
-        rows = []
-        for t in trees:
-            leaves = [n for n in t if ok(n) and not n.children]
-            if leaves:
-                rows.append(max(leaves, key=lambda n: (n.terminal, n.reward)))
-        return rows
-    pool = [n for t in trees for n in t if ok(n) and n.on_terminal_path]
-    picked = set(id(n) for n in random.Random(cfg.seed).sample(pool, min(cfg.num_samples, len(pool))))
-    return [n for n in pool if id(n) in picked]
+    """`select_records` over trees in memory."""
+    nodes = {n.node_id: n for t in trees for n in t}
+    chosen = select_records(lambda: ([n.to_record() for n in t] for t in trees), cfg)
+    return [nodes[r["node_id"]] for r in chosen]
 
 
 def features():  # noqa: ANN201 - datasets.Features
@@ -58,14 +73,19 @@ def features():  # noqa: ANN201 - datasets.Features
     return Features(cols)
 
 
-def row(node: Node, value_mode: str = "mean") -> dict[str, Any]:
-    r = {"messages": [{"role": "user", "content": node.instruction},
-                      {"role": "assistant", "content": node.response or ""}],
-         "seed_id": node.seed_id, "node_id": node.node_id, "parent_id": node.parent_id, "depth": node.depth,
-         "action_path": list(node.action_path), "instruction": node.instruction}
-    r.update({name: node.scores.get(name) for name in SCORE_NAMES})
-    r.update({"reward": node.reward, "visits": node.visits, "value": node.value(value_mode)})
+def record_row(rec: Record) -> dict[str, Any]:
+    """A training row (TRL `messages` + provenance + scores) from a node record."""
+    r = {"messages": [{"role": "user", "content": rec["instruction"]},
+                      {"role": "assistant", "content": rec.get("response") or ""}],
+         "seed_id": rec["seed_id"], "node_id": rec["node_id"], "parent_id": rec["parent_id"], "depth": rec["depth"],
+         "action_path": list(rec.get("action_path", [])), "instruction": rec["instruction"]}
+    r.update({name: rec.get(name) for name in SCORE_NAMES})
+    r.update({"reward": rec.get("reward"), "visits": rec.get("visits", 0), "value": rec.get("value")})
     return r
+
+
+def row(node: Node, value_mode: str = "mean") -> dict[str, Any]:
+    return record_row(node.to_record(value_mode))
 
 
 def to_dataset(nodes: Iterable[Node], value_mode: str = "mean"):  # noqa: ANN201 - datasets.Dataset
@@ -121,6 +141,99 @@ def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     path = out_dir / REPORT_FILE
     atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return path
+
+
+def iter_tree_records(path: Path) -> Iterator[list[Record]]:
+    """The records of trees.jsonl, one tree at a time (a tree's records are contiguous), streamed."""
+    tree: list[Record] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if tree and rec["seed_id"] != tree[0]["seed_id"]:
+                yield tree
+                tree = []
+            tree.append(rec)
+    if tree:
+        yield tree
+
+
+class TreeWriter:
+    """Finished trees streamed to OUT/trees.jsonl (through a temporary file renamed at `close`, so the file is
+    whole or absent), in seed order whatever order they finish in (a reorder buffer holds early finishers), with
+    the counts the run report needs. Each tree's records are written and the tree dropped: memory stays flat."""
+
+    def __init__(self, out_dir: Path, value_mode: str) -> None:
+        self.path = out_dir / TREES_FILE
+        self.tmp = out_dir / (TREES_FILE + ".tmp")
+        self.value_mode = value_mode
+        self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
+        self.pending: dict[int, list[Record]] = {}
+        self.next = 0
+        self.counts = {"seeds": 0, "nodes": 0, "evolved_nodes": 0, "terminal_nodes": 0, "max_depth": 0,
+                       "scored_nodes": 0}
+        self.seed_scores = ScoreMeans()
+
+    def add(self, index: int, tree: Tree) -> None:
+        records = tree.records(self.value_mode)
+        c = self.counts
+        c["seeds"] += 1
+        c["nodes"] += len(records)
+        c["evolved_nodes"] += len(records) - 1
+        c["terminal_nodes"] += sum(r["terminal"] for r in records)
+        c["scored_nodes"] += sum(r["reward"] is not None and r["depth"] > 0 for r in records)
+        c["max_depth"] = max(c["max_depth"], *(r["depth"] for r in records))
+        self.seed_scores.add(tree.root.scores)
+        self.pending[index] = records
+        while self.next in self.pending:
+            self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.pending.pop(self.next)))
+            self.next += 1
+
+    def close(self) -> Path:
+        """Write what the buffer still holds (trees after a gap: a budget stopped some) and sync the temporary
+        file; `commit` then puts it in place (after the dataset, so a failure keeps the old outputs whole)."""
+        for i in sorted(self.pending):
+            self.file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in self.pending.pop(i)))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        return self.tmp
+
+    def commit(self) -> Path:
+        self.tmp.replace(self.path)
+        return self.path
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _export_rows(trees_path: str, export: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    cfg = ExportConfig(**export)
+    yield from (record_row(r) for r in select_records(lambda: iter_tree_records(Path(trees_path)), cfg))
+
+
+def stream_dataset(out_dir: Path, trees_path: Path, cfg: ExportConfig) -> tuple[int, ScoreMeans]:
+    """Select the rows from trees.jsonl and write them as OUT/dataset, streamed (`Dataset.from_generator`: no
+    row list is held); return their number and score means."""
+    import tempfile
+    from dataclasses import asdict
+
+    from datasets import Dataset
+
+    kwargs = {"trees_path": str(trees_path), "export": asdict(cfg)}
+    if next(_export_rows(**kwargs), None) is None:  # datasets cannot generate a split of no rows
+        write_dataset(out_dir, Dataset.from_dict({k: [] for k in features()}, features=features()))
+        return 0, ScoreMeans()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".rows-") as cache:
+        ds = Dataset.from_generator(_export_rows, features=features(), cache_dir=cache, gen_kwargs=kwargs)
+        means = ScoreMeans()
+        for batch in ds.select_columns(list(PAPER_SCORES)).iter(batch_size=1000):
+            for j in range(len(batch[PAPER_SCORES[0]])):
+                means.add({k: batch[k][j] for k in PAPER_SCORES})
+        write_dataset(out_dir, ds)
+        return len(ds), means
 
 
 def read_trees(out_dir: Path) -> list[Tree]:

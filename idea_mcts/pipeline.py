@@ -30,14 +30,13 @@ from idea_mcts.data import Seed, load_seeds
 from idea_mcts.engines import EnginePool, UsageStats
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import REPORT_FILE, select_rows, to_dataset, write_dataset, write_report, write_trees
+from idea_mcts.export import REPORT_FILE, TreeWriter, stream_dataset, write_report
 from idea_mcts.hub import check_reachable
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
-from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward, score_means
+from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, ScoreMeans, build_reward
 from idea_mcts.search import IdeaMCTS, estimate
 from idea_mcts.store import RunStore, check_layout
-from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger(__name__)
 
@@ -209,33 +208,37 @@ class EvolveRun:
             done = sum(c.stats.completion_tokens for c in self.clients.values())
             bar.set_postfix(trees=len(self.seeds), tok_s=f"{done / max(time.perf_counter() - t0, 1e-9):.1f}")
 
+        trees = TreeWriter(self.out, self.cfg.search.value)  # finished trees go to disk and leave memory
         search = IdeaMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
-                          max_calls=self.cfg.max_calls, on_nodes=self.store.log_nodes, on_progress=tick)
-        trees = search.run(self.seeds)
-        bar.close()
-        rows = select_rows(trees, self.cfg.export)
-        if not rows:
+                          max_calls=self.cfg.max_calls, on_nodes=self.store.log_nodes, on_progress=tick,
+                          on_tree=trees.add, keep_trees=False)
+        try:
+            search.run(self.seeds)
+            bar.close()
+            n_rows, row_means = stream_dataset(self.out, trees.close(), self.cfg.export)
+            trees.commit()
+        except BaseException:
+            trees.discard()
+            raise
+        if not n_rows:
             logger.warning("the export selected 0 rows (export.mode=%s): the dataset is empty; run.json "
                            "`warnings` says why", self.cfg.export.mode)
-        write_dataset(self.out, to_dataset(rows, self.cfg.search.value))
-        write_trees(self.out, trees, self.cfg.search.value)
-        report = self.report(trees, rows, search, reward, actions, started, time.perf_counter() - t0)
+        report = self.report(trees, n_rows, row_means, search, reward, actions, started, time.perf_counter() - t0)
         write_report(self.out, report)
         self.store.finish("finished" if search.stopped is None else "stopped")
         return report
 
-    def report(self, trees: list[Tree], rows: list[Node], search: IdeaMCTS, reward: Reward,
+    def report(self, trees: TreeWriter, n_rows: int, row_means: ScoreMeans, search: IdeaMCTS, reward: Reward,
                actions: list[Action], started: str, wall: float) -> dict[str, Any]:
-        nodes = [n for t in trees for n in t]
+        counts = trees.counts
         total = UsageStats()
         for c in self.clients.values():
             total.add(c.stats)
         failures = Counter(reward.failures) + search.failures
         warnings = []
-        if not rows:
-            eligible = sum(n.reward is not None and (self.cfg.export.include_roots or n.depth > 0) for n in nodes)
-            warnings.append(f"0 rows exported (export.mode={self.cfg.export.mode}) from {eligible} scored "
-                            f"non-root nodes")
+        if not n_rows:
+            warnings.append(f"0 rows exported (export.mode={self.cfg.export.mode}) from {counts['scored_nodes']} "
+                            "scored non-root nodes")
         return {
             "version": __version__, "command": self.command,
             "status": "finished" if search.stopped is None else f"stopped early: {search.stopped}",
@@ -245,9 +248,8 @@ class EvolveRun:
             "config_fingerprint": self.cfg.fingerprint(),
             "actions": [{"name": a.name, "prompt": a.prompt} for a in actions],
             "estimate": self.estimate,
-            "counts": {"seeds": len(trees), "nodes": len(nodes), "evolved_nodes": len(nodes) - len(trees),
-                       "terminal_nodes": sum(n.terminal for n in nodes), "rows": len(rows),
-                       "max_depth": max((n.depth for n in nodes), default=0), "requests": search.calls,
+            "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
+                       "rows": n_rows, "max_depth": counts["max_depth"], "requests": search.calls,
                        "cached_requests": total.cached},
             "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
             "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
@@ -257,10 +259,9 @@ class EvolveRun:
                                (*SCORE_NAMES, "evolver", "responder", "unscored", "rollout_truncated")},
             "scoring_method": reward.methods(),
             "warnings": warnings,
-            "data_quality": {"seeds": score_means([t.root.scores for t in trees]),
-                             "rows": score_means([n.scores for n in rows])},
+            "data_quality": {"seeds": trees.seed_scores.result(), "rows": row_means.result()},
             "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),
-            "throughput": {"nodes_per_s": round(len(nodes) / max(search.seconds, 1e-9), 3),
+            "throughput": {"nodes_per_s": round(counts["nodes"] / max(search.seconds, 1e-9), 3),
                            "completion_tokens_per_s": round(total.completion_tokens / max(search.seconds, 1e-9), 2),
                            "requests_per_s": round(total.requests / max(search.seconds, 1e-9), 2),
                            "completion_tokens": total.completion_tokens, "prompt_tokens": total.prompt_tokens},

@@ -52,18 +52,36 @@ TAG_REQUEST = ("Please identify tags of user intentions in the following user qu
 TAG_PREFILL = '[{"tag": "'
 
 
+class ScoreMeans:
+    """Running means of quality, diversity and complexity over score mappings (node scores, dataset rows,
+    trees.jsonl records); missing and NaN values are left out. `result()` adds `mean`: the mean of those
+    present — the paper's "mean of (Q, D, C)" data-quality table."""
+
+    def __init__(self) -> None:
+        self.sums = dict.fromkeys(PAPER_SCORES, 0.0)
+        self.counts = dict.fromkeys(PAPER_SCORES, 0)
+
+    def add(self, scores: Mapping[str, Any]) -> None:
+        for name in PAPER_SCORES:
+            v = scores.get(name)
+            if v is not None and not math.isnan(float(v)):
+                self.sums[name] += float(v)
+                self.counts[name] += 1
+
+    def result(self) -> dict[str, float | None]:
+        out: dict[str, float | None] = {n: self.sums[n] / self.counts[n] if self.counts[n] else None
+                                        for n in PAPER_SCORES}
+        present = [v for v in out.values() if v is not None]
+        out["mean"] = sum(present) / len(present) if present else None
+        return out
+
+
 def score_means(scores: Iterable[Mapping[str, Any]]) -> dict[str, float | None]:
-    """Mean quality, diversity and complexity over score mappings (node scores, dataset rows, trees.jsonl
-    records), and `mean`: the mean of those present — the paper's "mean of (Q, D, C)" data-quality table.
-    Missing and NaN values are left out."""
-    rows = list(scores)
-    out: dict[str, float | None] = {}
-    for name in PAPER_SCORES:
-        vals = [float(v) for r in rows if (v := r.get(name)) is not None and not math.isnan(float(v))]
-        out[name] = sum(vals) / len(vals) if vals else None
-    present = [v for v in out.values() if v is not None]
-    out["mean"] = sum(present) / len(present) if present else None
-    return out
+    """`ScoreMeans` over `scores`."""
+    acc = ScoreMeans()
+    for s in scores:
+        acc.add(s)
+    return acc.result()
 
 
 def expected_score(logprobs: dict[str, float], digits: Sequence[str] = DIGITS) -> float | None:

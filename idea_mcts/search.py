@@ -53,13 +53,13 @@ class EvolveJob:
 
 class IdeaMCTS:
     """The search. `on_nodes` is called with each group of evaluated nodes (durable logging), `on_progress` with
-    their number, `on_tree` with each finished tree."""
+    their number, `on_tree` with each finished tree (its seed's index and the tree)."""
 
     def __init__(self, cfg: SearchConfig, actions: Sequence[Action], evolver: RoleClient, responder: RoleClient,
                  reward: Reward, *, max_calls: int | None = None,
                  on_nodes: Callable[[list[Node]], None] | None = None,
                  on_progress: Callable[[int], None] | None = None,
-                 on_tree: Callable[[Tree], None] | None = None, keep_trees: bool = True) -> None:
+                 on_tree: Callable[[int, Tree], None] | None = None, keep_trees: bool = True) -> None:
         if len(actions) < 1:
             raise ValueError("the search needs at least one action")
         self.cfg = cfg
@@ -104,7 +104,7 @@ class IdeaMCTS:
                     tree = Tree(seed.seed_id, seed.instruction, derive_seed(self.cfg.seed, "tree", seed.seed_id))
                     await self.grow(tree)
                     if self.on_tree:
-                        self.on_tree(tree)
+                        self.on_tree(i, tree)
                     if self.keep_trees:
                         done[i] = tree
             finally:

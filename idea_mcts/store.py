@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 NODES_FILE = "nodes.jsonl"
 CACHE_FILE = "cache/requests.jsonl"
-INDEX_NAME = "index.sqlite"
-"""The request cache's index, beside its log (`cache/index.sqlite`, with SQLite's -wal/-shm files)."""
+INDEX_NAME = ".index.sqlite"
+"""The logs' index while a run has OUT open (`cache/.index.sqlite`), rebuilt from the logs at open and removed
+at close."""
 LOCK_FILE = ".lock"
 OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
 """What a finished run leaves; written only at the end, each atomically."""
@@ -147,31 +148,15 @@ class JsonlLog:
 
 class LogIndex:
     """An index on disk (a SQLite table: key -> offset and length of its line) of an append-only JSONL log, so
-    that memory stays flat however long the log. Each `add` records keys and the log's new size and mtime in
-    one transaction; on open, an index whose recorded size and mtime differ from the log's (a crash between a
-    line and its transaction, a torn line cut, a hand-edited log) is rebuilt by streaming the log."""
+    that memory stays flat however long the log. Built by streaming the log when opened; each `append` writes
+    its lines (one write, fsync) and then indexes them in one transaction. The index is scratch: the log is the
+    record, so a crash at any point (mid-transaction included) loses nothing the next open does not rebuild."""
 
     def __init__(self, db: sqlite3.Connection, table: str, log: JsonlLog,
                  keys_of: Callable[[dict[str, Any]], list[str] | None]) -> None:
         self.db, self.table, self.log, self.keys_of = db, table, log, keys_of
-        db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, offset INTEGER, length INTEGER)")
-        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER)")
-        if self._recorded() != self._signature():
-            self._rebuild()
-
-    def _signature(self) -> tuple[int, int]:
-        st = os.stat(self.log.path)
-        return st.st_size, st.st_mtime_ns
-
-    def _recorded(self) -> tuple[int, int] | None:
-        rows = dict(self.db.execute("SELECT name, value FROM meta WHERE name IN (?, ?)",
-                                    (f"{self.table}_size", f"{self.table}_mtime_ns")).fetchall())
-        return (rows[f"{self.table}_size"], rows[f"{self.table}_mtime_ns"]) if len(rows) == 2 else None
-
-    def _rebuild(self) -> None:
-        logger.info("%s: indexing", self.log.path)
+        db.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, offset INTEGER, length INTEGER)")
         self.db.execute("BEGIN")
-        self.db.execute(f"DELETE FROM {self.table}")
         offset, rows = 0, []
         with open(self.log.path, "rb") as f:
             for line in f:
@@ -180,22 +165,18 @@ class LogIndex:
                 except ValueError:
                     rec = None
                 keys = self.keys_of(rec) if isinstance(rec, dict) else None
+                if keys is None and line.strip():
+                    logger.warning("%s: the line at byte %d is not a record of this log: skipped", log.path, offset)
                 rows += [(k, offset, len(line)) for k in keys or ()]
                 offset += len(line)
                 if len(rows) >= 10_000:
                     self._insert(rows)
                     rows = []
         self._insert(rows)
-        self._commit_signature()
+        self.db.execute("COMMIT")
 
     def _insert(self, rows: list[tuple[str, int, int]]) -> None:
         self.db.executemany(f"INSERT OR REPLACE INTO {self.table} VALUES (?, ?, ?)", rows)
-
-    def _commit_signature(self) -> None:
-        size, mtime = self._signature()
-        self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                            [(f"{self.table}_size", size), (f"{self.table}_mtime_ns", mtime)])
-        self.db.execute("COMMIT")
 
     def append(self, lines: Sequence[tuple[str, list[str]]]) -> None:
         """Append lines (text, the keys it holds) to the log in one write, then index them in one transaction."""
@@ -209,7 +190,7 @@ class LogIndex:
             offset += length
         self.db.execute("BEGIN")
         self._insert(rows)
-        self._commit_signature()
+        self.db.execute("COMMIT")
 
     def find(self, key: str) -> tuple[int, int] | None:
         return self.db.execute(f"SELECT offset, length FROM {self.table} WHERE key = ?", (key,)).fetchone()
@@ -222,10 +203,14 @@ class LogIndex:
 
 
 def open_index_db(path: Path) -> sqlite3.Connection:
-    """The run's index database (WAL: a writer never blocks, a crash never corrupts it)."""
+    """A fresh index database at `path` (WAL: a commit is one append; SQLite removes its -wal/-shm files when the
+    last connection closes). A file left there by a killed run is replaced."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=OFF")  # scratch: rebuilt from the logs on every open
     return db
 
 
@@ -425,6 +410,8 @@ class RunStore:
         if self.cache is not None:
             self.cache.close()
             self.cache.db.close()
+            for suffix in ("", "-wal", "-shm"):
+                (self.out / "cache" / (INDEX_NAME + suffix)).unlink(missing_ok=True)
             self.cache, self.logged = None, None
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -87,13 +87,13 @@ def test_request_index_survives_kill_mid_transaction(tiny_model_dir, tmp_path):
     script = f"""
 import os, signal, sys
 from idea_mcts import store
-real, n = store.LogIndex._commit_signature, [0]
-def dying(self):
-    n[0] += self.table == "results"
-    if n[0] == 6:  # the 5th engine call's line is in the log, its transaction open: die here
+real, n = store.LogIndex._insert, [0]
+def dying(self, rows):
+    n[0] += self.table == "results" and bool(rows)
+    if n[0] == 5:  # the 5th engine call's line is in the log, its index transaction open: die here
         os.kill(os.getpid(), signal.SIGKILL)
-    real(self)
-store.LogIndex._commit_signature = dying
+    real(self, rows)
+store.LogIndex._insert = dying
 from idea_mcts.cli import main
 sys.exit(main({evolve_argv(out, tiny_model_dir)!r}))
 """
