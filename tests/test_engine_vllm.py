@@ -49,7 +49,7 @@ def test_digit_logprobs(engine: Engine) -> None:
 
 
 def test_logprob_candidates_must_be_single_tokens(engine: Engine) -> None:
-    with pytest.raises(UsageError, match="not one"):
+    with pytest.raises(UsageError, match="no single token for .hello world."):
         engine.next_token_logprobs([SCORE_RAW], ["1", "hello world"])
 
 
