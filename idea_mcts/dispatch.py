@@ -6,12 +6,13 @@ engine itself: it `submit`s requests (one per prompt, tagged with its role clien
 requests are grouped by (role client, call kind, call arguments) and handed to the role's engine as one batched
 call, in a worker thread, so the event loop keeps the other trees moving while an engine works:
 
-- engines that serve one call at a time (transformers, in-process vLLM: `Engine.concurrent` false) get a batch
-  when **every live strand is waiting** (a barrier, not a timer): then the batch holds everything any tree
-  could ask for at that point, and a run's batches — so its results — do not depend on timing. An engine that
-  is still busy takes its queue at the next barrier after it is free. Roles on different engines overlap.
-- engines that keep many requests in flight (OpenAI-compatible servers: `concurrent` true) get each strand's
-  requests as soon as it waits; the server's continuous batching does the rest.
+- engines that serve one call at a time (transformers: `Engine.concurrent` false) get a batch when **every live
+  strand is waiting** (a barrier, not a timer): then the batch holds everything any tree could ask for at that
+  point, and a run's batches — so its results — do not depend on timing. An engine that is still busy takes its
+  queue at the next barrier after it is free. Roles on different engines overlap.
+- engines with continuous batching (in-process vLLM's async engine, OpenAI-compatible servers: `concurrent`
+  true) get each strand's requests as soon as it waits (each group blocks one of `max_threads` worker threads
+  while in flight); the engine's scheduler batches whatever is in flight.
 
 `max_calls`, progress and the node log stay with the search (`idea_mcts.search`), which charges requests before
 it submits them.
@@ -54,7 +55,7 @@ class _Group:
 class Dispatcher:
     """Collects requests from the strands of a running search and batches them onto their engines."""
 
-    def __init__(self, on_barrier: Callable[[], None] | None = None, max_threads: int = 16) -> None:
+    def __init__(self, on_barrier: Callable[[], None] | None = None, max_threads: int = 256) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_barrier = on_barrier
         """Called at every barrier (every strand waits), before batches go out: the search writes the nodes

