@@ -17,67 +17,101 @@ import yaml
 from idea_mcts.errors import UsageError
 
 DEPTH_TEMPLATE = (
-    "You are an expert at writing instructions for AI assistants. Rewrite the instruction below into a new, "
-    "more demanding version. {method} The new instruction must stay self-contained, sensible and answerable "
-    "by a person, keep any input data it needs, and add no more than 40 words. Reply with the new instruction "
-    "only, with no preamble and no answer.\n\n#Instruction#:\n{instruction}\n\n#New Instruction#:"
+    "Rewrite the instruction below into a new, more demanding version. {method} Keep its topic and its task, "
+    "keep it self-contained and answerable, keep any input data it needs, and add no more than 40 words. Reply "
+    "with the new instruction only: do not answer it and do not explain it.\n\nInstruction: {instruction}"
 )
 BREADTH_TEMPLATE = (
-    "You are an expert at writing instructions for AI assistants. Taking the instruction below as "
-    "inspiration, write a brand-new instruction in the same domain that is rarer and more specific, of "
-    "similar length and difficulty. Reply with the new instruction only, with no preamble and no answer."
-    "\n\n#Instruction#:\n{instruction}\n\n#New Instruction#:"
+    "Taking the instruction below as inspiration, write a brand-new instruction in the same domain that is rarer "
+    "and more specific, of similar length and difficulty. Reply with the new instruction only: do not answer it "
+    "and do not explain it.\n\nInstruction: {instruction}"
 )
+EXAMPLE_INSTRUCTION = "Write a poem about the sea."
+"""The instruction each built-in action's example rewrites. The example is shown to the evolver as a previous
+chat turn: small instruct models then reply with an instruction, not with chatter, headers or an answer."""
 
 
 @dataclass(frozen=True)
 class Action:
-    """An evolution prompt. `prompt` holds `{instruction}` where the node's instruction goes."""
+    """An evolution prompt. `prompt` holds `{instruction}` where the node's instruction goes; `example`, when
+    set, is this action's rewrite of `EXAMPLE_INSTRUCTION`, shown as a previous turn of the chat."""
 
     name: str
     prompt: str
+    example: str | None = None
 
     def render(self, instruction: str) -> str:
         return self.prompt.replace("{instruction}", instruction)
 
+    def messages(self, instruction: str) -> list[dict[str, str]]:
+        """The evolver's chat: the example exchange (if any), then the request for `instruction`."""
+        shot = ([{"role": "user", "content": self.render(EXAMPLE_INSTRUCTION)},
+                 {"role": "assistant", "content": self.example}] if self.example else [])
+        return [*shot, {"role": "user", "content": self.render(instruction)}]
 
-def _depth(name: str, method: str) -> Action:
-    return Action(name, DEPTH_TEMPLATE.replace("{method}", method))
+    def template_text(self) -> str:
+        """The words of the prompt that are not the instruction (what the elimination filter calls a leak)."""
+        return self.prompt + ("\n" + self.example if self.example else "")
+
+
+def _depth(name: str, method: str, example: str | None = None) -> Action:
+    return Action(name, DEPTH_TEMPLATE.replace("{method}", method), example)
 
 
 GENERAL = [
-    _depth("add_goals", "Add a global goal, or a local sub-goal, that the answer must also achieve."),
+    _depth("add_goals", "Add a global goal, or a local sub-goal, that the answer must also achieve.",
+           "Write a poem about the sea that also teaches a child the names of three sea creatures."),
     _depth("add_constraints", "Add one key constraint the answer must respect, such as a limit on length, "
-           "audience, resources or content."),
+           "audience, resources or content.",
+           "Write a poem about the sea in exactly four rhyming lines, without using the word 'blue'."),
     _depth("add_task_requirements", "Add a concrete task requirement: an extra deliverable, step or check "
-           "that the answer must include."),
+           "that the answer must include.",
+           "Write a poem about the sea, then add a one-sentence note explaining its main image."),
     _depth("add_problem_solving", "Require a specific problem-solving skill, such as comparing alternatives, "
-           "estimating quantities, finding a counter-example or debugging."),
+           "estimating quantities, finding a counter-example or debugging.",
+           "Write two short poems about the sea, one calm and one stormy, and compare which images make them feel "
+           "different."),
     _depth("add_reasoning", "Make the instruction require explicit multi-step reasoning instead of a single "
-           "direct step."),
+           "direct step.",
+           "Write a poem about the sea whose stanzas follow a ship from departure to return, and explain step by "
+           "step how each stanza moves the journey on."),
     _depth("add_domain_knowledge", "Require specialised knowledge from a relevant field, such as science, law, "
-           "finance, medicine, engineering or history."),
+           "finance, medicine, engineering or history.",
+           "Write a poem about the sea that correctly explains how the Moon's gravity causes the tides."),
     _depth("add_life_topics", "Ground the instruction in an everyday-life situation, such as family, health, "
-           "travel, work or hobbies."),
+           "travel, work or hobbies.",
+           "Write a poem about the sea for a friend who is moving abroad, recalling a family holiday on the coast."),
     _depth("add_real_world_application", "Tie the instruction to a realistic real-world application in which "
-           "the answer would actually be used."),
+           "the answer would actually be used.",
+           "Write a short poem about the sea to be printed on a poster inviting volunteers to a beach clean-up."),
     _depth("add_emotional_expression", "Add emotional context, or ask for an emotionally aware tone such as "
-           "empathy, encouragement or humour."),
+           "empathy, encouragement or humour.",
+           "Write a poem about the sea in the voice of a fisherman's widow, moving from grief to hope."),
     _depth("format_input", "Change how the input is presented: give the information the task needs inside "
-           "the instruction as a table, a list, JSON, a code snippet or quoted text."),
+           "the instruction as a table, a list, JSON, a code snippet or quoted text.",
+           'Write a poem about the sea that uses every word in this list: ["harbour", "salt", "gull", "horizon"].'),
     _depth("format_output", "Specify the exact format of the answer, such as a numbered list, a table, JSON, "
-           "headed sections or a word limit."),
-    Action("create_new", BREADTH_TEMPLATE),
+           "headed sections or a word limit.",
+           "Write a poem about the sea as three numbered stanzas of four lines each, with a title in capitals."),
+    Action("create_new", BREADTH_TEMPLATE,
+           "Write a sonnet about a lighthouse keeper's last night before the light is automated."),
 ]
 
 EVOL_INSTRUCT = [
-    _depth("constraints", "Add one more constraint or requirement to the instruction."),
-    _depth("deepening", "If the instruction asks about a topic, increase the depth and breadth of the inquiry."),
-    _depth("concretizing", "Replace general concepts with more specific ones."),
+    _depth("constraints", "Add one more constraint or requirement to the instruction.",
+           "Write a poem about the sea in exactly four rhyming lines, without using the word 'blue'."),
+    _depth("deepening", "If the instruction asks about a topic, increase the depth and breadth of the inquiry.",
+           "Write a poem about the sea that shows both its beauty and its danger to the people who work on it."),
+    _depth("concretizing", "Replace general concepts with more specific ones.",
+           "Write a poem about the North Sea on a winter night, seen from the deck of a fishing trawler."),
     _depth("increased_reasoning", "If the instruction can be solved with a few simple thinking steps, rewrite "
-           "it to explicitly ask for multiple-step reasoning."),
+           "it to explicitly ask for multiple-step reasoning.",
+           "Write a poem about the sea whose stanzas follow a ship from departure to return, and explain step by "
+           "step how each stanza moves the journey on."),
     _depth("complicate_input", "Add complex input data the task must work on, such as a table, code or a "
-           "longer passage."),
+           "longer passage.",
+           "Write a poem about the sea using the facts in this table: | ocean | depth (m) |; | Pacific | 10,994 |; "
+           "| Atlantic | 8,376 |."),
 ]
 
 SETS = {"general": GENERAL, "evol_instruct": EVOL_INSTRUCT}
@@ -140,13 +174,3 @@ def parse_task_methods(text: str, n: int) -> list[str]:
 
 def task_actions(methods: list[str]) -> list[Action]:
     return [_depth(f"task_{i + 1}", m if m.endswith(".") else m + ".") for i, m in enumerate(methods)]
-
-
-def clean_evolution(text: str) -> str:
-    """The evolved instruction from the evolver's reply: strips echoed headers, quotes and answer sections."""
-    text = text.strip()
-    text = re.sub(r"^\s*#*\s*(new|rewritten|evolved)\s+(instruction|prompt)\s*#*\s*:?\s*", "", text, flags=re.I)
-    text = re.split(r"\n\s*#+\s*(?:answer|response|explanation)\b", text, flags=re.I)[0]
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1]
-    return text.strip()

@@ -250,6 +250,9 @@ def build_parser() -> Parser:
         publish = None  # type: ignore[assignment]
     if publish is not None and hasattr(publish, "register"):
         publish.register(sub)
+    from idea_mcts import judge_check
+
+    judge_check.register(sub)
     parser.commands = sub.choices
     return parser
 

@@ -211,6 +211,10 @@ class RewardConfig:
     top_logprobs: int = 20
     """Top-k next-token logprobs asked for by the expected-score scorers (vLLM's default cap is 20); the
     score is renormalised over the digits present."""
+    check_judges: bool = True
+    """Before the search, score half of the shipped probe sets with the complexity and quality judges
+    (`idea-mcts validate-judge --quick`), record the result in run.json (`judge_check`) and warn when a judge
+    ranks them wrongly."""
 
     def __post_init__(self) -> None:
         weight = Range(0)
@@ -253,6 +257,16 @@ class SearchConfig:
     max_live_trees: int = 1024
     """Trees grown at once (the pipelined search's window): enough to keep every engine's batches full, few
     enough that memory stays flat however many seeds there are (finished trees are written out)."""
+    drop_answers: bool = False
+    """Elimination filter: also drop evolutions that answer the instruction instead of rewriting it (a
+    heuristic: no sentence starts like a request: an imperative verb, a question, "Can you", "As a ..."). Off
+    by default: it also drops some valid instructions. Empty, unchanged, template-copying, refusing and
+    degenerate evolutions are always dropped; run.json counts each reason under `filtered`."""
+    validity_gate: float | None = None
+    """Optional judge-based validity gate: the complexity judge (else the quality judge) is asked whether each
+    evolution that passed the filter is a self-contained instruction that keeps its parent's task; it is dropped
+    (`filtered.invalid`) when P(Yes) from the next-token logprobs of Yes/No is below this, or when neither token
+    is in the judge's top-k (`filtered.gate_unparsed`). None = off."""
 
     def __post_init__(self) -> None:
         check_fields(self, {"iterations": NON_NEGATIVE_INT, "expand_width": POSITIVE_INT,

@@ -30,8 +30,10 @@ from idea_mcts.data import Seed, load_seeds
 from idea_mcts.engines import EnginePool, UsageStats
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import REPORT_FILE, TreeWriter, stream_dataset, write_report
+from idea_mcts.export import REPORT_FILE, TREES_FILE, TreeWriter, iter_tree_records, stream_dataset, write_report
+from idea_mcts.filters import REASONS
 from idea_mcts.hub import check_reachable
+from idea_mcts.judge_check import reward_terms, validate_reward, warn_failures
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, ScoreMeans, build_reward
@@ -131,6 +133,8 @@ class EvolveRun:
         self.pool = EnginePool(cfg.engines)
         self.engines: dict[str, CachedEngine] = {}
         self.clients: dict[str, RoleClient] = {}
+        self.judge_check: dict[str, Any] | None = None
+        """The quick judge validation run before the search (None when `reward.check_judges` is off)."""
 
     def client(self, role: str) -> RoleClient:
         """The role's client on its engine behind the run's request cache (the store must be open)."""
@@ -201,6 +205,9 @@ class EvolveRun:
 
         actions = self.actions + (self._task_actions() if self.cfg.search.task_actions else [])
         reward = build_reward(self.cfg, self.client)
+        self.judge_check = validate_reward(reward, quick=True) if self.cfg.reward.check_judges else None
+        if self.judge_check is not None:
+            warn_failures(self.judge_check)
         bar = tqdm(total=self.estimate["nodes"], unit="node", disable=not progress, dynamic_ncols=True)
 
         def tick(n: int) -> None:
@@ -259,6 +266,10 @@ class EvolveRun:
                                (*SCORE_NAMES, "evolver", "responder", "unscored", "rollout_truncated")},
             "scoring_method": reward.methods(),
             "warnings": warnings,
+            "judge_check": self.judge_check,
+            "reward_terms": reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree),
+                                         reward.enabled()),
+            "filtered": {r: search.eliminator.counts.get(r, 0) for r in REASONS},
             "data_quality": {"seeds": trees.seed_scores.result(), "rows": row_means.result()},
             "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),
             "throughput": {"nodes_per_s": round(counts["nodes"] / max(search.seconds, 1e-9), 3),

@@ -38,12 +38,33 @@ DEITA_COMPLEXITY = ("You are a helpful assistant. Please identify the complexity
 DEITA_QUALITY = ("You are a helpful assistant. Please identify the quality score of the Response corresponding to "
                  "the Question. \n #Question#:\n{instruction}\n#Response#:\n{output} \n##Quality: ")
 GENERAL_COMPLEXITY = (
-    "Rate how complex the following user query is to answer well, from 1 (trivial, one simple step) to 6 (very "
-    "complex: many constraints, steps, or expert knowledge). Answer with one digit.\n\n##Query: {instruction}")
+    "Rate how complex the user query below is to answer well, on a scale of 1 to 6: 1 = trivial, one fact or word; "
+    "2 = simple, one short step; 3 = a short task with one requirement; 4 = several steps or requirements; 5 = many "
+    "constraints or specialist knowledge; 6 = a multi-part expert project. Answer with one digit.\n\n"
+    "##Query: {instruction}")
+GENERAL_COMPLEXITY_SHOTS = (
+    ("What is 2 + 2?", 1),
+    ("Design a scalable recommendation system for an online bookstore with ten million users: describe the data "
+     "pipeline, the model, how you evaluate it offline and online, and how you handle cold-start users.", 6),
+    ("Describe the water cycle in a paragraph.", 3),
+    ("Write a persuasive letter to a city council asking for more bike lanes, with three arguments backed by "
+     "figures and a reply to the main objection.", 5),
+    ("Name a colour.", 1),
+)
+"""Scored queries anchoring the scale, shown to a general judge as earlier chat turns. Zero-shot, SmolLM2-135M
+ranks the shipped complexity probes against their order (Spearman rho -0.43, 1 of 12 length-matched pairs
+right); with these turns, rho 0.89 and 12 of 12 (`idea-mcts validate-judge`)."""
 GENERAL_QUALITY = (
     "Rate the quality of the response to the question, from 1 (useless or wrong) to 6 (excellent: correct, "
     "complete, helpful and well written). Answer with one digit.\n\n#Question#:\n{instruction}\n\n"
     "#Response#:\n{output}")
+GENERAL_QUALITY_SHOTS = (
+    ("What is the boiling point of water at sea level?", "Water boils at 100 °C (212 °F) at sea level.", 6),
+    ("Name a primary colour.", "I'm sorry, I cannot help with that.", 1),
+    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by Charles Dickens in 1850.", 1),
+    ("Give a tip for better sleep.", "Keep a regular bedtime and avoid screens for an hour before bed.", 5),
+)
+"""Scored (question, response) pairs anchoring the quality scale, shown as earlier chat turns."""
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the user's questions.")
 TAG_REQUEST = ("Please identify tags of user intentions in the following user query and provide an explanation "
@@ -113,19 +134,34 @@ def parse_tags(text: str) -> list[str] | None:
     return distinct or None
 
 
+def _few_shot(template: str, shots: Sequence[tuple[dict[str, str], int]], fields: dict[str, str],
+              label: str) -> Prompt:
+    """Chat turns: each scored example as a user turn and its `label: <digit>` reply, then the item with the
+    reply prefilled up to the digit."""
+    def fill(values: dict[str, str]) -> str:
+        text = template
+        for k, v in values.items():
+            text = text.replace("{" + k + "}", v)
+        return text
+
+    msgs = []
+    for values, score in shots:
+        msgs += [{"role": "user", "content": fill(values)}, {"role": "assistant", "content": f"{label}: {score}"}]
+    return [*msgs, {"role": "user", "content": fill(fields)}, {"role": "assistant", "content": f"{label}: "}]
+
+
 def complexity_prompt(preset: str, instruction: str) -> Prompt:
     if preset == "deita":
         return DEITA_COMPLEXITY.replace("{instruction}", instruction)
-    return [{"role": "user", "content": GENERAL_COMPLEXITY.replace("{instruction}", instruction)},
-            {"role": "assistant", "content": "Complexity score: "}]
+    shots = [({"instruction": q}, s) for q, s in GENERAL_COMPLEXITY_SHOTS]
+    return _few_shot(GENERAL_COMPLEXITY, shots, {"instruction": instruction}, "Complexity score")
 
 
 def quality_prompt(preset: str, instruction: str, output: str) -> Prompt:
     if preset == "deita":
         return DEITA_QUALITY.replace("{instruction}", instruction).replace("{output}", output)
-    return [{"role": "user", "content": GENERAL_QUALITY.replace("{instruction}", instruction)
-             .replace("{output}", output)},
-            {"role": "assistant", "content": "Quality score: "}]
+    shots = [({"instruction": q, "output": r}, s) for q, r, s in GENERAL_QUALITY_SHOTS]
+    return _few_shot(GENERAL_QUALITY, shots, {"instruction": instruction, "output": output}, "Quality score")
 
 
 def tagger_prompt(preset: str, instruction: str) -> tuple[Prompt, str]:

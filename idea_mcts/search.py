@@ -26,10 +26,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from idea_mcts.actions import Action, clean_evolution
+from idea_mcts.actions import Action
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
+from idea_mcts.filters import VALIDITY_CANDIDATES, Eliminator, extract_instruction, p_yes, validity_prompt
 from idea_mcts.roles import RoleClient, derive_seed
 from idea_mcts.scoring import Reward
 from idea_mcts.tree import Node, Tree
@@ -73,8 +74,11 @@ class IdeaMCTS:
         self.on_tree = on_tree
         self.keep_trees = keep_trees
         self.failures: Counter = Counter()
-        """Evolver/responder outputs that could not be used (empty or unchanged evolutions, empty responses),
+        """Evolver/responder outputs that could not be used (evolutions dropped by the filter, empty responses),
         nodes whose every scorer failed (`unscored`), rollouts cut short (`rollout_truncated`)."""
+        self.eliminator = Eliminator([a.template_text() for a in self.actions],
+                                     drop_answers=cfg.drop_answers)
+        """The elimination filter; its `counts` are the dropped evolutions per reason."""
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""
         self.calls = 0
@@ -147,7 +151,9 @@ class IdeaMCTS:
         return [c for c in await self.evolve(tree, jobs) if c is not None]
 
     async def evaluate(self, tree: Tree, nodes: Sequence[Node]) -> None:
-        """Evaluation: respond to each node's instruction, then score (instruction, response)."""
+        """Evaluation: respond to each node's instruction, then score (instruction, response). An evolved node
+        whose response is a short refusal is eliminated (counted as `response_refusal`): reward None, so the
+        search treats it as a failed evaluation and the export skips it."""
         if not nodes:
             return
         d = self._dispatcher()
@@ -155,17 +161,24 @@ class IdeaMCTS:
             self._charge(len(nodes) * self.calls_per_node(evolved=False))
         gens = await d.call(self.responder, "generate",
                             [([{"role": "user", "content": n.instruction}], n.node_id) for n in nodes])
+        refused = []
         for node, g in zip(nodes, gens, strict=True):
             node.response = g.text.strip()
             if not node.response:
                 self.failures["responder"] += 1
-        scored = await self.reward.ascore([n.instruction for n in nodes], [n.response or "" for n in nodes],
-                                          [n.node_id for n in nodes], d)
-        for node, s in zip(nodes, scored, strict=True):
+            elif node.depth > 0 and self.eliminator.check_response(node.response):
+                refused.append(node)  # an evolution the responder cannot serve: eliminated, not scored
+        kept = [n for n in nodes if all(n is not r for r in refused)]
+        scored = await self.reward.ascore([n.instruction for n in kept], [n.response or "" for n in kept],
+                                          [n.node_id for n in kept], d)
+        for node, s in zip(kept, scored, strict=True):
             node.scores, node.failures, node.reward = s.scores, s.failures, s.reward
-            node.terminal = Tree.is_terminal(node, self.cfg.max_depth, self.cfg.reward_threshold)
             if node.reward is None:
                 self.failures["unscored"] += 1
+        for node in refused:
+            node.failures, node.reward = ["response_refusal"], None  # a failed evaluation: never exported
+        for node in nodes:
+            node.terminal = Tree.is_terminal(node, self.cfg.max_depth, self.cfg.reward_threshold)
         self._completed.extend(nodes)
 
     def choose_simulation_starts(self, tree: Tree, leaf: Node, children: Sequence[Node]
@@ -212,27 +225,48 @@ class IdeaMCTS:
 
     # -- the evolver ---------------------------------------------------------------------------------------
     async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
-        """One request group for the jobs' evolutions; unusable rewrites (empty, unchanged) are counted, not
-        kept."""
+        """One request group for the jobs' evolutions. The instruction is extracted from each reply; rewrites
+        the elimination filter drops (empty, unchanged, template leaks, refusals, ...) are counted, not kept."""
         if not jobs:
             return []
         self._charge(len(jobs) * self.calls_per_node(evolved=True))
         gens = await self._dispatcher().call(
-            self.evolver, "generate",
-            [([{"role": "user", "content": j.action.render(j.parent.instruction)}], j.node_id) for j in jobs])
-        made: list[Node | None] = []
+            self.evolver, "generate", [(j.action.messages(j.parent.instruction), j.node_id) for j in jobs])
+        texts: list[str | None] = []
         for job, g in zip(jobs, gens, strict=True):
-            text = clean_evolution(g.text)
-            if not text or " ".join(text.lower().split()) == " ".join(job.parent.instruction.lower().split()):
+            text = extract_instruction(g.text)
+            texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
+        if self.cfg.validity_gate is not None:
+            texts = await self._gate(jobs, texts)
+        made: list[Node | None] = []
+        for job, text in zip(jobs, texts, strict=True):
+            if text is None:
                 self.failures["evolver"] += 1
                 made.append(None)
                 continue
             made.append(tree.add_child(job.parent, job.action.name, text, job.kind, job.node_id))
         return made
 
+    async def _gate(self, jobs: Sequence[EvolveJob], texts: list[str | None]) -> list[str | None]:
+        """The validity gate: one Yes/No request group to the judge for the evolutions that passed the filter."""
+        judge = self.reward.clients.get("complexity") or self.reward.clients.get("quality")
+        if judge is None:
+            raise ValueError("search.validity_gate needs a complexity or quality judge")
+        todo = [i for i, t in enumerate(texts) if t is not None]
+        prompts = [validity_prompt(texts[i] or "", jobs[i].parent.instruction) for i in todo]
+        results = await self._dispatcher().call(judge, "next_token_logprobs", prompts, VALIDITY_CANDIDATES,
+                                                self.reward.weights.top_logprobs)
+        out = list(texts)
+        for i, r in zip(todo, results, strict=True):
+            p = p_yes(r.logprobs)
+            if p is None or p < self.cfg.validity_gate:  # type: ignore[operator]
+                self.eliminator.counts["gate_unparsed" if p is None else "invalid"] += 1
+                out[i] = None
+        return out
+
     def calls_per_node(self, evolved: bool) -> int:
-        """Requests one node costs: its evolution (if any), its response, one per scorer."""
-        return int(evolved) + 1 + len(self.reward.enabled())
+        """Requests one node costs: its evolution (and validity check) if any, its response, one per scorer."""
+        return int(evolved) * (1 + (self.cfg.validity_gate is not None)) + 1 + len(self.reward.enabled())
 
     def _charge(self, n: int) -> None:
         """Count `n` requests before issuing them; refuse them when they would pass `max_calls`."""

@@ -33,10 +33,10 @@ class ScriptedEngine(Engine):
                 kinds.append("meta")
                 out.append(Generation(text="Methods:\n1. Require a rhyme scheme in the answer.\n"
                                            "2. Ask for exactly three stanzas.\n", completion_tokens=20))
-            elif "#New Instruction#:" in text:
+            elif "Reply with the new instruction only" in text:
                 kinds.append("evolve")
                 self._evolves += 1
-                original = text.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0]
+                original = text.rsplit("\n\nInstruction: ", 1)[1]
                 if self.fail_evolve_every and self._evolves % self.fail_evolve_every == 0:
                     out.append(Generation(text="", completion_tokens=0))
                 else:

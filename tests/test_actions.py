@@ -3,13 +3,13 @@ import pytest
 from idea_mcts.actions import (
     EVOL_INSTRUCT,
     GENERAL,
-    clean_evolution,
     load_actions,
     meta_prompt,
     parse_task_methods,
     task_actions,
 )
 from idea_mcts.errors import UsageError
+from idea_mcts.filters import extract_instruction
 
 
 def test_builtin_sets():
@@ -66,5 +66,5 @@ def test_task_specific_actions_from_meta_prompt():
     ("Rewritten prompt: Do X.\n\n### Answer\nX done", "Do X."),
     ("   ", ""),
 ])
-def test_clean_evolution(raw, clean):
-    assert clean_evolution(raw) == clean
+def test_extract_instruction(raw, clean):
+    assert extract_instruction(raw) == clean

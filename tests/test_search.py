@@ -208,7 +208,7 @@ class UnscorableDepth2(ScriptedEngine):
     def _next_token_logprobs(self, prompts, candidates, top_k):
         out = super()._next_token_logprobs(prompts, candidates, top_k)
         for p, r in zip(prompts, out, strict=True):
-            if _depth2(p[0]["content"]):
+            if _depth2([m for m in p if m["role"] == "user"][-1]["content"]):  # the item, after any examples
                 r.logprobs = {}
         return out
 

@@ -30,5 +30,7 @@ def test_real_smollm2_search_two_seeds(tmp_path, smollm2_dir):
     assert all(n["instruction"] not in seeds_text for n in evolved)
     ds = load_from_disk(str(out / "dataset"))
     assert len(ds) >= 1 and set(ds["node_id"]) <= {n["node_id"] for n in nodes if n["on_terminal_path"]}
-    assert report["engines"].keys() == {"default"}  # one loaded model served every role
+    assert report["engines"].keys() == {"default", "embed"}  # one LLM served every LLM role; MiniLM the novelty
+    assert len({round(n["novelty"], 6) for n in nodes}) > 1  # the demo's diversity term varies
+    assert set(report["filtered"]) >= {"template_leak", "unchanged", "empty"}
     assert report["usage"]["evolver"]["requests"] == len(evolved) + report["parse_failures"]["evolver"]

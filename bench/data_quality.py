@@ -1,0 +1,192 @@
+"""Is the evolved data better than its seeds? Judged by a judge configuration the search did not optimise.
+
+    python bench/data_quality.py OUT [--json PATH] [--bootstrap 2000] [--model embedded:smollm2]
+
+OUT is an `idea-mcts evolve` output directory (dataset/, trees.jsonl, run.json). Measured:
+
+1. Complexity of each instruction and quality of each (instruction, response), seeds (the tree roots with their
+   responses) vs the exported rows, by a held-out judge: the same expected-score mechanics (softmax over the
+   digits 1..6, dot [1..6]) on `--model`, but with the prompt set below (other rubric wording, other scored
+   examples) instead of the `general` prompts the search's reward used.
+2. Per seed, the mean of its rows minus the seed's score; mean over seeds with a paired bootstrap 95% CI
+   (resampling seeds). Again after a length adjustment: the residuals of an OLS fit of score on log(words) over
+   seeds and rows together, so a judge that rewards length alone cannot make rows look better.
+3. Broken rows by the project's checker (`idea_mcts.filters`): an evolution the elimination filter would drop,
+   with the `answer` heuristic on, or a response that is a short refusal.
+4. Diversity: distinct-1/2 (distinct n-grams / n-grams) and mean pairwise cosine distance of MiniLM embeddings,
+   seeds vs rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from idea_mcts.actions import load_actions
+from idea_mcts.config import EngineConfig
+from idea_mcts.engines import build_engine
+from idea_mcts.filters import Eliminator, extract_instruction, is_refusal
+from idea_mcts.scoring import DIGITS, expected_score
+
+logger = logging.getLogger("bench")
+
+HELD_OUT_COMPLEXITY = (
+    "Rate how complex the user query below is to answer well, on a scale of 1 to 6: 1 = trivial, one fact or word; "
+    "2 = simple, one short step; 3 = a short task with one requirement; 4 = several steps or requirements; 5 = many "
+    "constraints or specialist knowledge; 6 = a multi-part expert project. Answer with one digit.\n\n##Query: {q}")
+HELD_OUT_COMPLEXITY_SHOTS = [
+    ("What is 2 + 2?", 1),
+    ("Design a scalable recommendation system for an online bookstore with ten million users: describe the data "
+     "pipeline, the model, how you evaluate it offline and online, and how you handle cold-start users.", 6),
+    ("Describe the water cycle in a paragraph.", 3)]
+HELD_OUT_QUALITY = (
+    "Rate the quality of the response to the question, from 1 (useless or wrong) to 6 (excellent: correct, "
+    "complete, helpful and well written). Answer with one digit.\n\n#Question#:\n{q}\n\n#Response#:\n{r}")
+HELD_OUT_QUALITY_SHOTS = [
+    ("What is the boiling point of water at sea level?", "Water boils at 100 °C (212 °F) at sea level.", 6),
+    ("Name a primary colour.", "I'm sorry, I cannot help with that.", 1),
+    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by Charles Dickens in 1850.", 1),
+    ("Give a tip for better sleep.", "Keep a regular bedtime and avoid screens for an hour before bed.", 5)]
+
+
+def complexity_prompt(q: str) -> list[dict[str, str]]:
+    msgs = []
+    for text, s in HELD_OUT_COMPLEXITY_SHOTS:
+        msgs += [{"role": "user", "content": HELD_OUT_COMPLEXITY.format(q=text)},
+                 {"role": "assistant", "content": f"Complexity score: {s}"}]
+    return [*msgs, {"role": "user", "content": HELD_OUT_COMPLEXITY.format(q=q)},
+            {"role": "assistant", "content": "Complexity score: "}]
+
+
+def quality_prompt(q: str, r: str) -> list[dict[str, str]]:
+    msgs = []
+    for text, resp, s in HELD_OUT_QUALITY_SHOTS:
+        msgs += [{"role": "user", "content": HELD_OUT_QUALITY.format(q=text, r=resp)},
+                 {"role": "assistant", "content": f"Quality score: {s}"}]
+    return [*msgs, {"role": "user", "content": HELD_OUT_QUALITY.format(q=q, r=r)},
+            {"role": "assistant", "content": "Quality score: "}]
+
+
+def load_run(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """(seeds, rows, run.json): seeds are the tree roots; rows the exported dataset, with parent instructions."""
+    from datasets import load_from_disk
+
+    nodes = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines() if line.strip()]
+    by_id = {n["node_id"]: n for n in nodes}
+    seeds = [{"seed_id": n["seed_id"], "instruction": n["instruction"], "response": n["response"] or ""}
+             for n in nodes if n["kind"] == "root"]
+    rows = []
+    for r in load_from_disk(str(out / "dataset")):
+        msgs = r["messages"]
+        rows.append({"seed_id": r["seed_id"], "instruction": msgs[0]["content"],
+                     "response": msgs[1]["content"] if len(msgs) > 1 else "",
+                     "parent": by_id[r["parent_id"]]["instruction"] if r["parent_id"] in by_id else ""})
+    return seeds, rows, json.loads((out / "run.json").read_text())
+
+
+def paired_bootstrap(seeds: list[dict[str, Any]], rows: list[dict[str, Any]], key: str, n_boot: int,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    """Mean over seeds of (mean of the seed's rows - the seed), with a 95% percentile CI resampling seeds."""
+    diffs = []
+    for s in seeds:
+        mine = [r[key] for r in rows if r["seed_id"] == s["seed_id"] and r[key] is not None]
+        if mine and s[key] is not None:
+            diffs.append(float(np.mean(mine)) - s[key])
+    d = np.asarray(diffs)
+    if not len(d):
+        return {"seeds": 0, "mean_diff": None, "ci95": None}
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    return {"seeds": len(d), "mean_diff": round(float(d.mean()), 4),
+            "ci95": [round(float(np.percentile(boots, 2.5)), 4), round(float(np.percentile(boots, 97.5)), 4)]}
+
+
+def length_adjust(items: list[dict[str, Any]], key: str, length_of: str) -> None:
+    """Add `<key>_adj`: the residual of an OLS fit of the score on log(1 + words of `length_of`)."""
+    pts = [(math.log1p(len(it[length_of].split())), it[key]) for it in items if it[key] is not None]
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    slope, intercept = np.polyfit(x, y, 1) if len(pts) > 2 else (0.0, float(y.mean()) if len(y) else 0.0)
+    for it in items:
+        it[f"{key}_adj"] = (None if it[key] is None else
+                            it[key] - (intercept + slope * math.log1p(len(it[length_of].split()))))
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    grams = [tuple(w[i:i + n]) for t in texts for w in [re.findall(r"\w+", t.lower())]
+             for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def embedding_diversity(engine: Any, texts: list[str]) -> float:
+    """Mean pairwise cosine distance (embeddings are L2-normalised)."""
+    v = np.asarray(engine.embed(texts), dtype=np.float32)
+    sims = v @ v.T
+    n = len(v)
+    return float(1.0 - (sims.sum() - np.trace(sims)) / (n * (n - 1))) if n > 1 else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("output_dir", type=Path)
+    ap.add_argument("--model", default="embedded:smollm2", help="held-out judge model (transformers engine)")
+    ap.add_argument("--bootstrap", type=int, default=2000)
+    ap.add_argument("--json", type=Path, help="save the figures here")
+    ap.add_argument("--rows", type=int, default=20, help="random rows to print for reading by hand")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    seeds, rows, run = load_run(args.output_dir)
+    judge = build_engine(EngineConfig(model=args.model, max_batch_size=16))
+    items = seeds + rows
+    c = judge.next_token_logprobs([complexity_prompt(it["instruction"]) for it in items], DIGITS, 1000)
+    q = judge.next_token_logprobs([quality_prompt(it["instruction"], it["response"]) for it in items], DIGITS, 1000)
+    for it, cl, ql in zip(items, c, q, strict=True):
+        it["complexity"], it["quality"] = expected_score(cl.logprobs), expected_score(ql.logprobs)
+    length_adjust(items, "complexity", "instruction")
+    length_adjust(items, "quality", "response")
+    rng = np.random.default_rng(0)
+    figures: dict[str, Any] = {"run": str(args.output_dir), "judge": f"{args.model}, held-out prompt set "
+                               "(bench/data_quality.py)", "seeds": len(seeds), "rows": len(rows)}
+    for key in ("complexity", "quality", "complexity_adj", "quality_adj"):
+        figures[key] = {"seed_mean": round(float(np.mean([s[key] for s in seeds if s[key] is not None])), 4),
+                        "row_mean": round(float(np.mean([r[key] for r in rows if r[key] is not None])), 4),
+                        **paired_bootstrap(seeds, rows, key, args.bootstrap, rng)}
+    cfg_actions = run["config"]["search"]["actions"]
+    checker = Eliminator([a.template_text() for a in load_actions(cfg_actions)], drop_answers=True)
+    verdicts = []
+    for r in rows:
+        why = checker.reason(extract_instruction(r["instruction"]), r["parent"])
+        if why is None and extract_instruction(r["instruction"]) != r["instruction"].strip():
+            why = "chatter"
+        if why is None and is_refusal(r["response"]):
+            why = "response_refusal"
+        verdicts.append(why)
+    broken = [v for v in verdicts if v is not None]
+    figures["broken_rows"] = {"rate": round(len(broken) / max(len(rows), 1), 4), "count": len(broken),
+                              "by_reason": {k: broken.count(k) for k in sorted(set(broken))}}
+    embedder = build_engine(EngineConfig(backend="embedding", model="embedded:all-minilm-l6-v2"))
+    figures["diversity"] = {
+        name: {"distinct_1": round(distinct_n([t["instruction"] for t in group], 1), 4),
+               "distinct_2": round(distinct_n([t["instruction"] for t in group], 2), 4),
+               "embedding_distance": round(embedding_diversity(embedder, [t["instruction"] for t in group]), 4),
+               "mean_words": round(float(np.mean([len(t["instruction"].split()) for t in group])), 2)}
+        for name, group in (("seeds", seeds), ("rows", rows))}
+    figures["filtered_in_run"] = run.get("filtered")
+    pick = np.random.default_rng(1).choice(len(rows), size=min(args.rows, len(rows)), replace=False)
+    figures["sample"] = [{"instruction": rows[i]["instruction"], "parent": rows[i]["parent"],
+                          "checker": verdicts[i] or "ok"} for i in sorted(pick)]
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""The evolution extraction and the elimination filter on recorded bad outputs of small evolvers (the examples
+quoted in the issues, and rows read from SmolLM2 demo runs)."""
+
+import math
+
+import pytest
+
+from idea_mcts.actions import EVOL_INSTRUCT, GENERAL, Action
+from idea_mcts.config import ExportConfig, RewardConfig, RoleConfig, SearchConfig
+from idea_mcts.data import Seed
+from idea_mcts.engines.base import TokenLogprobs
+from idea_mcts.export import select_rows
+from idea_mcts.filters import (
+    VALIDITY_CANDIDATES,
+    Eliminator,
+    extract_instruction,
+    is_refusal,
+    looks_like_request,
+    p_yes,
+)
+from idea_mcts.roles import RoleClient
+from idea_mcts.scoring import Reward
+from idea_mcts.search import IdeaMCTS
+from tests.scripted import ScriptedEngine
+
+SEED = "Give three tips for staying healthy."
+
+
+def eliminator(drop_answers: bool = False) -> Eliminator:
+    return Eliminator([a.template_text() for a in GENERAL], drop_answers=drop_answers)
+
+
+@pytest.mark.parametrize(("raw", "instruction"), [
+    ("Here is a new, more demanding instruction: Give three tips for staying healthy that a nurse on night shifts "
+     "can follow. #New Instruction#:",
+     "Give three tips for staying healthy that a nurse on night shifts can follow."),
+    ("Sure, I can assist you with that! Here's a new version of the instruction:\n\nGive three tips for staying "
+     "healthy while travelling for work, each under 20 words.",
+     "Give three tips for staying healthy while travelling for work, each under 20 words."),
+    ("#New Instruction#: Give three evidence-based tips for staying healthy for office workers.",
+     "Give three evidence-based tips for staying healthy for office workers."),
+    ("New Instruction: List three tips for staying healthy in winter.\n\nAnswer: 1. Drink water.",
+     "List three tips for staying healthy in winter."),
+    ("**Rewritten Prompt:** Give three tips for staying healthy on a budget.",
+     "Give three tips for staying healthy on a budget."),
+    ('"Give three tips for staying healthy on a budget of 20 dollars a week."',
+     "Give three tips for staying healthy on a budget of 20 dollars a week."),
+    ("Explain why the sky is blue to a five-year-old, using an analogy.\n#Instruction#:\nExplain why the sky is "
+     "blue.", "Explain why the sky is blue to a five-year-old, using an analogy."),
+    ("Certainly. Give three tips for staying healthy as a student.", "Give three tips for staying healthy as a "
+     "student."),
+    ("Write a haiku about autumn.", "Write a haiku about autumn."),
+    ("   ", ""),
+])
+def test_extract_instruction_from_chatter_and_markers(raw, instruction):
+    assert extract_instruction(raw) == instruction
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    ("The old instruction: Give three tips for staying healthy.", "template_leak"),
+    ("### Original Instruction# Give three tips for staying healthy.", "template_leak"),
+    ("Rewrite the instruction below into a new, more demanding version of the tips.", "template_leak"),
+    ("Give three tips for staying healthy. Reply with the new instruction only: do not answer it.",
+     "template_leak"),
+    ("I'm sorry, but I can't help with that.", "refusal"),
+    ("As an AI language model, I cannot create new instructions.", "refusal"),
+    ("SyntaxError: Uncaught SyntaxError: Unexpected token '<'", "degenerate"),
+    ("healthy tips healthy tips healthy tips healthy tips healthy tips", "degenerate"),
+    ("give three tips for staying  healthy.", "unchanged"),
+    ("Give three tips, for staying healthy!", "unchanged"),  # recorded: a comma added is not a rewrite
+    ("I'm not an AI designed to answer questions directly. I'm designed to assist with scientific inquiries.",
+     "refusal"),
+    ("", "empty"),
+    ("Give three tips for staying healthy that a retired runner with knee pain can follow at home.", None),
+])
+def test_elimination_reasons(raw, reason):
+    assert eliminator().reason(extract_instruction(raw), SEED) == reason
+
+
+def test_copying_the_example_rewrite_is_a_leak():
+    """The example shown to the evolver is part of the template: copying it is not a rewrite of the seed."""
+    copied = GENERAL[1].example
+    assert copied is not None
+    assert eliminator().reason(copied, SEED) == "template_leak"
+
+
+def test_template_is_read_from_the_prompts_in_use():
+    """A user action's own wording counts as the template, and a seed that happens to share words with it does
+    not make a rewrite a leak."""
+    custom = Action("poetic", "Turn the request into a rhyming limerick with a twist ending: {instruction}")
+    e = Eliminator([custom.template_text()])
+    assert e.reason("Turn the request into a rhyming limerick with a twist ending please.", "Say hi.") == \
+        "template_leak"
+    seed = "Write a rhyming limerick with a twist ending about a cat."
+    assert e.reason("Write a rhyming limerick with a twist ending about a cat who is afraid of mice.", seed) is None
+    assert eliminator().reason("Turn the request into a rhyming limerick with a twist ending please.", "Say hi.") \
+        is None
+
+
+RECORDED_ANSWERS = [  # SmolLM2-135M replies to the demo's evolution prompts (configs/demo.yaml, seed 42)
+    "### 1. Drink 1-2 liters of water each day, and get at least one piece of fruit per day.",
+    "The sky is blue, the only thing that truly matters in the world.",
+    "The leaves of autumn, a poem of desolation, a tale of fate's cruel hand.",
+    "1. Bananas; 2. Lemony; 3. Grapefruit; 4. Oranges; 5. Strawberries; 6",
+    "Just emailed a colleague to reschedule a meeting, and they're ready to talk about it.",
+    "To make a cup of tea, you will need a kettle, a pot of water, and a match. First, you need to heat the match",
+    "Here is a Python function to reverse a string:\n```python\ndef reverse_string(s):\n    return s[::-1]\n```",
+    "You can give two arguments for and against working from home, but you cannot provide a three-day policy.",
+    "The main causes of traffic congestion in cities are infrastructure projects. To address this issue, the world",
+    "Here is a thank-you note to a teacher, and include the requested language:\n\nDear [Teacher's Name],\n\nI hope",
+    "The capital of France is Paris.",
+]
+RECORDED_INSTRUCTIONS = [
+    "Describe how to make a cup of tea, using a pot, a kettle, and a tea bag.",
+    "Implement a Python function to reverse a string using recursion.",
+    "Create a weekly workout plan for a beginner, no matter how difficult it may be.",
+    "Include the formula for converting 25 degrees Celsius to Fahrenheit.",
+    "The bicycle's gears make pedaling easier. Discuss how gears reduce friction and allow pedals to move.",
+    "Name the capital of France and explain how it became the capital.",
+    "What is the capital of France, and when did it become the capital?",
+    "In two sentences, summarise how Paris became the capital of France.",
+    "As a nurse on night shifts, give three tips for staying healthy.",
+    "Can you list five fruits that are high in vitamin C?",
+]
+
+
+@pytest.mark.parametrize("text", RECORDED_ANSWERS)
+def test_answers_are_dropped_only_when_asked(text):
+    parent = "Write a haiku about the moon."
+    assert eliminator().reason(extract_instruction(text), parent) is None
+    assert eliminator(drop_answers=True).reason(extract_instruction(text), parent) == "answer"
+
+
+@pytest.mark.parametrize("text", RECORDED_INSTRUCTIONS)
+def test_instructions_are_not_taken_for_answers(text):
+    assert looks_like_request(text)
+    assert eliminator(drop_answers=True).reason(text, "Say hi.") is None
+
+
+def test_counts_per_reason_and_response_refusals():
+    e = eliminator()
+    for raw in ("", "I'm sorry, I cannot do that.", "The old instruction: Say hi.", "Say hi to my grandmother."):
+        e.check(extract_instruction(raw), "Say hi.")
+    assert e.check_response("I'm sorry, but I cannot help with that request.") == "response_refusal"
+    assert e.check_response("Sorry to hear that! " + "Here is a long and helpful plan. " * 20) is None
+    assert dict(e.counts) == {"empty": 1, "refusal": 1, "template_leak": 1, "response_refusal": 1}
+    assert not is_refusal("Write a polite note saying sorry for missing the meeting.")
+
+
+def test_builtin_actions_show_an_example_turn():
+    for a in GENERAL + EVOL_INSTRUCT:
+        msgs = a.messages("Say hi.")
+        assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+        assert msgs[-1]["content"].endswith("Instruction: Say hi.")
+        assert extract_instruction(msgs[1]["content"]) == msgs[1]["content"]
+
+
+class RefusingEngine(ScriptedEngine):
+    """The scripted engine, but responses to instructions evolved twice or more are a short refusal, and every
+    evolution of a seed about the sky leaks the template header."""
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for r, g in zip(requests, out, strict=True):
+            last = r.prompt[-1]["content"] if isinstance(r.prompt, list) else r.prompt
+            if g.text.startswith("answer to:") and last.count("+1") >= 2:
+                g.text = "I'm sorry, but I can't help with that."
+            elif "Reply with the new instruction only" in last and "sky" in last:
+                g.text = "#New Instruction#:"
+        return out
+
+
+def test_search_drops_filtered_evolutions_and_refused_responses():
+    cfg = SearchConfig(iterations=2, expand_width=2, max_depth=3, reward_threshold=100.0)
+    engine = RefusingEngine()
+    client = lambda role: RoleClient(role, engine, RoleConfig(), run_seed=cfg.seed)  # noqa: E731
+    reward = Reward(RewardConfig(), quality=client("quality"), complexity=client("complexity"))
+    search = IdeaMCTS(cfg, GENERAL, client("evolver"), client("responder"), reward)
+    trees = search.run([Seed("a", "Say hi."), Seed("b", "Explain why the sky is blue.")])
+    sky = trees[1]
+    assert len(sky.nodes) == 1 and search.eliminator.counts["template_leak"] >= 2  # a bare header is a leak
+    refused = [n for n in trees[0] if n.failures == ["response_refusal"]]
+    assert refused and all(n.reward is None and not n.scores and n.depth >= 2 for n in refused)
+    assert search.eliminator.counts["response_refusal"] == len(refused)
+    assert all(n.reward is not None for n in trees[0] if n.depth < 2)
+    rows = select_rows(trees, ExportConfig(mode="all"))
+    assert rows and not {n.node_id for n in rows} & {n.node_id for n in refused}
+
+
+class GatedEngine(ScriptedEngine):
+    """Answers the validity gate: No for instructions evolved twice or more, nothing usable for a seed about the
+    sky; the scorers as the scripted engine."""
+
+    def _next_token_logprobs(self, prompts, candidates, top_k):
+        if tuple(candidates) != VALIDITY_CANDIDATES:
+            return super()._next_token_logprobs(prompts, candidates, top_k)
+        out = []
+        for p in prompts:
+            new = p[0]["content"].split("New instruction: ", 1)[1]
+            out.append(TokenLogprobs({} if "sky" in new else
+                                     {"Yes": -3.0, "No": 0.0} if new.count("+1") >= 2 else {"Yes": 0.0, "No": -2.0}))
+        return out
+
+
+def test_validity_gate_drops_and_counts_what_the_judge_rejects():
+    cfg = SearchConfig(iterations=2, expand_width=2, max_depth=3, reward_threshold=100.0, validity_gate=0.5)
+    engine = GatedEngine()
+    client = lambda role: RoleClient(role, engine, RoleConfig(), run_seed=cfg.seed)  # noqa: E731
+    reward = Reward(RewardConfig(), quality=client("quality"), complexity=client("complexity"))
+    search = IdeaMCTS(cfg, GENERAL, client("evolver"), client("responder"), reward)
+    trees = search.run([Seed("a", "Say hi."), Seed("b", "Explain why the sky is blue.")])
+    assert len(trees[1].nodes) == 1 and search.eliminator.counts["gate_unparsed"] >= 2
+    depths = {n.depth for n in trees[0]}
+    assert depths == {0, 1} and search.eliminator.counts["invalid"] >= 1  # every 2nd evolution was rejected
+    assert p_yes({"Yes": math.log(0.3), "No": math.log(0.1)}) == pytest.approx(0.75)
+    assert p_yes({"No": -1.0}) == 0.0 and p_yes({"Maybe": 0.0}) is None
