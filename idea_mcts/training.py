@@ -1,0 +1,141 @@
+"""The SFT stage over TRL: the trainer built from TRL's own configs, the QLoRA gate, and adapter checks.
+
+    trainer = build_trainer(model_args, sft_args, to_prompt_completion(rows))
+    trainer.train(resume_from_checkpoint=last_checkpoint(sft_args.output_dir))
+    save_adapter(trainer, "OUT/sft/adapter")
+    lora_b_norm("OUT/sft/adapter") > 0   # a trained adapter; a fresh LoRA has B = 0 and changes nothing
+
+It follows TRL's own `trl/scripts/sft.py` (`SFTTrainer(model=name, peft_config=get_peft_config(model_args),
+quantization_config=get_quantization_config(model_args))`). The loss is on the assistant turn only: the
+`messages` rows become conversational prompt-completion rows (prompt = the turns before the last assistant
+turn, completion = that turn), for which TRL masks the prompt (`completion_only_loss`); this works with any
+chat template, unlike `assistant_only_loss`, which needs `{% generation %}` markers in the template.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from idea_mcts.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def check_quantization(model_args: Any) -> None:
+    """QLoRA (4-bit) and 8-bit loading need bitsandbytes on a CUDA device: refuse otherwise, never fall back."""
+    import torch
+
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return
+    bits = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+    if not torch.cuda.is_available():
+        raise UsageError(f"{bits} (QLoRA) needs a CUDA GPU and none is available: drop {bits} to train LoRA in "
+                         "full precision")
+    if not model_args.use_peft:
+        raise UsageError(f"{bits} trains through a LoRA adapter: set use_peft: true")
+    if model_args.dtype in (None, "auto"):
+        raise UsageError(f"{bits} needs an explicit compute dtype: set dtype: bfloat16")
+
+
+def to_prompt_completion(rows: Any) -> Any:
+    """`messages` rows -> conversational prompt-completion rows: prompt = every turn before the last one,
+    completion = the last turn, which must be the assistant's (so the loss covers only that turn)."""
+    if "messages" not in rows.column_names:
+        raise UsageError(f"the dataset has no `messages` column (columns: {', '.join(rows.column_names)})")
+    if len(rows) == 0:
+        raise UsageError("the training dataset has no rows")
+    for i, msgs in enumerate(rows["messages"]):
+        if not msgs or msgs[-1].get("role") != "assistant" or len(msgs) < 2:
+            raise UsageError(f"training row {i}: `messages` must end with an assistant turn after a user turn")
+
+    def split(row: dict[str, Any]) -> dict[str, Any]:
+        return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
+
+    return rows.map(split, remove_columns=rows.column_names, keep_in_memory=True)  # no cache files by the data
+
+
+def build_trainer(model_args: Any, sft_args: Any, train_dataset: Any, callbacks: list[Any] | None = None) -> Any:
+    """TRL's `SFTTrainer` on `model_args.model_name_or_path` with the LoRA and quantization configs that TRL
+    derives from `model_args` (its `get_peft_config`, `get_quantization_config`)."""
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    check_quantization(model_args)
+    init_kwargs = {"revision": model_args.model_revision, "trust_remote_code": sft_args.trust_remote_code,
+                   "attn_implementation": model_args.attn_implementation, "dtype": model_args.dtype}
+    sft_args.model_init_kwargs = {**init_kwargs, **(sft_args.model_init_kwargs or {})}
+    return SFTTrainer(model=model_args.model_name_or_path, args=sft_args, train_dataset=train_dataset,
+                      peft_config=get_peft_config(model_args),
+                      quantization_config=get_quantization_config(model_args), callbacks=callbacks)
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The trainer's newest complete checkpoint under `output_dir`, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    d = Path(output_dir)
+    return get_last_checkpoint(str(d)) if d.is_dir() else None
+
+
+def save_adapter(trainer: Any, target: Path) -> None:
+    """The adapter (or full model without peft) and the tokenizer into `target`."""
+    trainer.save_model(str(target))
+    trainer.processing_class.save_pretrained(str(target))
+
+
+def lora_b_norm(adapter_dir: str | Path) -> float:
+    """Frobenius norm of all LoRA B matrices of a saved adapter: 0 for an untrained LoRA (B starts at zero)."""
+    from safetensors import safe_open
+
+    path = Path(adapter_dir) / ADAPTER_WEIGHTS
+    if not path.is_file():
+        raise UsageError(f"{adapter_dir} holds no LoRA adapter ({ADAPTER_WEIGHTS} is missing)")
+    total, found = 0.0, 0
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+            if "lora_B" in key:
+                found += 1
+                total += float(f.get_tensor(key).float().pow(2).sum())
+    if not found:
+        raise UsageError(f"{path} holds no lora_B weights")
+    return total ** 0.5
+
+
+def check_adapter_fits(adapter_dir: str | Path, base_model: str) -> None:
+    """An adapter trained on another base model -> UsageError: every LoRA A/B shape must match the base
+    model's layer it adapts (checked on a meta-device copy of the model, no weights loaded)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    adapter = Path(adapter_dir)
+    cfg_file = adapter / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise UsageError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json)")
+    trained_on = json.loads(cfg_file.read_text()).get("base_model_name_or_path")
+    try:
+        config = AutoConfig.from_pretrained(base_model)
+    except Exception as exc:  # missing dir, unknown Hub id offline, ...
+        raise UsageError(f"cannot read the base model {base_model}: {str(exc).splitlines()[0]}") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    modules = dict(model.named_modules())
+    weights = adapter / ADAPTER_WEIGHTS
+    if not weights.is_file():
+        raise UsageError(f"{adapter} holds no LoRA adapter ({ADAPTER_WEIGHTS} is missing)")
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            name = key.removeprefix("base_model.model.").split(".lora_")[0]
+            layer = modules.get(name)
+            shape = f.get_slice(key).get_shape()
+            ok = layer is not None and hasattr(layer, "in_features") and (
+                shape[1] == layer.in_features if ".lora_A." in key else shape[0] == layer.out_features)
+            if not ok:
+                raise UsageError(f"adapter {adapter} does not fit base model {base_model} (layer {name}); it was "
+                                 f"trained on {trained_on}")
