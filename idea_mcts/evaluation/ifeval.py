@@ -163,7 +163,8 @@ def run_ifeval(model: str, settings: IFEvalSettings, adapter: str | None = None,
         if path is None:
             task, manager = "ifeval", TaskManager()
         else:
-            task, manager = LOCAL_TASK, TaskManager(include_path=str(write_local_task(path, work / "tasks")))
+            task, manager = LOCAL_TASK, TaskManager(include_path=str(write_local_task(path, work / "tasks")),
+                                                  include_defaults=False)  # no scan of every task
         gen_kwargs = {"max_gen_toks": settings.max_gen_toks} if settings.max_gen_toks else None
         logger.info("IFEval (%s, %s prompts) on %s%s", settings.data, settings.limit or "all", model,
                     f" + adapter {adapter}" if adapter else "")
