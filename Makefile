@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
 STAMP := $(VENV)/.installed
 
-.PHONY: install models demo test lint bench clean
+.PHONY: install models demo demo-evolve test lint bench bench-sft clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,12 @@ install: $(STAMP)
 models: $(STAMP)
 	$(PY) -m idea_mcts.models prepare
 
+# The whole pipeline: evolve the 20 demo seeds -> LoRA SFT of SmolLM2-135M-Instruct -> IFEval slice, base vs
+# tuned -> outputs/recipe-demo/report.md (printed at the end). A relaunch skips the finished stages.
 demo: models
+	$(VENV)/bin/accelerate launch --num_processes 1 --cpu recipes/full.py --config configs/recipes/demo.yaml
+
+demo-evolve: models
 	$(VENV)/bin/idea-mcts evolve --config configs/demo.yaml
 
 test: models
@@ -36,6 +41,9 @@ lint: $(STAMP)
 
 bench: models
 	$(PY) bench/search_throughput.py
+
+bench-sft: models
+	$(PY) bench/sft_overhead.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

@@ -335,7 +335,8 @@ class Recipe:
         with atomic_dir(adapter) as tmp:
             save_adapter(trainer, tmp)
         info = {"metrics": result.metrics, "log_history": trainer.state.log_history, "resumed_from": resume,
-                "global_step": trainer.state.global_step, "lora_b_norm": lora_b_norm(adapter)
+                "global_step": trainer.state.global_step,
+                "num_input_tokens_seen": trainer.state.num_input_tokens_seen, "lora_b_norm": lora_b_norm(adapter)
                 if self.model_args.use_peft else None}
         write_json(sft_dir / "train.json", info)
         if hasattr(trainer, "end"):
