@@ -293,6 +293,7 @@ class Recipe:
         t0 = time.perf_counter()
         if (m := self.stages.done("push", fp)) is not None:
             self._timed("push", t0, True, m)
+            self.info["push"] = {"url": m["url"]}
             return m["url"]
         url = push_from_config(self.out / "data", cfg.push_to_hub)
         m = self.stages.finish("push", fp, time.perf_counter() - t0, [], url=url)

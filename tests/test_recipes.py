@@ -277,6 +277,37 @@ def test_train_on_dataset_pulled_from_hub(tiny_model_dir: Path, tmp_path: Path) 
     assert not (tmp_path / "out2").exists()
 
 
+@pytest.mark.hub
+def test_evolve_push_train_on_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The data stage that evolves (EvolveRun with the recipe's `evolve:` section) and the push stage."""
+    from datasets import load_from_disk
+
+    evolve = {"engines": {"default": {"backend": "transformers", "model": str(tiny_model_dir), "max_model_len": 512}},
+              "data": {"max_seeds": 2}, "search": {"iterations": 1, "expand_width": 2, "max_depth": 1},
+              "roles": {r: {"max_new_tokens": 8} for r in ("evolver", "responder", "tagger")},
+              "export": {"mode": "all"}, "reward": {"top_logprobs": 1000}, "push_to_hub": {"repo_id": "org/evo"}}
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, out, None, evolve=evolve, ifeval_limit=1,
+                       ifeval_max_gen_toks=4)
+    with HubEmulator(token=TOKEN) as hub:
+        env = recipe_env(hub_env(hub, tmp_path, TOKEN))
+        r = run_script("recipes/full.py", "--config", str(cfg), env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        files = hub.files("org/evo")
+        again = run_script("recipes/full.py", "--config", str(cfg), env=env)
+    assert "data/train-00000-of-00001.parquet" in files and "README.md" in files
+    run = json.loads((out / "data" / "run.json").read_text())
+    assert run["status"] == "finished" and run["counts"]["seeds"] == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["kind"] == "evolve"
+    assert report["data"]["rows"] == len(load_from_disk(str(out / "data" / "dataset"))) == run["counts"]["rows"]
+    assert report["data"]["means"]["seeds"] == run["data_quality"]["seeds"]
+    assert report["push"]["url"].endswith("/datasets/org/evo")
+    assert again.returncode == 0, again.stderr[-3000:]
+    for stage in ("data", "push", "sft", "eval_base", "eval_tuned"):
+        assert f"{stage}: skipped" in again.stderr
+
+
 # ---- one real run: SmolLM2-135M-Instruct SFT (a few steps) + IFEval on a slice ------------------------------
 @pytest.mark.smollm2
 @pytest.mark.lmeval
