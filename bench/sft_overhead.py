@@ -37,8 +37,9 @@ def child(side: str, config: str, dataset: str, max_steps: int, out: str) -> Non
     from idea_mcts.recipe import Recipe, parse_recipe
 
     argv = ["--config", config, "--dataset_name", dataset, "--output_dir", out, "--max_steps", str(max_steps),
-            "--save_strategy", "no", "--include_num_input_tokens_seen", "non_padding", "--logging_steps", "1000"]
+            "--save_strategy", "no", "--logging_steps", "1000"]
     script_args, sft_args, model_args, evolve_args, eval_args = parse_recipe(argv)
+    sft_args.include_num_input_tokens_seen = "non_padding"  # the parser reads this str | bool field as a bool
     evolve_args.evolve_config = None
     recipe = Recipe(script_args, sft_args, model_args, evolve_args, eval_args)
     if side == "recipe":

@@ -222,6 +222,9 @@ class Recipe:
 
         self.script, self.sft_args, self.model_args = script_args, sft_args, model_args
         self.evolve_args, self.eval_args, self.command = evolve_args, eval_args, command
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("the recipes run in one process (accelerate launch --num_processes 1): their data, eval "
+                             "and report stages are not split across processes")
         self.out = Path(sft_args.output_dir)
         check_output_dir(self.out)
         if not model_args.model_name_or_path:
