@@ -169,6 +169,9 @@ def load_rows(script_args: Any) -> Any:
                     raise UsageError(f"dataset {name} has no split {split!r} (splits: {', '.join(rows)})")
                 rows = rows[split]
         else:
+            from idea_mcts.hub import check_reachable
+
+            check_reachable(name, "dataset", "dataset_name")  # one request, no 30 s of retries
             rows = datasets.load_dataset(name, name=script_args.dataset_config, split=split)
     except UsageError:
         raise

@@ -273,7 +273,8 @@ def test_train_on_dataset_pulled_from_hub(tiny_model_dir: Path, tmp_path: Path) 
     assert json.loads((tmp_path / "out" / "sft" / "train.json").read_text())["global_step"] == 2
     assert missing.returncode == 2, missing.stderr[-2000:]
     err = missing.stderr.strip().splitlines()
-    assert err[-1].startswith("error: cannot load dataset org/does-not-exist") and "Traceback" not in missing.stderr
+    assert err[-1].startswith("error: dataset_name org/does-not-exist: no such Hub dataset")
+    assert "Traceback" not in missing.stderr
     assert not (tmp_path / "out2").exists()
 
 
