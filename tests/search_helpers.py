@@ -34,8 +34,10 @@ def check_search(search: IdeaMCTS, trees: list[Tree]) -> None:
     evolved = [n for n in nodes if n.depth > 0]
     assert evolved, f"no evolution survived: {search.failures}"
     assert all(n.response for n in nodes)
-    scored = [n.scores[k] for n in nodes for k in ("quality", "complexity") if n.scores[k] is not None]
+    judged = [n for n in nodes if "response_refusal" not in n.failures]  # refusals are eliminated, not scored
+    assert all(set(n.scores) == {"quality", "complexity", "diversity"} for n in judged)
+    scored = [n.scores[k] for n in judged for k in ("quality", "complexity") if n.scores[k] is not None]
     assert scored and all(1.0 <= v <= 6.0 for v in scored)
-    missing = sum(n.scores[k] is None for n in nodes for k in ("quality", "complexity", "diversity"))
+    missing = sum(n.scores[k] is None for n in judged for k in ("quality", "complexity", "diversity"))
     assert missing == sum(search.reward.failures.values())
     assert all(t.root.visits >= 1 for t in trees)
