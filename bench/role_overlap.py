@@ -1,0 +1,177 @@
+"""Role overlap: how busy each model server is during a search, pipelined vs waves.
+
+    python bench/role_overlap.py [--seeds 40] [--waves_ref 16f92626] [--json PATH]
+
+Four OpenAI-compatible servers, simulated on loopback by bench/sim_server.py (a model of a GPU: a fixed number
+of slots, the other requests queue; a per-token service time), one per model of the paper's deployment:
+
+    policy      evolver + responder (the paper's one instruct LLM rewrites and answers)
+    quality     DEITA quality scorer (prefill-only: next-token logprobs)
+    complexity  DEITA complexity scorer (prefill-only)
+    tagger      InsTagger (generation)
+
+The same search (configs/demo.yaml's settings: 1 iteration, 2 children, depth > 2 terminal; 48/48/24 new
+tokens) runs twice against them, every role on `backend: openai`:
+
+- **pipelined**: this checkout's search (idea_mcts/search.py + dispatch.py);
+- **waves**: the landed wave search, the library as it was at `--waves_ref` (the last commit before the
+  pipelined search), extracted with `git archive` and run in its own process: the real algorithm, not an
+  emulation (every tree evolves, then every tree responds, then each scorer in turn, ...).
+
+Each server reports the seconds during which at least one request was in service (`busy`), divided by the
+search's wall time (between a reset right before `search.run` and a read right after). Also printed: mean slots
+in use (`occupancy`). Goals (issue 13): >= 0.8 pipelined, waves expected near 0.25.
+The servers listen on 127.0.0.1 only; the bench stops them and itself when done (each search is bounded by
+`--timeout`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+WAVES_REF = "16f926260d797a9c51fa7060240566ef4aab7e00"
+"""The last commit with the wave search (the parent of "Pipelined search: each tree runs the paper's loop...")."""
+
+SERVERS = [
+    # name, slots, prefill ms/token, decode ms/token: a GPU scaled down so that the search's own CPU time per
+    # request (a few ms on this shared 2-core machine) stays small beside a request's service time, with the
+    # delays chosen so that each server's total work (`slot_s`) is of the same order: a deployment sizes each
+    # model's GPU share to its load, and a server with less work than the others cannot be busy all the time.
+    {"name": "policy", "slots": 4, "prefill_ms": 0.1, "decode_ms": 10.0},
+    {"name": "quality", "slots": 4, "prefill_ms": 5.0, "decode_ms": 10.0},
+    {"name": "complexity", "slots": 4, "prefill_ms": 10.0, "decode_ms": 10.0},
+    {"name": "tagger", "slots": 4, "prefill_ms": 0.1, "decode_ms": 40.0},
+]
+ROLE_SERVER = {"evolver": "policy", "responder": "policy", "quality": "quality", "complexity": "complexity",
+               "tagger": "tagger"}
+
+
+def http(url: str, post: bool = False) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=b"{}" if post else None, method="POST" if post else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def search_child(ports: dict[str, int], n_seeds: int) -> dict[str, Any]:
+    """Run the search of whichever idea_mcts is on the path (this checkout or the wave one) on the servers."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from idea_mcts.actions import load_actions
+    from idea_mcts.config import load_config
+    from idea_mcts.data import Seed, load_seeds
+    from idea_mcts.engines import EnginePool
+    from idea_mcts.roles import RoleClient
+    from idea_mcts.scoring import build_reward
+    from idea_mcts.search import IdeaMCTS
+
+    overrides = []
+    for name, port in ports.items():
+        overrides += [f"engines.{name}.backend=openai", f"engines.{name}.model={name}",
+                      f"engines.{name}.base_url=http://127.0.0.1:{port}/v1", f"engines.{name}.max_concurrency=256"]
+    overrides += [f"roles.{role}.engine={server}" for role, server in ROLE_SERVER.items()]
+    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    pool = EnginePool(cfg.engines)
+
+    def client(role: str) -> RoleClient:
+        return RoleClient(role, pool.get(ROLE_SERVER[role]), getattr(cfg.roles, role), cfg.search.seed)
+
+    demo = load_seeds(cfg.data)
+    seeds = [Seed(f"{s.seed_id}-{i // len(demo)}", s.instruction) for i, s in
+             ((i, demo[i % len(demo)]) for i in range(n_seeds))]
+    search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"),
+                      build_reward(cfg, client))
+    for name in ports:  # connect every client before the clock starts
+        pool.get(name)
+    for port in ports.values():
+        http(f"http://127.0.0.1:{port}/reset", post=True)
+    t0 = time.perf_counter()
+    trees = search.run(seeds)
+    wall = time.perf_counter() - t0
+    stats = {name: http(f"http://127.0.0.1:{port}/stats") for name, port in ports.items()}
+    pool.close()
+    return {"search_s": wall, "nodes": sum(len(t.nodes) for t in trees), "requests": search.calls,
+            "pipelined": hasattr(search, "dispatcher"),
+            "peak_overlap": getattr(getattr(search, "dispatcher", None), "peak_overlap", None), "servers": stats}
+
+
+def extract(ref: str, dest: Path) -> None:
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", ref, "idea_mcts"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=tar.stdout, check=True)
+
+
+def run_mode(src: Path, ports: dict[str, int], n_seeds: int, timeout: int) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(src), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(ports), "--seeds", str(n_seeds)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=src)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if p.returncode or line is None:
+        raise RuntimeError(f"search in {src} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
+    res = json.loads(line[7:])
+    for s in res["servers"].values():
+        s["busy_fraction"] = round(s["busy_s"] / res["search_s"], 3)
+        s["occupancy"] = round(s["slot_s"] / res["search_s"], 2)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=40)
+    ap.add_argument("--waves_ref", default=WAVES_REF, help="git ref of the wave search ('' to skip it)")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per search before it is stopped")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(search_child(json.loads(args.child), args.seeds)))
+        return 0
+    server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sim_server.py"),
+                               "--spec", json.dumps(SERVERS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    results: dict[str, Any] = {"servers": SERVERS, "role_server": ROLE_SERVER, "seeds": args.seeds}
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.startswith("PORTS "):
+            raise RuntimeError("the simulated servers did not start")
+        ports = json.loads(line[6:])
+        results["pipelined"] = run_mode(REPO, ports, args.seeds, args.timeout)
+        if args.waves_ref:
+            with tempfile.TemporaryDirectory(prefix="waves-") as tmp:
+                extract(args.waves_ref, Path(tmp))
+                results["waves"] = run_mode(Path(tmp), ports, args.seeds, args.timeout)
+                results["waves"]["ref"] = args.waves_ref
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    print(json.dumps(results, indent=2))
+    print("| mode | search s | nodes | " + " | ".join(f"{s['name']} busy (occ.)" for s in SERVERS) + " |")
+    for mode in ("pipelined", "waves"):
+        if mode in results:
+            r = results[mode]
+            cells = [f"{r['servers'][s['name']]['busy_fraction']} ({r['servers'][s['name']]['occupancy']})"
+                     for s in SERVERS]
+            print(f"| {mode} | {r['search_s']:.1f} | {r['nodes']} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
