@@ -63,9 +63,19 @@ def http(url: str, post: bool = False) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def search_child(ports: dict[str, int], n_seeds: int) -> dict[str, Any]:
+def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> dict[str, Any]:
     """Run the search of whichever idea_mcts is on the path (this checkout or the wave one) on the servers."""
     import logging
+
+    if threads:  # diagnosis: the dispatcher's worker threads (each batch sent to a server holds one until answered)
+        import idea_mcts.dispatch as dispatch
+
+        init = dispatch.Dispatcher.__init__
+
+        def patched(self: Any, on_barrier: Any = None, max_threads: int = 16) -> None:
+            init(self, on_barrier, threads)
+
+        dispatch.Dispatcher.__init__ = patched  # type: ignore[method-assign]
 
     logging.basicConfig(level=logging.WARNING)
     from idea_mcts.actions import load_actions
@@ -96,12 +106,13 @@ def search_child(ports: dict[str, int], n_seeds: int) -> dict[str, Any]:
         pool.get(name)
     for port in ports.values():
         http(f"http://127.0.0.1:{port}/reset", post=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trees = search.run(seeds)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     stats = {name: http(f"http://127.0.0.1:{port}/stats") for name, port in ports.items()}
     pool.close()
-    return {"search_s": wall, "nodes": sum(len(t.nodes) for t in trees), "requests": search.calls,
+    return {"search_s": wall, "search_cpu_s": cpu, "dispatch_threads": threads or "default",
+            "nodes": sum(len(t.nodes) for t in trees), "requests": search.calls,
             "pipelined": hasattr(search, "dispatcher"),
             "peak_overlap": getattr(getattr(search, "dispatcher", None), "peak_overlap", None), "servers": stats}
 
@@ -111,10 +122,11 @@ def extract(ref: str, dest: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(dest)], input=tar.stdout, check=True)
 
 
-def run_mode(src: Path, ports: dict[str, int], n_seeds: int, timeout: int) -> dict[str, Any]:
+def run_mode(src: Path, ports: dict[str, int], n_seeds: int, timeout: int, threads: int = 0) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(ports), "--seeds", str(n_seeds)]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(ports), "--seeds", str(n_seeds),
+           "--dispatch_threads", str(threads)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=src)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode or line is None:
@@ -132,10 +144,12 @@ def main() -> int:
     ap.add_argument("--waves_ref", default=WAVES_REF, help="git ref of the wave search ('' to skip it)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per search before it is stopped")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--dispatch_threads", type=int, default=0,
+                    help="diagnosis: the pipelined search's dispatcher threads (default: the library's, 16)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(search_child(json.loads(args.child), args.seeds)))
+        print("RESULT " + json.dumps(search_child(json.loads(args.child), args.seeds, args.dispatch_threads)))
         return 0
     server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sim_server.py"),
                                "--spec", json.dumps(SERVERS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -147,7 +161,7 @@ def main() -> int:
         if not line.startswith("PORTS "):
             raise RuntimeError("the simulated servers did not start")
         ports = json.loads(line[6:])
-        results["pipelined"] = run_mode(REPO, ports, args.seeds, args.timeout)
+        results["pipelined"] = run_mode(REPO, ports, args.seeds, args.timeout, args.dispatch_threads)
         if args.waves_ref:
             with tempfile.TemporaryDirectory(prefix="waves-") as tmp:
                 extract(args.waves_ref, Path(tmp))

@@ -12,7 +12,8 @@ rollout step), so 4 nodes and 19 requests per seed (root, 2 children, 1 rollout 
 4 x 3 scorer requests: quality, complexity, tagger); `max_live_trees` 1024 (the default). Goals (issue 13): peak
 RSS < 1 GiB at 100k seeds, overhead < 1 ms per node. `--tracemalloc` prints the top allocation sites still alive
 at the end of the search (slow: use it on the smaller N). `--concurrent` treats the engine as a server (requests
-sent as strands wait, no barriers).
+sent as strands wait, no barriers). `--bare` runs `IdeaMCTS` alone (no request cache, node log or export): the
+difference to the full run is the store's share of the overhead.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Sampler(threading.Thread):
             self.stop.wait(0.02)
 
 
-def child(n: int, seeds_file: Path, work: Path, tracemalloc_on: bool, concurrent: bool) -> dict[str, Any]:
+def child(n: int, seeds_file: Path, work: Path, tracemalloc_on: bool, concurrent: bool, bare: bool
+          ) -> dict[str, Any]:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -102,11 +104,35 @@ def child(n: int, seeds_file: Path, work: Path, tracemalloc_on: bool, concurrent
         f"engines.default.model={fake_model}", f"engines.default.backend={backend}",
         "engines.default.base_url=http://127.0.0.1:9/v1", *SETTINGS])
     t0 = time.perf_counter()
-    run = pipeline.EvolveRun(cfg)
     engine = InstantEngine()
-    run.pool._engines["default"] = engine  # the pool hands out the instant engine for the config's key
-    t_setup = time.perf_counter() - t0
-    report = run.execute(progress=False)
+    if bare:  # the search alone: IdeaMCTS on the engine, no request cache, no node log, trees counted and dropped
+        from idea_mcts.actions import load_actions
+        from idea_mcts.data import load_seeds
+        from idea_mcts.roles import RoleClient
+        from idea_mcts.scoring import build_reward
+
+        engine.concurrent = concurrent
+
+        def client(role: str) -> RoleClient:
+            return RoleClient(role, engine, getattr(cfg.roles, role), cfg.search.seed)
+
+        counted = {"nodes": 0}
+
+        def on_tree(_: int, tree: Any) -> None:
+            counted["nodes"] += len(tree.nodes)
+
+        seeds = load_seeds(cfg.data)
+        search = Timed(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"),
+                       build_reward(cfg, client), on_tree=on_tree, keep_trees=False)
+        t_setup = time.perf_counter() - t0
+        search.run(seeds)
+        report = {"counts": {"nodes": counted["nodes"], "requests": search.calls, "rows": 0},
+                  "search_seconds": search.seconds}
+    else:
+        run = pipeline.EvolveRun(cfg)
+        run.pool._engines["default"] = engine  # the pool hands out the instant engine for the config's key
+        t_setup = time.perf_counter() - t0
+        report = run.execute(progress=False)
     wall = time.perf_counter() - t0
     sampler.stop.set()
     sampler.join()
@@ -131,6 +157,7 @@ def child(n: int, seeds_file: Path, work: Path, tracemalloc_on: bool, concurrent
         "output_bytes": sum(sizes.values()),
         "largest_files": dict(sorted(sizes.items(), key=lambda kv: -kv[1])[:4]),
         "backend_path": "concurrent (server-like)" if concurrent else "barriers (one call at a time)",
+        "path": "IdeaMCTS alone (no store)" if bare else "EvolveRun (request cache, node log, trees.jsonl, export)",
         "tracemalloc_top": marks.get("tracemalloc_top"),
     }
 
@@ -148,13 +175,14 @@ def main() -> int:
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--tracemalloc", action="store_true")
     ap.add_argument("--concurrent", action="store_true")
+    ap.add_argument("--bare", action="store_true", help="the search alone: no request cache, node log or export")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per N before it is stopped")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--seeds_file", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        res = child(args.child, Path(args.seeds_file), Path(args.work), args.tracemalloc, args.concurrent)
+        res = child(args.child, Path(args.seeds_file), Path(args.work), args.tracemalloc, args.concurrent, args.bare)
         print("RESULT " + json.dumps(res))
         return 0
     results = []
@@ -168,6 +196,7 @@ def main() -> int:
                    "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
             cmd = [sys.executable, __file__, "--child", str(n), "--seeds_file", str(seeds_file), "--work", str(work)]
             cmd += ["--tracemalloc"] * args.tracemalloc + ["--concurrent"] * args.concurrent
+            cmd += ["--bare"] * args.bare
             t0 = time.perf_counter()
             try:
                 p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
@@ -186,11 +215,12 @@ def main() -> int:
             import shutil
 
             shutil.rmtree(work, ignore_errors=True)  # disk: a 100k run writes a few hundred MB
-    print("| seeds | nodes | requests | search s | overhead ms/node | peak RSS search MiB | peak RSS MiB |")
+    print("| seeds | nodes | requests | search s | overhead ms/node (wall) | CPU ms/node | peak RSS search MiB "
+          "| peak RSS MiB |")
     for r in results:
         if "nodes" in r:
-            print(f"| {r['seeds']} | {r['nodes']} | {r['requests']} | {r['search_s']} | "
-                  f"{r['overhead_ms_per_node']} | {r['peak_rss_search_mib']} | {r['peak_rss_mib']} |")
+            print(f"| {r['seeds']} | {r['nodes']} | {r['requests']} | {r['search_s']} | {r['overhead_ms_per_node']} | "
+                  f"{r['cpu_ms_per_node']} | {r['peak_rss_search_mib']} | {r['peak_rss_mib']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
