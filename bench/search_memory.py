@@ -19,6 +19,7 @@ difference to the full run is the store's share of the overhead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -162,6 +163,43 @@ def child(n: int, seeds_file: Path, work: Path, tracemalloc_on: bool, concurrent
     }
 
 
+_watched: dict[str, float] = {}
+
+
+def watch(cmd: list[str], env: dict[str, str], timeout: int, work: Path) -> subprocess.CompletedProcess | None:
+    """Run the child, sampling its RSS every 0.5 s (so a run stopped by `timeout` still gives its peak so far);
+    None when it was stopped."""
+    import psutil
+
+    out, err = work / "stdout", work / "stderr"
+    with open(out, "w") as fo, open(err, "w") as fe:
+        proc = subprocess.Popen(cmd, env=env, stdout=fo, stderr=fe, text=True)
+        ps = psutil.Process(proc.pid)
+        _watched.clear()
+        deadline = time.perf_counter() + timeout
+        while proc.poll() is None:
+            if time.perf_counter() > deadline:
+                proc.kill()
+                proc.wait()
+                return None
+            with contextlib.suppress(psutil.Error):
+                _watched["peak_rss_mib"] = max(_watched.get("peak_rss_mib", 0.0), ps.memory_info().rss / 2**20)
+            time.sleep(0.5)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), err.read_text())
+
+
+def partial_result(n: int, work: Path, timeout: int, t0: float) -> dict[str, Any]:
+    """What a run stopped by the timeout got through: nodes in its node log, its peak RSS as sampled."""
+    log = work / "out" / "nodes.jsonl"
+    nodes = 0
+    if log.exists():
+        with open(log, "rb") as f:
+            nodes = sum(1 for _ in f)
+    return {"seeds": n, "stopped_after_s": timeout, "nodes_logged": nodes, "seeds_done_about": nodes // 4,
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "peak_rss_mib_sampled": round(_watched.get("peak_rss_mib", 0.0), 1)}
+
+
 def write_seeds(path: Path, n: int) -> None:
     with open(path, "w") as f:
         for i in range(n):
@@ -198,11 +236,11 @@ def main() -> int:
             cmd += ["--tracemalloc"] * args.tracemalloc + ["--concurrent"] * args.concurrent
             cmd += ["--bare"] * args.bare
             t0 = time.perf_counter()
-            try:
-                p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout)
-            except subprocess.TimeoutExpired:
-                print(f"{n} seeds: stopped after {args.timeout} s", file=sys.stderr)
-                results.append({"seeds": n, "timed_out_s": args.timeout})
+            p = watch(cmd, env, args.timeout, work)
+            if p is None:
+                continue_with = partial_result(n, work, args.timeout, t0)
+                print(json.dumps(continue_with), file=sys.stderr)
+                results.append(continue_with)
                 continue
             line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
             if p.returncode or line is None:
