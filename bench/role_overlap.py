@@ -40,7 +40,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 WAVES_REF = "16f926260d797a9c51fa7060240566ef4aab7e00"
-"""The last commit with the wave search (the parent of "Pipelined search: each tree runs the paper's loop...")."""
+"""A commit of main with the wave search (its search, dispatch-free, unchanged up to a8b9384, the last one before the
+pipelined search)."""
 
 SERVERS = [
     # name, slots, prefill ms/token, decode ms/token: a GPU scaled down so that the search's own CPU time per
