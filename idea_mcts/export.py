@@ -126,7 +126,8 @@ def write_dataset(out_dir: Path, dataset: Any) -> Path:
         if stale.exists():
             shutil.rmtree(stale)
     try:
-        dataset.save_to_disk(str(tmp))
+        # one shard even for 0 rows: datasets writes no shard for an empty dataset, which it then cannot load
+        dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

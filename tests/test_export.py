@@ -63,5 +63,8 @@ def test_a_run_that_exports_zero_rows_warns(tiny_model_dir, tmp_path, caplog):
         assert evolve(out, tiny_model_dir, "search.iterations=0", "export.mode=paper") == 0
     report = json.loads((out / "run.json").read_text())
     assert report["counts"]["rows"] == 0
+    from datasets import load_from_disk
+
+    assert len(load_from_disk(str(out / "dataset"))) == 0  # an empty dataset that loads
     assert report["warnings"] and "0 rows exported" in report["warnings"][0]
     assert any("0 rows" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

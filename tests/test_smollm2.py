@@ -13,14 +13,14 @@ pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
 def test_real_smollm2_search_two_seeds(tmp_path, smollm2_dir):
     out = tmp_path / "out"
     rc = main(["evolve", "--config", "configs/demo.yaml", "--output_dir", str(out), "--no_progress",
-               "data.max_seeds=2", "roles.evolver.max_new_tokens=40", "roles.responder.max_new_tokens=40",
+               "data.max_seeds=4", "roles.evolver.max_new_tokens=40", "roles.responder.max_new_tokens=40",
                "roles.tagger.max_new_tokens=24"])
     assert rc == 0
     nodes = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines()]
     report = json.loads((out / "run.json").read_text())
     roots = [n for n in nodes if n["depth"] == 0]
     evolved = [n for n in nodes if n["depth"] > 0]
-    assert len(roots) == 2 and evolved
+    assert len(roots) == 4 and evolved
     # real judgments: expected scores strictly inside [1, 6], rewards that differ
     for n in nodes:
         for k in ("quality", "complexity"):
