@@ -8,9 +8,10 @@ assistant message are continued (the assistant turn is prefilled), not answered.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -215,6 +216,18 @@ class Engine:
         sink = _USAGE_SINK.get(None)
         if sink is not None and sink[0] is self:
             sink[1].add(usage)
+
+
+async def gather_or_cancel(coros: Sequence[Awaitable[T]]) -> list[T]:
+    """`asyncio.gather` that cancels the rest of the batch when one request fails (engines with their own event
+    loop: the OpenAI client, vLLM's async engine)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        raise
 
 
 class EngineProtocolError(RuntimeError):

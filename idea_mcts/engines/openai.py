@@ -16,7 +16,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from idea_mcts.config import EngineConfig
@@ -28,6 +28,7 @@ from idea_mcts.engines.base import (
     SamplingParams,
     TokenLogprobs,
     UsageStats,
+    gather_or_cancel,
     is_continuation,
 )
 from idea_mcts.errors import EngineError, UsageError
@@ -141,7 +142,7 @@ class OpenAIEngine(Engine):
     def _run(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
         """Run the batch concurrently on the engine's loop; errors left after retries -> EngineError."""
         try:
-            return asyncio.run_coroutine_threadsafe(_gather(coros), self._loop).result()
+            return asyncio.run_coroutine_threadsafe(gather_or_cancel(coros), self._loop).result()
         except self._openai.APIConnectionError as exc:  # includes timeouts
             raise EngineError(f"OpenAI-compatible server at {self.base_url} unreachable after "
                               f"{self.cfg.max_retries} retries ({type(exc).__name__})") from None
@@ -153,14 +154,3 @@ class OpenAIEngine(Engine):
         line = (message or "").strip().splitlines()[0] if (message or "").strip() else ""
         key = self.client.api_key
         return line.replace(key, "***") if key and key != "EMPTY" else line
-
-
-async def _gather(coros: list[Awaitable[T]]) -> list[T]:
-    """`asyncio.gather` that cancels the rest of the batch when one request fails."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        raise

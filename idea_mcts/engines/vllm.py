@@ -37,6 +37,7 @@ from idea_mcts.engines.base import (
     SamplingParams,
     TokenLogprobs,
     candidate_ids,
+    gather_or_cancel,
     is_continuation,
 )
 from idea_mcts.errors import EngineError, UsageError
@@ -105,7 +106,7 @@ class VLLMEngine(Engine):
 
     # -- Engine ----------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        outputs = self._call(_gather([self._one(r.prompt, self._sampling(r.params)) for r in requests]))
+        outputs = self._call(gather_or_cancel([self._one(r.prompt, self._sampling(r.params)) for r in requests]))
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or ()),
                            completion_tokens=len(o.outputs[0].token_ids),
                            finish_reason=o.outputs[0].finish_reason) for o in outputs]
@@ -115,7 +116,7 @@ class VLLMEngine(Engine):
         ids = self.candidate_token_ids(candidates)
         k = top_k if self.max_logprobs is None else min(top_k, self.max_logprobs)
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
-        outputs = self._call(_gather([self._one(p, params) for p in prompts]))
+        outputs = self._call(gather_or_cancel([self._one(p, params) for p in prompts]))
         result = []
         for o in outputs:
             top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
@@ -182,14 +183,3 @@ class VLLMEngine(Engine):
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
-
-
-async def _gather(coros: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """`asyncio.gather` that cancels the rest of the batch (aborting its requests) when one fails."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        raise
