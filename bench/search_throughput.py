@@ -31,7 +31,7 @@ from idea_mcts.data import load_seeds
 from idea_mcts.engines import EnginePool
 from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
 from idea_mcts.roles import RoleClient
-from idea_mcts.scoring import SCORER_ROLES, build_reward
+from idea_mcts.scoring import build_reward
 from idea_mcts.search import IdeaMCTS
 
 logger = logging.getLogger("bench")
@@ -44,25 +44,38 @@ class Recorder(Engine):
     inner: Engine
     generations: list[tuple[GenerationRequest, Generation]] = field(default_factory=list)
     logprob_calls: list[tuple[Prompt, list[str], int]] = field(default_factory=list)
-    gen_seconds: float = 0.0
-    logprob_seconds: float = 0.0
+    gen_spans: list[tuple[float, float]] = field(default_factory=list)
+    logprob_spans: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(self.inner.model_id)
+        self.concurrent = self.inner.concurrent  # vLLM's async engine: the search keeps requests in flight
+        self.backend = self.inner.backend
 
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         t0 = time.perf_counter()
         out = self.inner.generate(requests)
-        self.gen_seconds += time.perf_counter() - t0
+        self.gen_spans.append((t0, time.perf_counter()))
         self.generations += list(zip(requests, out, strict=True))
         return out
 
     def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int) -> list[TokenLogprobs]:
         t0 = time.perf_counter()
         out = self.inner.next_token_logprobs(prompts, candidates, top_k)
-        self.logprob_seconds += time.perf_counter() - t0
+        self.logprob_spans.append((t0, time.perf_counter()))
         self.logprob_calls += [(p, candidates, top_k) for p in prompts]
         return out
+
+
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """Wall time during which at least one of the calls was in flight (the union of the spans): on a concurrent
+    engine calls overlap, and summing them would count the same second several times."""
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
 
 
 def main() -> int:
@@ -74,15 +87,18 @@ def main() -> int:
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, [*overrides, f"data.max_seeds={args.seeds}"])
-    keys = {cfg.role_engine(r) for r in ("evolver", "responder", *SCORER_ROLES)} - {None}
-    if len(keys) != 1:
-        sys.exit("this bench measures one engine: point every role at the same engine key")
-    key = keys.pop()
+    key = cfg.role_engine("evolver")
+    llm_roles = ("evolver", "responder", "quality", "complexity")
+    if {cfg.role_engine(r) for r in llm_roles} != {key}:
+        sys.exit(f"this bench measures one LLM engine: point {', '.join(llm_roles)} at the same engine key")
     pool = EnginePool(cfg.engines)
     rec = Recorder(pool.get(key))
+    # roles on other engines (the embedder of the novelty term) run unrecorded: they are not the engine measured
 
     def client(role: str) -> RoleClient:
-        return RoleClient(role, rec, getattr(cfg.roles, role), cfg.search.seed)
+        engine_key = cfg.role_engine(role)
+        engine = rec if engine_key == key else pool.get(engine_key)
+        return RoleClient(role, engine, getattr(cfg.roles, role), cfg.search.seed)
 
     reward = build_reward(cfg, client)
     search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
@@ -91,6 +107,7 @@ def main() -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     trees = search.run(load_seeds(cfg.data))
     search_s, search_cpu = time.perf_counter() - t0, time.process_time() - c0
+    gen_s, lp_s = busy_seconds(rec.gen_spans), busy_seconds(rec.logprob_spans)
     gen_tokens = sum(g.completion_tokens for _, g in rec.generations)
     n_scorer = len(rec.logprob_calls)
 
@@ -116,7 +133,7 @@ def main() -> int:
     seq_s = time.perf_counter() - t0
     pool.close()
 
-    search_gen_tps = gen_tokens / rec.gen_seconds
+    search_gen_tps = gen_tokens / gen_s
     flat_tps = flat_tokens / flat_gen_s
     seq_tps = seq_tokens / seq_s
     search_e2e_tps = gen_tokens / search_s
@@ -125,8 +142,8 @@ def main() -> int:
         "engine": engine.backend, "model": cfg.engines[key].model, "seeds": args.seeds,
         "nodes": sum(len(t.nodes) for t in trees), "generations": len(requests), "scorer_prompts": n_scorer,
         "generated_tokens": gen_tokens, "flat_generated_tokens": flat_tokens, "replay_identical_texts": same,
-        "search_wall_s": round(search_s, 2), "search_generate_s": round(rec.gen_seconds, 2),
-        "search_scorer_s": round(rec.logprob_seconds, 2),
+        "search_wall_s": round(search_s, 2), "search_generate_s": round(gen_s, 2),
+        "search_scorer_s": round(lp_s, 2),
         "flat_generate_s": round(flat_gen_s, 2), "flat_scorer_s": round(flat_lp_s, 2),
         "search_tok_s_end_to_end": round(search_e2e_tps, 2), "flat_tok_s_end_to_end": round(flat_e2e_tps, 2),
         "search_generate_tok_s": round(search_gen_tps, 2), "flat_generate_tok_s": round(flat_tps, 2),
@@ -136,7 +153,7 @@ def main() -> int:
         "ratio_search_vs_flat_cpu_time": round(flat_cpu / search_cpu, 3),
         "ratio_search_generate_vs_flat_generate": round(search_gen_tps / flat_tps, 3),
         "ratio_search_vs_sequential": round(search_gen_tps / seq_tps, 2),
-        "ratio_scorer_vs_flat_prefill": round((n_scorer / rec.logprob_seconds) / (n_scorer / flat_lp_s), 3)
+        "ratio_scorer_vs_flat_prefill": round((n_scorer / lp_s) / (n_scorer / flat_lp_s), 3)
         if n_scorer else None,
     }
     print(json.dumps(figures, indent=2))

@@ -214,6 +214,10 @@ def open_index_db(path: Path) -> sqlite3.Connection:
     return db
 
 
+MISSING: Any = object()
+"""What `RequestCache.lookup` returns for a key it does not hold."""
+
+
 class RequestCache:
     """Engine results by request key: the append-only log (one line per engine call, the durable record) and
     its index on disk (`LogIndex`), so memory stays flat however long the run."""
@@ -243,10 +247,17 @@ class RequestCache:
             return len(self.index)
 
     def get(self, key: str) -> Any:
+        result = self.lookup(key)
+        if result is MISSING:
+            raise KeyError(key)
+        return result
+
+    def lookup(self, key: str) -> Any:
+        """The stored result of `key`, or `MISSING` (one index query, for the hot path: no `in` before `get`)."""
         with self._lock:
             where = self.index.find(key)
             if where is None:
-                raise KeyError(key)
+                return MISSING
             if self._line is None or self._line[0] != where[0]:
                 self._line = (where[0], json.loads(os.pread(self._read_fd, where[1], where[0]))["results"])
             return self._line[1][key]
@@ -257,12 +268,14 @@ class RequestCache:
         with self._lock:
             self.index.drop(key)
 
-    def put(self, kind: str, results: dict[str, Any]) -> None:
-        """Store the fresh results of one engine call durably (one line), then index them in one transaction.
+    def put(self, kind: str, results: dict[str, Any]) -> dict[str, Any]:
+        """Store the fresh results of one engine call durably (one line), then index them in one transaction;
+        return them as a later `get` reads them back (decoded from the line written, without reading it).
         Thread-safe: the pipelined search runs engines in worker threads."""
+        line = json.dumps({"kind": kind, "results": results}, ensure_ascii=False) + "\n"
         with self._lock:
-            line = json.dumps({"kind": kind, "results": results}, ensure_ascii=False) + "\n"
             self.index.append([(line, list(results))])
+        return json.loads(line)["results"]
 
     def close(self) -> None:
         self.log.close()
@@ -283,6 +296,7 @@ class RunStore:
         self.cache: RequestCache | None = None
         self.logged: LogIndex | None = None
         """Which nodes the node log holds (an index on disk)."""
+        self._replaying = False
         self._lock_fd: int | None = None
 
     # -- reading -------------------------------------------------------------------------------------------
@@ -365,12 +379,14 @@ class RunStore:
         self.cache = RequestCache(self.out / CACHE_FILE)
         self.logged = LogIndex(self.cache.db, "nodes", self.nodes,
                                lambda rec: [rec["node_id"]] if isinstance(rec.get("node_id"), str) else None)
+        self._replaying = len(self.logged) > 0
         return mode
 
     def log_nodes(self, nodes: Sequence[Node]) -> None:
         """Append the nodes of a completed wave (a replayed node already in the log is not written again)."""
         assert self.logged is not None
-        fresh = [n for n in nodes if self.logged.find(n.node_id) is None]
+        # only a resume replays nodes that the log holds: a run that started with an empty log skips the check
+        fresh = [n for n in nodes if self.logged.find(n.node_id) is None] if self._replaying else list(nodes)
         if fresh:
             self.logged.append([(json.dumps(n.to_record(), ensure_ascii=False) + "\n", [n.node_id])
                                 for n in fresh])

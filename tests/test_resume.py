@@ -248,3 +248,20 @@ def test_resume_that_the_cache_answers_whole_loads_no_model(reference, tiny_mode
     assert evolve(out, tiny_model_dir) == 0
     assert_same_run(out, reference)
     assert json.loads((out / "run.json").read_text())["engines"]["default"]["requests"] == 0
+
+
+def test_cached_engine_knows_its_backend_traits_without_importing_the_backend(tmp_path):
+    """A replay answered by the cache needs `logprob_method` and `concurrent` but must not import torch or vLLM
+    (180 MiB of torch in a replay that loads no model)."""
+    code = """
+import sys
+from pathlib import Path
+from idea_mcts.engines.cached import CachedEngine
+from idea_mcts.store import RequestCache
+out = Path(sys.argv[1])
+tf = CachedEngine(lambda: None, RequestCache(out / "a.jsonl"), {"backend": "transformers", "model": "m"})
+vl = CachedEngine(lambda: None, RequestCache(out / "b.jsonl"), {"backend": "vllm", "model": "m"})
+print(tf.logprob_method, tf.concurrent, vl.logprob_method, vl.concurrent, "torch" in sys.modules, "vllm" in sys.modules)
+"""
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert res.stdout.split() == ["full", "False", "top_k", "True", "False", "False"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines.base import (
@@ -22,22 +23,34 @@ __all__ = ["Engine", "EnginePool", "Generation", "GenerationRequest", "Prompt", 
 logger = logging.getLogger(__name__)
 
 
-ENGINE_CLASSES = {
-    "transformers": "idea_mcts.engines.transformers:TransformersEngine",
-    "vllm": "idea_mcts.engines.vllm:VLLMEngine",
-    "openai": "idea_mcts.engines.openai:OpenAIEngine",
-    "embedding": "idea_mcts.engines.transformers:EmbeddingEngine",
-    "sequence_classification": "idea_mcts.engines.transformers:RewardModelEngine",
+@dataclass(frozen=True)
+class Backend:
+    """An engine backend: where its class lives and the traits the search needs before (or without) loading it:
+    a replay that the request cache answers whole never imports the backend's libraries (torch, vLLM)."""
+
+    target: str
+    """`module:Class` of the engine, imported on use (vLLM and openai are optional extras)."""
+    logprob_method: str = "top_k"
+    """See `Engine.logprob_method`."""
+    concurrent: bool = False
+    """See `Engine.concurrent`."""
+
+
+BACKENDS = {
+    "transformers": Backend("idea_mcts.engines.transformers:TransformersEngine", logprob_method="full"),
+    "vllm": Backend("idea_mcts.engines.vllm:VLLMEngine", concurrent=True),
+    "openai": Backend("idea_mcts.engines.openai:OpenAIEngine", concurrent=True),
+    "embedding": Backend("idea_mcts.engines.transformers:EmbeddingEngine"),
+    "sequence_classification": Backend("idea_mcts.engines.transformers:RewardModelEngine"),
 }
-"""Engine class per backend, imported on use (vLLM and openai are optional extras, imported by their engines
-only when one is built)."""
+"""Every backend by name; the engine classes take their traits from here."""
 
 
 def engine_class(backend: str) -> type[Engine]:
-    """The engine class of a backend, without building it (its class attributes: `logprob_method`...)."""
-    if backend not in ENGINE_CLASSES:
+    """The engine class of a backend (imports its module)."""
+    if backend not in BACKENDS:
         raise ValueError(f"unknown engine backend {backend!r}")
-    module, name = ENGINE_CLASSES[backend].split(":")
+    module, name = BACKENDS[backend].target.split(":")
     return getattr(importlib.import_module(module), name)
 
 

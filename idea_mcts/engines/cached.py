@@ -17,7 +17,7 @@ from dataclasses import asdict
 from typing import Any
 
 from idea_mcts.config import EngineConfig
-from idea_mcts.engines import ENGINE_CLASSES, engine_class
+from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
     Engine,
     Generation,
@@ -29,7 +29,7 @@ from idea_mcts.engines.base import (
     expect_len,
     usage_of,
 )
-from idea_mcts.store import RequestCache
+from idea_mcts.store import MISSING, RequestCache
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ class CachedEngine(Engine):
     def __init__(self, load: Callable[[], Engine], cache: RequestCache, identity: dict[str, Any]) -> None:
         super().__init__(str(identity.get("model", "")))
         self.backend = str(identity.get("backend", "cached"))
-        if self.backend in ENGINE_CLASSES:  # known without loading the model (a replay may never load it)
-            self.logprob_method = engine_class(self.backend).logprob_method
-            self.concurrent = engine_class(self.backend).concurrent
+        if self.backend in BACKENDS:  # known without importing the backend (a replay may never load it)
+            self.logprob_method = BACKENDS[self.backend].logprob_method
+            self.concurrent = BACKENDS[self.backend].concurrent
         self.cache = cache
         self.identity = identity
         self._load = load
@@ -108,9 +108,10 @@ class CachedEngine(Engine):
         for i, k in enumerate(keys):
             if k in results or k in todo:
                 continue
-            if k in self.cache:
+            stored = self.cache.lookup(k)
+            if stored is not MISSING:
                 try:
-                    results[k] = _checked(decode(self.cache.get(k)))
+                    results[k] = _checked(decode(stored))
                     continue
                 except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a hand-edited or foreign line
                     logger.warning("request cache: the %s result under key %s… is malformed (%s): dropped, the "
@@ -121,8 +122,8 @@ class CachedEngine(Engine):
         if todo:
             fresh, work = usage_of(self.inner, lambda: call(list(todo.values())))
             expect_len(fresh, len(todo), f"{self.backend} {kind}")
-            self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
-            results.update({k: decode(self.cache.get(k)) for k in todo})
+            stored = self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
+            results.update({k: decode(stored[k]) for k in todo})
         self._record(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
                                   prompt_tokens=work.prompt_tokens, completion_tokens=work.completion_tokens,
                                   retries=work.retries, seconds=time.perf_counter() - t0))

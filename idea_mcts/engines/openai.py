@@ -20,6 +20,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from idea_mcts.config import EngineConfig
+from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
     Engine,
     Generation,
@@ -44,7 +45,7 @@ class OpenAIEngine(Engine):
     """Chat and text completions, and next-token logprobs, through an OpenAI-compatible HTTP API."""
 
     backend = "openai"
-    concurrent = True
+    concurrent = BACKENDS[backend].concurrent
 
     def __init__(self, cfg: EngineConfig) -> None:
         if not cfg.base_url:

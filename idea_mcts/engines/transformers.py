@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from idea_mcts.config import EngineConfig
+from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
     Engine,
     Generation,
@@ -95,7 +96,7 @@ class TransformersEngine(Engine):
     """A causal LM in this process (CPU or one GPU) with batched, per-request-seeded generation."""
 
     backend = "transformers"
-    logprob_method = "full"
+    logprob_method = BACKENDS[backend].logprob_method
 
     def __init__(self, cfg: EngineConfig) -> None:
         from transformers import AutoModelForCausalLM

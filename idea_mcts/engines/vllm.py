@@ -29,6 +29,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from idea_mcts.config import EngineConfig
+from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
     Engine,
     Generation,
@@ -58,7 +59,7 @@ class VLLMEngine(Engine):
     """vLLM's `AsyncLLM` in this process: requests stream in, continuous batching; next-token logprobs."""
 
     backend = "vllm"
-    concurrent = True
+    concurrent = BACKENDS[backend].concurrent
 
     def __init__(self, cfg: EngineConfig) -> None:
         super().__init__(cfg.model)
