@@ -27,8 +27,8 @@ class InstantEngine(Engine):
         out = []
         for r in requests:
             text = _text(r.prompt)
-            if "#New Instruction#:" in text:
-                original = text.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0]
+            if "Reply with the new instruction only" in text:  # an evolution (the action templates' last line)
+                original = text.rsplit("\n\nInstruction: ", 1)[1]
                 out.append(Generation(text=f"{original} +1", completion_tokens=3))
             elif "tags of user intentions" in text:
                 out.append(Generation(text='a", "explanation": "x"}, {"tag": "b", "explanation": "y"}]',

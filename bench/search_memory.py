@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-SETTINGS = ["search.iterations=1", "search.expand_width=2", "search.max_depth=1"]
+SETTINGS = ["search.iterations=1", "search.expand_width=2", "search.max_depth=1",
+            # the paper's reward (InsTag diversity, no embedder: demo.yaml's novelty term would load MiniLM)
+            "reward.diversity=1.0", "reward.novelty=0.0", "roles.embedder.engine=null"]
 
 
 def _rss_mib() -> float:

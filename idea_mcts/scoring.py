@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,34 +135,41 @@ def parse_tags(text: str) -> list[str] | None:
     return distinct or None
 
 
-def _few_shot(template: str, shots: Sequence[tuple[dict[str, str], int]], fields: dict[str, str],
-              label: str) -> Prompt:
-    """Chat turns: each scored example as a user turn and its `label: <digit>` reply, then the item with the
-    reply prefilled up to the digit."""
-    def fill(values: dict[str, str]) -> str:
-        text = template
-        for k, v in values.items():
-            text = text.replace("{" + k + "}", v)
-        return text
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    """`template` with its `{name}` fields filled in one pass (a value holding "{output}" stays as it is)."""
+    return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), template)
 
-    msgs = []
-    for values, score in shots:
-        msgs += [{"role": "user", "content": fill(values)}, {"role": "assistant", "content": f"{label}: {score}"}]
-    return [*msgs, {"role": "user", "content": fill(fields)}, {"role": "assistant", "content": f"{label}: "}]
+
+@cache
+def _shot_turns(template: str, label: str, names: tuple[str, ...], shots: tuple[tuple[Any, ...], ...]
+                ) -> tuple[tuple[str, str], ...]:
+    """The (role, content) turns of the scored examples (the same for every prompt: rendered once)."""
+    turns: list[tuple[str, str]] = []
+    for *values, score in shots:
+        turns += [("user", _fill(template, dict(zip(names, values, strict=True)))), ("assistant", f"{label}: {score}")]
+    return tuple(turns)
+
+
+def _few_shot(template: str, names: tuple[str, ...], shots: tuple[tuple[Any, ...], ...], fields: dict[str, str],
+              label: str) -> Prompt:
+    """Chat turns: each scored example (`names` values, then its score) as a user turn and its `label: <digit>`
+    reply, then the item with the reply prefilled up to the digit."""
+    msgs = [{"role": r, "content": c} for r, c in _shot_turns(template, label, names, shots)]
+    return [*msgs, {"role": "user", "content": _fill(template, fields)}, {"role": "assistant", "content": f"{label}: "}]
 
 
 def complexity_prompt(preset: str, instruction: str) -> Prompt:
     if preset == "deita":
         return DEITA_COMPLEXITY.replace("{instruction}", instruction)
-    shots = [({"instruction": q}, s) for q, s in GENERAL_COMPLEXITY_SHOTS]
-    return _few_shot(GENERAL_COMPLEXITY, shots, {"instruction": instruction}, "Complexity score")
+    return _few_shot(GENERAL_COMPLEXITY, ("instruction",), GENERAL_COMPLEXITY_SHOTS, {"instruction": instruction},
+                     "Complexity score")
 
 
 def quality_prompt(preset: str, instruction: str, output: str) -> Prompt:
     if preset == "deita":
         return DEITA_QUALITY.replace("{instruction}", instruction).replace("{output}", output)
-    shots = [({"instruction": q, "output": r}, s) for q, r, s in GENERAL_QUALITY_SHOTS]
-    return _few_shot(GENERAL_QUALITY, shots, {"instruction": instruction, "output": output}, "Quality score")
+    return _few_shot(GENERAL_QUALITY, ("instruction", "output"), GENERAL_QUALITY_SHOTS,
+                     {"instruction": instruction, "output": output}, "Quality score")
 
 
 def tagger_prompt(preset: str, instruction: str) -> tuple[Prompt, str]:

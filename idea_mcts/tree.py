@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from idea_mcts.scoring import SCORE_NAMES
@@ -55,10 +55,11 @@ class Node:
 
     def to_record(self, value_mode: str = "mean") -> dict[str, Any]:
         """Flat JSON record (trees.jsonl / the `trees` dataset config)."""
-        d = asdict(self)
-        scores = d.pop("scores")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "scores"}  # shallow: asdict deep-
+        for name in ("action_path", "failures", "children"):  # copies, the costliest step of logging a node
+            d[name] = list(d[name])
         for name in SCORE_NAMES:
-            d[name] = scores.get(name)
+            d[name] = self.scores.get(name)
         d["value"] = self.value(value_mode)
         return d
 

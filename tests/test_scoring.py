@@ -84,3 +84,12 @@ def test_reward_weighted_sum_and_failures_counted():
     assert out[1].scores == {"quality": None, "complexity": 3.0} and out[1].failures == ["quality"]
     assert out[1].reward == pytest.approx(1.5)  # the failed term is absent, not defaulted
     assert reward.failures == {"quality": 1}
+
+
+def test_general_judge_prompts_keep_braces_of_the_instruction_as_they_are():
+    """An instruction about templates ("{output}") must reach the judge unchanged, not filled with the response."""
+    from idea_mcts.scoring import quality_prompt
+
+    item = quality_prompt("general", "Explain what {output} does in this template.", "RESPONSE")[-2]["content"]
+    assert "Explain what {output} does in this template." in item
+    assert item.count("RESPONSE") == 1
