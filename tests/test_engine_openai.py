@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 CLIENT_TIMEOUT = 4.0
+RUN_CLIENT_TIMEOUT = 20.0
+"""The whole-run test's client timeout: its requests are real generations of a search's waves on the CPU server,
+which can take longer than 4 s on a loaded machine (every attempt then timed out: 'unreachable after 6 retries')."""
 FAULTS = ("500", "429", "hang", "drop")
 
 
@@ -84,6 +87,8 @@ class FaultProxy(ThreadingHTTPServer):
         self.counter = itertools.count(1)
         self.faults: list[str] = []
         self.lock = threading.Lock()
+        self.client_timeout = CLIENT_TIMEOUT
+        """A `hang` outlasts this by 1.5 s (the client must time out)."""
 
     @property
     def base_url(self) -> str:
@@ -108,7 +113,7 @@ class _FaultHandler(BaseHTTPRequestHandler):
         if fault in ("500", "429"):
             self._reply(int(fault), json.dumps({"error": {"message": f"injected {fault}"}}).encode())
         elif fault == "hang":
-            time.sleep(CLIENT_TIMEOUT + 1.5)
+            time.sleep(self.server.client_timeout + 1.5)
             self.close_connection = True
         elif fault == "drop":
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -196,10 +201,12 @@ def test_run_through_faults_completes_and_reports_retries(vllm_server: VLLMServe
     from idea_mcts.cli import main
 
     out = tmp_path / "out"
+    fault_proxy.client_timeout = RUN_CLIENT_TIMEOUT
     rc = main(["evolve", "--output_dir", str(out), "--no_progress", "engines.default.backend=openai",
                f"engines.default.model={vllm_server.model}", f"engines.default.base_url={fault_proxy.base_url}",
-               f"engines.default.timeout={CLIENT_TIMEOUT}", "engines.default.max_retries=6",
-               "data.max_seeds=2", "search.iterations=1", "search.expand_width=2", "search.max_depth=1",
+               f"engines.default.timeout={RUN_CLIENT_TIMEOUT}", "engines.default.max_retries=6",
+               "engines.default.max_concurrency=4", "data.max_seeds=2", "search.iterations=1", "search.expand_width=2",
+               "search.max_depth=1",
                "roles.evolver.max_new_tokens=24", "roles.responder.max_new_tokens=24",
                "roles.tagger.max_new_tokens=16"])
     assert rc == 0
