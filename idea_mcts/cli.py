@@ -45,17 +45,24 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.distributed import World
 
     world = World.from_env()
-    if world.size == 1:
-        return _evolve(args, overrides, world)
+    if world.size > 1:
+        from idea_mcts.distributed import init_group
+        from idea_mcts.shards import agree
+
+        init_group()  # before the checks, so that every rank learns which rank's input is bad
+        cfg, run = agree(world, lambda: _evolve_run(args, overrides, world))
+    else:
+        cfg, run = _evolve_run(args, overrides, world)
     try:
-        return _evolve(args, overrides, world)
-    except UsageError as exc:
-        raise UsageError(f"{world.tag()} failed: {exc}") from None
+        return _evolve(args, cfg, run, world)
     except EngineError as exc:
-        raise EngineError(f"{world.tag()} failed: {exc}") from None
+        raise EngineError(f"{world.tag()} failed: {exc}" if world.size > 1 else str(exc)) from None
+    except UsageError as exc:
+        raise UsageError(f"{world.tag()} failed: {exc}" if world.size > 1 else str(exc)) from None
 
 
-def _evolve(args: argparse.Namespace, overrides: list[str], world: Any) -> int:
+def _evolve_run(args: argparse.Namespace, overrides: list[str], world: Any) -> tuple[Any, Any]:
+    """The config and the validated run (every input checked, nothing written)."""
     from idea_mcts.config import ConfigValueError, load_config
     from idea_mcts.pipeline import EvolveRun
 
@@ -70,9 +77,11 @@ def _evolve(args: argparse.Namespace, overrides: list[str], world: Any) -> int:
     if world.size > 1:
         from idea_mcts.shards import ShardedEvolve
 
-        run: Any = ShardedEvolve(cfg, world, command=command, overwrite=args.overwrite)
-    else:
-        run = EvolveRun(cfg, command=command, overwrite=args.overwrite)
+        return cfg, ShardedEvolve(cfg, world, command=command, overwrite=args.overwrite)
+    return cfg, EvolveRun(cfg, command=command, overwrite=args.overwrite)
+
+
+def _evolve(args: argparse.Namespace, cfg: Any, run: Any, world: Any) -> int:
     if run.mode == "finished":
         if not world.is_main:
             return 0
@@ -349,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, overrides) if args.command in ("evolve", "score", "show") else args.func(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if str(exc):  # empty: another rank of the launch reports it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except EngineError as exc:
-        print(f"engine error: {exc}", file=sys.stderr)
+        if str(exc):
+            print(f"engine error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

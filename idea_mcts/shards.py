@@ -27,10 +27,10 @@ import logging
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from idea_mcts import __version__
 from idea_mcts.config import EvolveConfig, to_yaml
@@ -45,6 +45,7 @@ from idea_mcts.search import estimate
 from idea_mcts.store import CACHE_FILE, NODES_FILE, OUTPUTS, SHARDS_DIR, STATE_FILE, RunStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def shard_dir(out: Path, rank: int, size: int) -> Path:
@@ -61,6 +62,32 @@ def failed_ranks(out: Path) -> list[str]:
     if not d.is_dir():
         return []
     return [f"rank {int(p.stem.split('-')[1])} failed: {p.read_text().strip()}" for p in sorted(d.glob("rank-*.error"))]
+
+
+def agree(world: World, build: Callable[[], T]) -> T:
+    """`build()` on every rank (the input checks), then every rank learns every rank's outcome: when one failed,
+    all stop (no rank is left waiting for a dead one). Rank 0 says which failed and why, in one line (once when
+    all failed alike); the others exit with the same code silently (an empty message)."""
+    try:
+        result, err = build(), None
+    except (UsageError, EngineError) as exc:
+        result, err = None, (type(exc).__name__, str(exc))
+    errors = [(r, e) for r, e in enumerate(all_gather(err)) if e is not None]
+    if not errors:
+        return result  # type: ignore[return-value]
+    kind = EngineError if all(e[0] == "EngineError" for _, e in errors) else UsageError
+    if not world.is_main:
+        raise kind("")
+    if len(errors) == world.size and len({e[1] for _, e in errors}) == 1:
+        raise kind(errors[0][1][1])
+    raise kind("; ".join(f"rank {r} of {world.size} failed: {e[1]}" for r, e in errors))
+
+
+def other_fingerprint(out: Path, fingerprint: str) -> bool:
+    """Whether OUT (its merged state or one of its shards) holds a run of another config."""
+    dirs = [out, *(p for p in (out / SHARDS_DIR).glob("rank-*-of-*") if p.is_dir())] if out.is_dir() else []
+    states = [RunStore(d).state() for d in dirs]
+    return any(st is not None and st["fingerprint"] != fingerprint for st in states)
 
 
 class ShardedEvolve:
@@ -146,11 +173,19 @@ class ShardedEvolve:
             atomic_write(error_file(self.out, w.rank), f"{type(exc).__name__}: {msg}\n"
                          if not isinstance(exc, UsageError | EngineError) else msg + "\n")
             raise
-        statuses = all_gather(status)
+        statuses = self._meet(lambda: all_gather(status))
         if w.is_main:
             self._merge([s["report"] for s in statuses], started, time.perf_counter() - t0)
-        barrier()  # the merged outputs are in place for every rank (the recipe trains on them next)
+        self._meet(barrier)  # the merged outputs are in place for every rank (the recipe trains on them next)
         return json.loads((self.out / REPORT_FILE).read_text())
+
+    def _meet(self, collective: Callable[[], T]) -> T:
+        """A collective with the other ranks; when one of them died, say which and why (its error file)."""
+        try:
+            return collective()
+        except RuntimeError as exc:  # torch.distributed's errors when a peer is gone
+            why = "; ".join(failed_ranks(self.out)) or f"a rank left the launch ({str(exc).splitlines()[0]})"
+            raise EngineError(f"stopped because {why}") from None
 
     def _prepare(self) -> None:
         """Rank 0, before any rank writes: clear stale error files; with --overwrite the merged outputs and the
