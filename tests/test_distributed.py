@@ -114,22 +114,36 @@ def test_one_process_relaunch_of_a_finished_run_does_nothing(two, tiny_model_dir
     assert snapshot(out) == before
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def killed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """Rank 1 killed with SIGKILL after its second evaluation wave is logged."""
     out = tmp_path_factory.mktemp("killed") / "out"
     return out, torchrun(2, out, tiny_model_dir, fault="1:kill:2")
 
 
-def test_killed_rank_stops_the_job_and_relaunch_is_identical(killed, reference, tiny_model_dir):
+def test_killed_rank_stops_the_job_and_relaunch_is_identical(killed, reference, tiny_model_dir, capsys):
     out, r = killed
     assert r.returncode != 0
     assert "exitcode  : -9" in r.stderr and "rank      : 1" in r.stderr, r.stderr[-3000:]  # torchrun names it
     assert not (out / "run.json").exists()
     rank1 = out / "shards" / "rank-01-of-02"
     assert state(rank1)["status"] == "running" and not (rank1 / "run.json").exists()
-    logged = (rank1 / "nodes.jsonl").read_text().count("\n")
-    assert logged > 0
+    ref_nodes = [json.loads(ln) for ln in (reference / "trees.jsonl").read_text().splitlines()]
+    logged = (rank1 / "nodes.jsonl").read_text().count("\n")  # the two waves logged before the kill
+    assert 0 < logged < sum(rank_of(n["seed_id"], 2) == 1 for n in ref_nodes)
+    # another process count is refused while the run is unfinished: one process, and three
+    before = snapshot(out)
+    capsys.readouterr()
+    assert evolve(out, tiny_model_dir, SEEDS) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "unfinished run of a 2-process launch" in err[0] and "--overwrite" in err[0]
+    from idea_mcts.shards import ShardedEvolve
+
+    cfg = load_config(None, [f"output_dir={out}", *evolve_argv(out, tiny_model_dir, SEEDS)[4:]])
+    with pytest.raises(UsageError, match="unfinished run of a 2-process launch; relaunch it with 2 processes"):
+        ShardedEvolve(cfg, World(rank=0, size=3))  # the checks every rank makes before any rank writes
+    assert snapshot(out) == before
+    # the same launch resumes every shard
     again = torchrun(2, out, tiny_model_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_result(out, reference)
@@ -137,22 +151,6 @@ def test_killed_rank_stops_the_job_and_relaunch_is_identical(killed, reference, 
     assert shards[1]["resumed"]
     rank1_run = json.loads((rank1 / "run.json").read_text())
     assert rank1_run["resumed"] and rank1_run["counts"]["cached_requests"] > 0  # from its own cache
-
-
-def test_another_process_count_is_refused_while_unfinished(tiny_model_dir, tmp_path, capsys):
-    out = tmp_path / "out"
-    r = torchrun(2, out, tiny_model_dir, fault="1:kill:1")
-    assert r.returncode != 0 and not (out / "run.json").exists()
-    before = snapshot(out)
-    assert evolve(out, tiny_model_dir, SEEDS) == 2  # one process
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and "unfinished run of a 2-process launch" in err[0] and "--overwrite" in err[0]
-    from idea_mcts.shards import ShardedEvolve
-
-    cfg = load_config(None, [f"output_dir={out}", *evolve_argv(out, tiny_model_dir, SEEDS)[4:]])
-    with pytest.raises(UsageError, match="unfinished run of a 2-process launch; relaunch it with 2 processes"):
-        ShardedEvolve(cfg, World(rank=0, size=3))  # three processes: the checks run before any rank writes
-    assert snapshot(out) == before
 
 
 def test_a_rank_that_fails_is_named_with_its_error(tiny_model_dir, tmp_path):
