@@ -214,6 +214,11 @@ class ShardedEvolve:
 
     def _merge(self, reports: list[dict[str, Any]], started: str, wall: float) -> None:
         out, tmp = self.out, self.out / (TREES_FILE + ".tmp")
+        for r in range(self.world.size):
+            if not (shard_dir(out, r, self.world.size) / TREES_FILE).is_file():
+                raise EngineError(f"rank {r} finished, but rank 0 cannot see its trees under "
+                                  f"{shard_dir(out, r, self.world.size)}: on several nodes, output_dir must be on a "
+                                  "filesystem every node shares")
         seen: set[str] = set()
         seed_scores = ScoreMeans()
         counts = Counter({"seeds": 0, "nodes": 0, "evolved_nodes": 0, "terminal_nodes": 0, "scored_nodes": 0})
