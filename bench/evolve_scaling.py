@@ -8,12 +8,13 @@ Three real runs of `idea-mcts evolve` on the same config, each in fresh processe
 - `1 process x 2 threads`  (OMP_NUM_THREADS=2): the best one process does with the machine's 2 cores;
 - `2 processes x 1 thread` (`torchrun --nproc_per_node 2`, gloo): each rank searches its shard of the seeds.
 
-Figures per run: the CPU seconds of the whole process tree (launcher and ranks), the process wall time (launch
-to exit: interpreter start, imports, model load, judge check, search, merge) and the search throughput (nodes / search seconds; with 2 processes the slowest shard's search
-seconds, as run.json `search_seconds`). Ratios: 2 processes over each 1-process run. The 2-process trees are
-checked byte-identical to the 1-process ones. One run each: on a shared machine the wall-clock ratios move with
-the load; `cpu_bound_2_free_cores` (2 x the 1-process CPU seconds / the 2-process CPU seconds) is the ratio two
-free cores would give if the work spread perfectly, which other jobs on the machine do not change much.
+Figures per run: the CPU seconds of the whole process tree (launcher and ranks); the process wall time (launch
+to exit: interpreter start, imports, model load, judge check, search, merge); the search throughput (nodes /
+search seconds; with 2 processes the slowest shard's search seconds, as run.json `search_seconds`). Ratios: 2
+processes over each 1-process run. The 2-process trees are checked byte-identical to the 1-process ones. One run
+each: on a shared machine the wall-clock ratios move with the load; `cpu_bound_2_free_cores` (2 x the 1-process
+CPU seconds / the 2-process CPU seconds) is what two free cores would give if the work spread perfectly, a bound
+the machine's other jobs move much less.
 """
 
 from __future__ import annotations
