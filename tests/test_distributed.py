@@ -114,6 +114,17 @@ def test_one_process_relaunch_of_a_finished_run_does_nothing(two, tiny_model_dir
     assert snapshot(out) == before
 
 
+def test_one_process_overwrite_replaces_a_sharded_run(two, reference, tiny_model_dir, tmp_path):
+    src, r = two
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    assert evolve(out, tiny_model_dir, SEEDS, "--overwrite") == 0
+    assert not (out / "shards").exists()  # the shards go with the run they belonged to
+    assert (out / "trees.jsonl").read_bytes() == (reference / "trees.jsonl").read_bytes()
+    assert "world_size" not in state(out)
+
+
 @pytest.fixture
 def killed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """Rank 1 killed with SIGKILL after its second evaluation wave is logged."""
