@@ -1,8 +1,8 @@
 """Scale-out (issue #14) with real processes: `idea-mcts evolve` under `torchrun --nproc_per_node 2` (gloo on the
-CPU) gives the one-process result; a rank killed mid-run or failing with an error stops the job, named, and a
-relaunch resumes every shard to the identical result; another process count is refused while the run is
-unfinished; the recipe (sharded evolve -> DDP SFT -> one evaluation, one report) under `accelerate launch
---config_file configs/accelerate/cpu-2proc.yaml`.
+CPU) gives the one-process result and pushes it once; a rank killed mid-run or failing with an error stops the
+job, named, and a relaunch resumes every shard to the identical result; another process count is refused while
+the run is unfinished; the recipe (sharded evolve -> DDP SFT -> one evaluation, one report) under `accelerate
+launch --config_file configs/accelerate/cpu-2proc.yaml`.
 
 Faults are injected into one rank by tests/rank_faults/sitecustomize.py (IDEA_MCTS_RANK_FAULT=RANK:KIND:N).
 """
@@ -10,6 +10,7 @@ Faults are injected into one rank by tests/rank_faults/sitecustomize.py (IDEA_MC
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from datasets import load_from_disk
@@ -24,31 +26,34 @@ from datasets import load_from_disk
 from idea_mcts.config import load_config
 from idea_mcts.distributed import World, place_engines
 from idea_mcts.errors import UsageError
+from tests.hub_emulator import HubEmulator, hub_env
 from tests.runs import evolve, evolve_argv, snapshot, state
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "hf_idea_mcts_distributed_TOKEN_0123456789"
 SEEDS = "data.max_seeds=6"
 """Six demo seeds: sha256 puts demo-00, 01, 02, 05 on rank 0 and demo-03, 04 on rank 1 (interleaved)."""
 
 
-def launch_env(fault: str | None = None) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "ACCELERATE_", "IDEA_MCTS_RANK_"))}
+def launch_env(fault: str | None = None, hub: dict[str, str] | None = None) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith(("HF_", "HUGGING_FACE", "ACCELERATE_", "IDEA_MCTS_RANK_"))}
     path = [str(ROOT)] + ([str(ROOT / "tests" / "rank_faults")] if fault else [])
     env = {**base, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(path),
-           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+           "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **(hub or {})}
     if fault:
         env["IDEA_MCTS_RANK_FAULT"] = fault
     return env
 
 
-def torchrun(n: int, out: Path, model: Path, *extra: str, fault: str | None = None
-             ) -> subprocess.CompletedProcess[str]:
+def torchrun(n: int, out: Path, model: Path, *extra: str, fault: str | None = None,
+             hub: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`idea-mcts evolve` in `n` real processes started by torchrun (a free port on the loopback)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            "-m", "idea_mcts.cli", *evolve_argv(out, model, SEEDS, *extra)]
-    return subprocess.run(cmd, env=launch_env(fault), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return subprocess.run(cmd, env=launch_env(fault, hub), capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
 def rank_of(seed_id: str, n: int) -> int:
@@ -81,13 +86,19 @@ def reference(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def two(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    out = tmp_path_factory.mktemp("two") / "out"
-    return out, torchrun(2, out, tiny_model_dir)
+def two(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+        ) -> tuple[Path, subprocess.CompletedProcess, HubEmulator]:
+    """Two processes, pushing to the loopback Hub emulator (`push_to_hub` is not part of the config's
+    fingerprint: the run is the reference's)."""
+    base = tmp_path_factory.mktemp("two")
+    out = base / "out"
+    with HubEmulator(token=TOKEN) as hub:
+        r = torchrun(2, out, tiny_model_dir, "push_to_hub.repo_id=org/two", hub=hub_env(hub, base, TOKEN))
+    return out, r, hub
 
 
 def test_two_processes_give_the_one_process_result(two, reference):
-    out, r = two
+    out, r, hub = two
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_result(out, reference)
     seeds = tree_seeds(reference / "trees.jsonl")
@@ -103,10 +114,15 @@ def test_two_processes_give_the_one_process_result(two, reference):
     assert run["distributed"]["world_size"] == 2
     assert [s["seeds"] for s in run["distributed"]["shards"]] == [len(g) for g in got]
     assert "rank 0 merges" in r.stderr
+    # pushed once, by rank 0, the merged rows
+    creates = [q for q in hub.requests if q.method == "POST" and q.path.endswith("/repos/create")]
+    assert len(creates) == 1 and state(out)["pushed"]["repo_id"] == "org/two"
+    rows = pq.read_table(io.BytesIO(hub.files("org/two")["data/train-00000-of-00001.parquet"]))
+    assert rows.column("node_id").to_pylist() == load_from_disk(str(reference / "dataset"))["node_id"]
 
 
 def test_one_process_relaunch_of_a_finished_run_does_nothing(two, tiny_model_dir, capsys):
-    out, r = two
+    out, r, _ = two
     assert r.returncode == 0, r.stderr[-3000:]
     before = snapshot(out)
     assert evolve(out, tiny_model_dir, SEEDS) == 0  # the outputs are the same at any process count
@@ -115,7 +131,7 @@ def test_one_process_relaunch_of_a_finished_run_does_nothing(two, tiny_model_dir
 
 
 def test_one_process_overwrite_replaces_a_sharded_run(two, reference, tiny_model_dir, tmp_path):
-    src, r = two
+    src, r, _ = two
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "out"
     shutil.copytree(src, out)
