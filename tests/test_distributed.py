@@ -228,6 +228,16 @@ def test_engine_placement_per_rank():
     assert engines["gen"].device == "auto"  # the config itself is untouched (its fingerprint too)
 
 
+@pytest.mark.parametrize("value", ["[]", "['']"])
+def test_bad_base_urls_is_one_line(value, tmp_path, capsys):
+    from idea_mcts.cli import main
+
+    assert main(["evolve", "--output_dir", str(tmp_path / "o"), f"engines.default.base_urls={value}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: config key 'engines.default.base_urls' must be a non-empty list") and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
 # ---- the recipe under accelerate launch: sharded evolve -> DDP SFT -> one evaluation, one report ------------
 def test_recipe_on_two_processes(tiny_model_dir, reference, tmp_path):
     from tests.test_recipes import write_config
