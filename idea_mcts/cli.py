@@ -40,6 +40,29 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`evolve`; under torchrun / accelerate launch (WORLD_SIZE > 1) each rank runs its shard (idea_mcts.shards)
+    and an error names the rank that failed."""
+    from idea_mcts.distributed import World
+
+    world = World.from_env()
+    if world.size > 1:
+        from idea_mcts.distributed import init_group
+        from idea_mcts.shards import agree
+
+        init_group()  # before the checks, so that every rank learns which rank's input is bad
+        cfg, run = agree(world, lambda: _evolve_run(args, overrides, world))
+    else:
+        cfg, run = _evolve_run(args, overrides, world)
+    try:
+        return _evolve(args, cfg, run, world)
+    except EngineError as exc:
+        raise EngineError(f"{world.tag()} failed: {exc}" if world.size > 1 else str(exc)) from None
+    except UsageError as exc:
+        raise UsageError(f"{world.tag()} failed: {exc}" if world.size > 1 else str(exc)) from None
+
+
+def _evolve_run(args: argparse.Namespace, overrides: list[str], world: Any) -> tuple[Any, Any]:
+    """The config and the validated run (every input checked, nothing written)."""
     from idea_mcts.config import ConfigValueError, load_config
     from idea_mcts.pipeline import EvolveRun
 
@@ -51,8 +74,17 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
         raise UsageError(f"--{exc.key} must be {exc.allowed}, got {exc.value!r}") from None
     if cfg.push_to_hub is not None and cfg.push_to_hub.repo_id.count("/") != 1:
         raise UsageError(f"push_to_hub.repo_id must be namespace/name, got {cfg.push_to_hub.repo_id!r}")
-    run = EvolveRun(cfg, command=command, overwrite=args.overwrite)
+    if world.size > 1:
+        from idea_mcts.shards import ShardedEvolve
+
+        return cfg, ShardedEvolve(cfg, world, command=command, overwrite=args.overwrite)
+    return cfg, EvolveRun(cfg, command=command, overwrite=args.overwrite)
+
+
+def _evolve(args: argparse.Namespace, cfg: Any, run: Any, world: Any) -> int:
     if run.mode == "finished":
+        if not world.is_main:
+            return 0
         if cfg.push_to_hub is not None and not run.store.pushed(_push_target(cfg)):
             print(f"{cfg.output_dir} already holds this finished run; it was not pushed to "
                   f"{cfg.push_to_hub.repo_id} yet: pushing", file=sys.stderr)
@@ -61,8 +93,12 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
               file=sys.stderr)
         return 0
     est = run.estimate
-    print(f"plan: {len(run.seeds)} seeds -> at most {est['nodes']} nodes, {est['calls']} LLM calls, "
-          f"{est['generated_tokens']} generated tokens", file=sys.stderr)
+    if world.is_main:
+        print(f"plan: {len(run.seeds)} seeds -> at most {est['nodes']} nodes, {est['calls']} LLM calls, "
+              f"{est['generated_tokens']} generated tokens", file=sys.stderr)
+    if world.size > 1 and world.is_main:
+        print(f"{world.size} processes: each searches the seeds of its shard (sha256 of the seed id) under "
+              f"{Path(cfg.output_dir) / 'shards'}; rank 0 merges", file=sys.stderr)
     if cfg.max_calls is not None and est["calls"] > cfg.max_calls:
         print(f"note: --max_calls {cfg.max_calls} is below the estimate; the search stops before a wave would "
               "pass it", file=sys.stderr)
@@ -71,10 +107,18 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
         report = run.execute(progress=not args.no_progress)
     except KeyboardInterrupt as exc:
         resume = shlex.join(["idea-mcts", *(a for a in args.argv if a != "--overwrite")])
+        if world.size > 1:
+            from idea_mcts.shards import failed_ranks
+
+            for line in failed_ranks(Path(cfg.output_dir)):
+                print(f"stopped because {line}", file=sys.stderr)
+            resume = f"{resume} (launched again with {world.size} processes)"
         print(f"\ninterrupted: completed work is kept in {cfg.output_dir}; resume with: {resume}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if not world.is_main:
+        return 0
     c = report["counts"]
     print(f"{report['status']}: {c['rows']} rows from {c['nodes']} nodes in {report['wall_seconds']} s "
           f"-> {cfg.output_dir}", file=sys.stderr)
@@ -314,10 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args, overrides) if args.command in ("evolve", "score", "show") else args.func(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if str(exc):  # empty: another rank of the launch reports it
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except EngineError as exc:
-        print(f"engine error: {exc}", file=sys.stderr)
+        if str(exc):
+            print(f"engine error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

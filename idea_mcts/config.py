@@ -131,6 +131,10 @@ class EngineConfig:
     """Extra keyword arguments passed verbatim to the engine constructor (`vllm.LLM`, `from_pretrained`)."""
     base_url: str | None = None
     """openai: server URL, e.g. `http://127.0.0.1:8000/v1`."""
+    base_urls: list[str] | None = None
+    """openai under a multi-process launch (torchrun / accelerate launch): a pool of servers shared out by rank,
+    rank k talking to `base_urls[k % len(base_urls)]` (overrides `base_url` there; a one-process run uses the
+    first). See docs/scaling.md."""
     api_key_env: str = "OPENAI_API_KEY"
     """openai: name of the environment variable holding the API key (the key itself is never logged)."""
     max_concurrency: int = 64
@@ -146,6 +150,11 @@ class EngineConfig:
                             "gpu_memory_utilization": Range(0, 1, lo_open=True), "max_concurrency": POSITIVE_INT,
                             "max_retries": NON_NEGATIVE_INT, "timeout": Range(0, lo_open=True)},
                      {"backend": ENGINE_BACKENDS, "dtype": DTYPES})
+        if self.base_urls is not None:
+            if not self.base_urls or not all(isinstance(u, str) and u.strip() for u in self.base_urls):
+                raise ConfigValueError("base_urls", "a non-empty list of server URLs", self.base_urls)
+            if self.base_url is None:
+                self.base_url = self.base_urls[0]
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,12 @@ TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 class Seed:
     seed_id: str
     instruction: str
+
+
+def shard_of(seed_id: str, num_shards: int) -> int:
+    """The shard (0 .. num_shards-1) a seed belongs to under a multi-process launch: a stable hash of its id
+    (sha256, the same in every process, run and machine; not Python's salted `hash`, not arrival order)."""
+    return int.from_bytes(hashlib.sha256(seed_id.encode()).digest()[:8], "big") % num_shards
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from typing import Any
 
 from idea_mcts import __version__
 from idea_mcts.actions import Action, load_actions, meta_prompt, parse_task_methods, task_actions
-from idea_mcts.config import EvolveConfig, to_yaml
-from idea_mcts.data import Seed, load_seeds
+from idea_mcts.config import EngineConfig, EvolveConfig, to_yaml
+from idea_mcts.data import Seed, load_seeds, shard_of
 from idea_mcts.engines import EnginePool, UsageStats
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
@@ -38,7 +38,7 @@ from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, ScoreMeans, build_reward
 from idea_mcts.search import IdeaMCTS, estimate
-from idea_mcts.store import RunStore, check_layout
+from idea_mcts.store import SHARDS_DIR, RunStore, check_layout
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,32 @@ def check_models(cfg: EvolveConfig, keys: Iterable[str]) -> None:
                 check_reachable(name, "model", f"engines.{key}")  # a Hub name: fail fast when unreachable
 
 
+def shard_worlds(out: Path) -> set[int]:
+    """The process counts of the multi-process launches whose shards OUT holds."""
+    import re
+
+    d = out / SHARDS_DIR
+    if not d.is_dir():
+        return set()
+    return {int(m.group(1)) for p in d.iterdir() if (m := re.fullmatch(r"rank-\d+-of-(\d+)", p.name)) and p.is_dir()}
+
+
+def check_no_shards(out: Path) -> None:
+    """A one-process run refuses an OUT holding an unfinished multi-process run: it would start over beside the
+    shards instead of resuming them (a finished one is left as is: its outputs are the same at any count)."""
+    worlds = shard_worlds(out)
+    if worlds and (RunStore(out).state() or {}).get("status") != "finished":
+        n = max(worlds)
+        raise UsageError(f"{out} holds the unfinished run of a {n}-process launch ({out / SHARDS_DIR}); relaunch it "
+                         f"with {n} processes (torchrun --nproc_per_node {n} ...) to resume it, or pass --overwrite "
+                         "to start over (the shards are removed)")
+
+
 class EvolveRun:
     """One `evolve` run: validated inputs and the estimate up front; `execute` does the work."""
 
-    def __init__(self, cfg: EvolveConfig, command: str = "", overwrite: bool = False) -> None:
+    def __init__(self, cfg: EvolveConfig, command: str = "", overwrite: bool = False,
+                 shard: tuple[int, int] | None = None, engines: dict[str, EngineConfig] | None = None) -> None:
         self.cfg = cfg
         self.command = command
         self.overwrite = overwrite
@@ -111,6 +133,10 @@ class EvolveRun:
         self.out = Path(cfg.output_dir)
         check_output_dir(self.out)
         self.seeds: list[Seed] = load_seeds(cfg.data)
+        if shard is not None:  # one rank's share of a multi-process launch (idea_mcts.shards)
+            self.seeds = [s for s in self.seeds if shard_of(s.seed_id, shard[1]) == shard[0]]
+        elif not overwrite:
+            check_no_shards(self.out)
         self.actions: list[Action] = load_actions(cfg.search.actions)
         if cfg.search.task_actions:
             self.task_examples = read_examples(cfg.search.task_actions)
@@ -130,7 +156,8 @@ class EvolveRun:
         self.store = RunStore(self.out)
         self.mode = self.store.check(cfg.fingerprint(), overwrite)
         """`new`, `resume` (OUT holds an unfinished run of this config) or `finished` (nothing to do)."""
-        self.pool = EnginePool(cfg.engines)
+        self.pool = EnginePool(engines or cfg.engines)
+        """The engines; `engines` places them for one rank (its GPU, its server), outside the fingerprint."""
         self.engines: dict[str, CachedEngine] = {}
         self.clients: dict[str, RoleClient] = {}
         self.judge_check: dict[str, Any] | None = None

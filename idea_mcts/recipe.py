@@ -145,10 +145,12 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
     try:
         return main(argv)
     except UsageError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        if str(exc):  # empty: another rank of the launch reports it
+            sys.stderr.write(f"error: {exc}\n")
         return 2
     except (EngineError, PushError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        if str(exc):
+            sys.stderr.write(f"error: {exc}\n")
         return 1
 
 
@@ -218,16 +220,30 @@ class Recipe:
 
     def __init__(self, script_args: Any, sft_args: Any, model_args: Any, evolve_args: EvolveArguments,
                  eval_args: EvalArguments, command: str = "", needs_data: bool = True) -> None:
+        from idea_mcts.distributed import World, init_group
+
+        self.script, self.sft_args, self.model_args = script_args, sft_args, model_args
+        self.evolve_args, self.eval_args, self.command = evolve_args, eval_args, command
+        self.world = World.from_env()
+        """This process in a multi-process launch: every rank evolves its shard and trains (DDP); rank 0 merges,
+        pushes, evaluates and reports."""
+        if self.world.size > 1:
+            from idea_mcts.shards import agree
+
+            init_group()  # every rank learns which rank's input is bad
+            agree(self.world, lambda: self._check(needs_data))
+        else:
+            self._check(needs_data)
+
+    def _check(self, needs_data: bool) -> None:
+        """Every input checked (and the data source opened) before OUT is touched."""
         from idea_mcts.evaluation.ifeval import data_file
         from idea_mcts.models import resolve_model
         from idea_mcts.pipeline import check_output_dir
         from idea_mcts.training import check_quantization
 
-        self.script, self.sft_args, self.model_args = script_args, sft_args, model_args
-        self.evolve_args, self.eval_args, self.command = evolve_args, eval_args, command
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UsageError("the recipes run in one process (accelerate launch --num_processes 1): their data, eval "
-                             "and report stages are not split across processes")
+        script_args, sft_args, model_args = self.script, self.sft_args, self.model_args
+        evolve_args, eval_args = self.evolve_args, self.eval_args
         self.out = Path(sft_args.output_dir)
         check_output_dir(self.out)
         if not model_args.model_name_or_path:
@@ -257,6 +273,11 @@ class Recipe:
 
         cfg = self.evolve_args.evolve_config
         cfg.output_dir = str(self.out / "data")
+        if self.world.size > 1:
+            from idea_mcts.shards import ShardedEvolve, other_fingerprint
+
+            overwrite = other_fingerprint(Path(cfg.output_dir), cfg.fingerprint())  # a changed setting
+            return ShardedEvolve(cfg, self.world, command=self.command, overwrite=overwrite)
         state = RunStore(Path(cfg.output_dir)).state()
         overwrite = state is not None and state.get("fingerprint") != cfg.fingerprint()  # a changed setting
         return EvolveRun(cfg, command=self.command, overwrite=overwrite)
@@ -293,7 +314,7 @@ class Recipe:
         from idea_mcts.publish import push_from_config
 
         cfg = self.evolve_args.evolve_config
-        if self.evolve_run is None or cfg.push_to_hub is None:
+        if self.evolve_run is None or cfg.push_to_hub is None or not self.world.is_main:
             return None
         fp = fingerprint(self.data_fp, cfg.push_to_hub)
         t0 = time.perf_counter()
@@ -326,23 +347,34 @@ class Recipe:
             self.info["sft"] = m["info"]
             return adapter
         ckpt_dir, state_file = sft_dir / "checkpoints", sft_dir / "run.json"
-        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-        if state.get("fingerprint") != fp and ckpt_dir.exists():
-            logger.info("removing checkpoints of other SFT settings in %s", ckpt_dir)
-            shutil.rmtree(ckpt_dir)
-        write_json(state_file, {"fingerprint": fp})
+        main = self.world.is_main
+        if main:
+            state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+            if state.get("fingerprint") != fp and ckpt_dir.exists():
+                logger.info("removing checkpoints of other SFT settings in %s", ckpt_dir)
+                shutil.rmtree(ckpt_dir)
+            write_json(state_file, {"fingerprint": fp})
         args = copy.copy(self.sft_args)
         args.output_dir = str(ckpt_dir)
+        if self.world.size > 1:
+            from idea_mcts.distributed import barrier
+
+            barrier()  # old checkpoints are gone before any rank looks for one
+            if self.model_args.use_peft and args.ddp_find_unused_parameters is None:
+                args.ddp_find_unused_parameters = False  # DDP over a PeftModel: frozen base weights get no grads
         trainer = build_trainer(self.model_args, args, to_prompt_completion(rows), callbacks)
         resume = last_checkpoint(ckpt_dir)
-        if resume:
+        if resume and main:
             logger.info("resuming SFT from %s", resume)
             print(f"sft: resuming from checkpoint {resume}", file=sys.stderr)
         result = trainer.train(resume_from_checkpoint=resume)
+        if not main:  # every rank saves (a collective under FSDP / ZeRO-3); the main process alone writes
+            trainer.save_model(str(adapter.with_name(f".{adapter.name}.tmp")))
+            return adapter
         with atomic_dir(adapter) as tmp:
             save_adapter(trainer, tmp)
         info = {"metrics": result.metrics, "log_history": trainer.state.log_history, "resumed_from": resume,
-                "global_step": trainer.state.global_step,
+                "global_step": trainer.state.global_step, "world_size": trainer.args.world_size,
                 "num_input_tokens_seen": trainer.state.num_input_tokens_seen, "lora_b_norm": lora_b_norm(adapter)
                 if self.model_args.use_peft else None}
         write_json(sft_dir / "train.json", info)
@@ -386,7 +418,7 @@ class Recipe:
                 self._timed(f"eval_{name}", t0, True, m)
                 continue
             res = run_ifeval(self.model_path, settings, adapter=str(adp) if adp else None,
-                             workdir=self.out / "eval" / "work")
+                             workdir=self.out / "eval" / "work", alone=self.world.size > 1)
             write_json(path, res)
             results[name] = res
             m = self.stages.finish(f"eval_{name}", fp, time.perf_counter() - t0, [f"eval/{name}.json"])
@@ -414,6 +446,7 @@ class Recipe:
         from idea_mcts import __version__
 
         return {"version": __version__, "command": self.command, "out": str(self.out), "model": self.model_path,
+                "processes": self.world.size,
                 "config": {"script": asdict(self.script), "sft": self.sft_args.to_dict(),
                            "model": asdict(self.model_args),
                            "evolve": asdict(self.evolve_args.evolve_config)

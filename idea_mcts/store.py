@@ -48,11 +48,14 @@ INDEX_NAME = ".index.sqlite"
 """The logs' index while a run has OUT open (`cache/.index.sqlite`), rebuilt from the logs at open and removed
 at close."""
 LOCK_FILE = ".lock"
+SHARDS_DIR = "shards"
+"""Under OUT of a multi-process launch: one run dir like this one per rank, `rank-KK-of-NN` (idea_mcts.shards);
+removed by a one-process run's --overwrite."""
 OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
 """What a finished run leaves; written only at the end, each atomically."""
 LAYOUT = {STATE_FILE: "file", NODES_FILE: "file", "cache": "dir", CACHE_FILE: "file", LOCK_FILE: "file",
           DATASET_DIR: "dir", DATASET_DIR + ".tmp": "dir", DATASET_DIR + ".old": "dir", TREES_FILE: "file",
-          REPORT_FILE: "file", **{f"{n}.tmp": "file" for n in (STATE_FILE, TREES_FILE, REPORT_FILE)}}
+          REPORT_FILE: "file", SHARDS_DIR: "dir", **{f"{n}.tmp": "file" for n in (STATE_FILE, TREES_FILE, REPORT_FILE)}}
 """Every path a run creates under OUT (the `.tmp`/`.old` ones while it swaps a file in) and what it must be."""
 
 
@@ -365,7 +368,7 @@ class RunStore:
             raise UsageError(f"{self.out} is in use by another idea-mcts run") from None
         mode = self._decide(fingerprint, overwrite)
         if overwrite:
-            for name in (*OUTPUTS, NODES_FILE, STATE_FILE):
+            for name in (*OUTPUTS, NODES_FILE, STATE_FILE, SHARDS_DIR):
                 path = self.out / name
                 if path.is_dir():
                     shutil.rmtree(path)

@@ -20,6 +20,8 @@ from idea_mcts.report import headline_table
 
 def main(argv: list[str] | None = None) -> int:
     recipe = Recipe(*parse_recipe(argv), command=launch_command(), needs_data=False)
+    if not recipe.world.is_main:  # under a multi-process launch rank 0 evaluates, once
+        return 0
     recipe.evaluate()
     path = recipe.report()
     print(f"\nreport: {path}\n\n{headline_table(recipe.report_dict())}\n")

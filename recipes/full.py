@@ -3,6 +3,7 @@
 Usage:
 
     accelerate launch recipes/full.py --config configs/recipes/demo.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml recipes/full.py --config ...   # N GPUs
     python recipes/full.py --config configs/recipes/demo.yaml --output_dir outputs/x --ifeval_limit 10
 
 The config is one flat YAML read by TRL's `TrlParser`: TRL's `ScriptArguments`, `SFTConfig` and `ModelConfig`
@@ -25,6 +26,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     rows = recipe.data()
     recipe.push()
     adapter = recipe.sft(rows, callbacks=callbacks)
+    if not recipe.world.is_main:  # under torchrun / accelerate launch: rank 0 evaluates once and reports
+        return 0
     recipe.evaluate(adapter)
     path = recipe.report()
     print(f"\nreport: {path}\n\n{headline_table(recipe.report_dict())}\n")

@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     evolve_args.evolve_config = None  # this script trains on dataset_name only
     recipe = Recipe(script_args, sft_args, model_args, evolve_args, eval_args, command=launch_command())
     adapter = recipe.sft(recipe.rows, callbacks=callbacks)
+    if not recipe.world.is_main:
+        return 0
     curve = loss_curve(recipe.report_dict())
     print(f"adapter: {adapter} ({len(curve)} logged steps, last loss {curve[-1][1] if curve else 'n/a'})")
     return 0

@@ -34,8 +34,8 @@ from idea_mcts.store import MISSING, RequestCache
 logger = logging.getLogger(__name__)
 
 NOT_IN_KEY = ("device", "max_batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
-              "enforce_eager", "enable_prefix_caching", "base_url", "api_key_env", "max_concurrency", "timeout",
-              "max_retries")
+              "enforce_eager", "enable_prefix_caching", "base_url", "base_urls", "api_key_env", "max_concurrency",
+              "timeout", "max_retries")
 """Engine settings that change how a result is computed or fetched, not what it is: left out of cache keys."""
 
 

@@ -146,11 +146,21 @@ def model_args(model: str, settings: IFEvalSettings, adapter: str | None) -> dic
     return args
 
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+               "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+"""What torchrun / accelerate launch set: left out of the environment of an evaluation run `alone`."""
+
+
 def run_ifeval(model: str, settings: IFEvalSettings, adapter: str | None = None,
-               workdir: Path | None = None) -> dict[str, Any]:
+               workdir: Path | None = None, alone: bool = False) -> dict[str, Any]:
     """Evaluate `model` (with `adapter` when given) on IFEval. Returns {"metrics": {metric: value,
     metric_stderr: standard error}, "num_prompts", "samples": [{"key", "prompt", "response", per-prompt results}],
-    "settings", "model", "adapter"}. `workdir` holds the task YAML and punkt data (default: a temp dir)."""
+    "settings", "model", "adapter"}. `workdir` holds the task YAML and punkt data (default: a temp dir).
+
+    `alone`: run it in a child process outside the launch (rank 0 of a multi-process job evaluates once; in
+    this process lm-eval would see the launch's other ranks and wait for them to share the prompts)."""
+    if alone:
+        return _run_alone(model, settings, adapter, workdir)
     import tempfile
 
     path = data_file(settings.data)
@@ -175,6 +185,25 @@ def run_ifeval(model: str, settings: IFEvalSettings, adapter: str | None = None,
     if out is None:  # non-zero ranks under torch.distributed
         return {}
     return summarize(out, task, model, adapter, settings)
+
+
+def _run_alone(model: str, settings: IFEvalSettings, adapter: str | None, workdir: Path | None) -> dict[str, Any]:
+    import subprocess
+    import sys
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith(("TORCHELASTIC_",
+                                                                                             "ACCELERATE_"))}
+    with tempfile.TemporaryDirectory(prefix="idea-mcts-ifeval-") as tmp:
+        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request.write_text(json.dumps({"model": model, "settings": asdict(settings), "adapter": adapter,
+                                       "workdir": str(workdir) if workdir else None, "output": str(result)}))
+        proc = subprocess.run([sys.executable, "-m", "idea_mcts.evaluation.ifeval", str(request)], env=env)
+        if proc.returncode != 0 or not result.is_file():
+            from idea_mcts.errors import EngineError
+
+            raise EngineError(f"the IFEval run (a child process) failed with exit code {proc.returncode}")
+        return json.loads(result.read_text())
 
 
 def summarize(out: dict[str, Any], task: str, model: str, adapter: str | None,
@@ -204,3 +233,12 @@ def stderr(values: list[float]) -> float | None:
         return None
     mean = sum(values) / n
     return (sum((x - mean) ** 2 for x in values) / (n - 1) / n) ** 0.5
+
+
+if __name__ == "__main__":  # `run_ifeval(..., alone=True)`'s child process: python -m ... REQUEST.json
+    import sys
+
+    req = json.loads(Path(sys.argv[1]).read_text())
+    res = run_ifeval(req["model"], IFEvalSettings(**req["settings"]), adapter=req["adapter"],
+                     workdir=Path(req["workdir"]) if req["workdir"] else None)
+    Path(req["output"]).write_text(json.dumps(res))
