@@ -154,7 +154,7 @@ class EvolveRun:
             max_new["tagger"] = 0
         self.estimate = estimate(cfg.search, len(self.seeds), len(self.scorer_roles), max_new)
         self.store = RunStore(self.out)
-        self.mode = self.store.check(cfg.fingerprint(), overwrite)
+        self.mode = self.store.check(self.fingerprint(), overwrite)
         """`new`, `resume` (OUT holds an unfinished run of this config) or `finished` (nothing to do)."""
         self.pool = EnginePool(engines or cfg.engines)
         """The engines; `engines` places them for one rank (its GPU, its server), outside the fingerprint."""
@@ -162,6 +162,16 @@ class EvolveRun:
         self.clients: dict[str, RoleClient] = {}
         self.judge_check: dict[str, Any] | None = None
         """The quick judge validation run before the search (None when `reward.check_judges` is off)."""
+
+    def fingerprint(self) -> str:
+        """What identifies this run's results in OUT's store (the config's fingerprint; a run with another search
+        algorithm over the same config adds its own settings)."""
+        return self.cfg.fingerprint()
+
+    def make_search(self, actions: list[Action], reward: Reward, **hooks: Any) -> IdeaMCTS:
+        """The search this run executes (IDEA-MCTS; `idea_mcts.baselines` swaps in Evol-Instruct)."""
+        return IdeaMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
+                        max_calls=self.cfg.max_calls, on_nodes=self.store.log_nodes, keep_trees=False, **hooks)
 
     def client(self, role: str) -> RoleClient:
         """The role's client on its engine behind the run's request cache (the store must be open)."""
@@ -196,7 +206,7 @@ class EvolveRun:
         try:
             if self.mode != "resume":  # a resume only appends to OUT: its engines load on the first cache miss
                 self.load_engines()
-            self.mode = self.store.open(self.cfg.fingerprint(), self.overwrite)
+            self.mode = self.store.open(self.fingerprint(), self.overwrite)
             if self.mode == "resume":
                 assert self.store.cache is not None
                 logger.info("resuming the run in %s: %d cached requests, %d nodes logged; replaying", self.out,
@@ -243,9 +253,7 @@ class EvolveRun:
             bar.set_postfix(trees=len(self.seeds), tok_s=f"{done / max(time.perf_counter() - t0, 1e-9):.1f}")
 
         trees = TreeWriter(self.out, self.cfg.search.value)  # finished trees go to disk and leave memory
-        search = IdeaMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
-                          max_calls=self.cfg.max_calls, on_nodes=self.store.log_nodes, on_progress=tick,
-                          on_tree=trees.add, keep_trees=False)
+        search = self.make_search(actions, reward, on_progress=tick, on_tree=trees.add)
         try:
             search.run(self.seeds)
             bar.close()
@@ -279,7 +287,7 @@ class EvolveRun:
             "resumed": self.mode == "resume",
             "started_at": started, "finished_at": _now(),
             "config": self.cfg.to_dict(), "config_yaml": to_yaml(self.cfg),
-            "config_fingerprint": self.cfg.fingerprint(),
+            "config_fingerprint": self.fingerprint(),
             "actions": [{"name": a.name, "prompt": a.prompt} for a in actions],
             "estimate": self.estimate,
             "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
