@@ -87,6 +87,9 @@ class EvolInstructSearch(IdeaMCTS):
         self.settings = settings
         self.chains = 0
         """Chains started, over all seeds."""
+        self.budget_spent = False
+        """The run ended because the next request group would pass the budget: the arm's normal end (not an
+        early stop: `stopped` stays None, so the run is finished, not resumable)."""
 
     async def grow(self, tree: Tree) -> None:
         try:
@@ -105,7 +108,7 @@ class EvolInstructSearch(IdeaMCTS):
                     if child.reward is not None:
                         current = child
         except BudgetExhausted:
-            self.stopped = "max_calls"
+            self.budget_spent = True
 
     async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
         """The evolutions (one request each), the elimination filter, the validity gate when configured (one
@@ -170,8 +173,7 @@ class EvolInstructRun(EvolveRun):
                          + nodes * (max_new["responder"] + tag)}
 
     def fingerprint(self) -> str:
-        return fingerprint(self.cfg.fingerprint(), "evol-instruct", self.settings,
-                           [(a.name, a.prompt, a.example) for a in EVOL_INSTRUCT_OPERATORS])
+        return evol_fingerprint(self.cfg, self.settings)
 
     def make_search(self, actions: list[Action], reward: Reward, **hooks: Any) -> IdeaMCTS:
         return EvolInstructSearch(self.cfg.search, actions, self.client("evolver"), self.client("responder"),
@@ -183,12 +185,17 @@ class EvolInstructRun(EvolveRun):
         out["baseline"] = {"arm": "evol-instruct", "rounds": self.settings.rounds,
                            "max_chains": self.settings.max_chains, "budget": self.settings.budget,
                            "chains_started": getattr(search, "chains", None),
+                           "budget_spent": getattr(search, "budget_spent", None),
                            "operators": [a.name for a in actions],
                            "prompts": "the project's operator prompts (idea_mcts.actions.EVOL_INSTRUCT + create_new), "
                                       "written after WizardLM's operator descriptions; not WizardLM's texts"}
-        if search.stopped:
-            out["status"] = "finished (request budget spent)"
         return out
+
+
+def evol_fingerprint(cfg: EvolveConfig, settings: EvolInstructSettings) -> str:
+    """What identifies an Evol-Instruct run's results: the config, the arm's settings and its operators."""
+    return fingerprint(cfg.fingerprint(), "evol-instruct", settings,
+                       [(a.name, a.prompt, a.example) for a in EVOL_INSTRUCT_OPERATORS])
 
 
 def arm_budget(run: dict[str, Any]) -> dict[str, int]:

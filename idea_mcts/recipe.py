@@ -96,20 +96,20 @@ def load_evolve_section(section: dict[str, Any]) -> Any:
         raise UsageError(f"evolve.{key}: {msg}" if key else f"evolve: {msg}") from None
 
 
-def make_parser() -> Any:
-    """TrlParser over TRL's ScriptArguments, SFTConfig, ModelConfig and the recipe's own sections; argparse's
-    errors become UsageError (one line, exit 2) instead of a usage dump."""
+def make_parser(extra: tuple[type, ...] = ()) -> Any:
+    """TrlParser over TRL's ScriptArguments, SFTConfig, ModelConfig, the recipe's own sections and `extra`;
+    argparse's errors become UsageError (one line, exit 2) instead of a usage dump."""
     from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
     class RecipeParser(TrlParser):
         def error(self, message: str) -> Any:  # argparse's: prints usage and exits
             raise UsageError(message)
 
-    return RecipeParser((ScriptArguments, SFTConfig, ModelConfig, EvolveArguments, EvalArguments))
+    return RecipeParser((ScriptArguments, SFTConfig, ModelConfig, EvolveArguments, EvalArguments, *extra))
 
 
-def parse_recipe(argv: list[str] | None = None) -> tuple[Any, Any, Any, EvolveArguments, EvalArguments]:
-    """(script_args, sft_args, model_args, evolve_args, eval_args) from `--config FILE` and flags."""
+def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple[Any, ...]:
+    """(script_args, sft_args, model_args, evolve_args, eval_args, *extra) from `--config FILE` and flags."""
     import yaml
 
     argv = sys.argv[1:] if argv is None else argv
@@ -120,7 +120,7 @@ def parse_recipe(argv: list[str] | None = None) -> tuple[Any, Any, Any, EvolveAr
         if not Path(argv[i + 1]).is_file():
             raise UsageError(f"config file not found: {argv[i + 1]}")
     try:
-        return make_parser().parse_args_and_config(argv)
+        return make_parser(extra).parse_args_and_config(argv)
     except UsageError:
         raise
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
