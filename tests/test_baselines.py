@@ -1,0 +1,136 @@
+"""The comparison's arms (idea_mcts.baselines): evol-instruct at idea-mcts's request budget on the tiny random model,
+its request accounting against what the engine was sent (scripted engine), the seed arm, idea-mcts+ with the
+evolver scripted (the tiny model cannot write the meta-prompt's numbered list) and the rest on the tiny model,
+and the per-seed paired difference of the report against a known answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import idea_mcts.engines
+from idea_mcts.actions import EVOL_INSTRUCT
+from idea_mcts.baselines import EvolInstructRun, EvolInstructSettings, sample_rows, seed_rows
+from idea_mcts.compare_report import paired, per_seed
+from idea_mcts.config import load_config
+from idea_mcts.errors import UsageError
+from idea_mcts.pipeline import EvolveRun
+from tests.compare_scripted import build_engine as routed_build_engine
+from tests.runs import tiny_args
+from tests.scripted import ScriptedEngine
+
+BUDGET_ROLES = ("evolver", "responder", "quality", "complexity", "tagger", "embedder", "reward_model")
+OPERATORS = {a.name for a in EVOL_INSTRUCT} | {"create_new"}
+
+
+def requests_in(out: Path) -> int:
+    """The run's evolver + responder + scorer requests, summed from run.json's per-role usage."""
+    usage = json.loads((out / "run.json").read_text())["usage"]
+    return sum(usage[r]["requests"] for r in BUDGET_ROLES if r in usage)
+
+
+def nodes_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines()]
+
+
+def tiny_cfg(model: Path, out: Path, *extra: str):
+    return load_config(None, [*tiny_args(model), "data.max_seeds=3", "search.iterations=1",
+                              "reward.check_judges=false", f"output_dir={out}", *extra])
+
+
+@pytest.fixture(scope="module")
+def mcts_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("arms") / "idea-mcts"
+    report = EvolveRun(tiny_cfg(tiny_model_dir, out)).execute(progress=False)
+    assert report["status"] == "finished"
+    return out
+
+
+def test_evol_instruct_arm_spends_the_idea_mcts_budget_on_the_tiny_model(mcts_run, tiny_model_dir, tmp_path):
+    budget = requests_in(mcts_run)
+    node_cost = 1 + 1 + 3  # an evolution, its response, quality + complexity + tagger
+    out = tmp_path / "evol"
+    cfg = tiny_cfg(tiny_model_dir, out, "export.mode=all")
+    report = EvolInstructRun(cfg, EvolInstructSettings(rounds=2, budget=budget)).execute(progress=False)
+    spent = requests_in(out)
+    assert budget - node_cost < spent <= budget
+    assert report["counts"]["requests"] == spent  # the search's own count is what the engines were sent
+    assert report["baseline"]["budget_spent"] is True and report["status"] == "finished"
+    nodes = nodes_of(out)
+    evolved = [n for n in nodes if n["depth"] > 0]
+    assert evolved and {n["action"] for n in evolved} <= OPERATORS
+    assert max(n["depth"] for n in nodes) <= 2  # chains of 2 rounds
+    assert report["counts"]["rows"] == sum(n["reward"] is not None for n in evolved)
+
+
+def test_seed_arm_is_the_scored_roots(mcts_run):
+    rows = seed_rows(mcts_run)
+    roots = [n for n in nodes_of(mcts_run) if n["depth"] == 0]
+    assert sorted(rows["node_id"]) == sorted(n["node_id"] for n in roots)
+    by_id = {n["node_id"]: n for n in roots}
+    for r in rows:  # the seed instruction and the responder's response to it
+        assert r["messages"] == [{"role": "user", "content": by_id[r["node_id"]]["instruction"]},
+                                 {"role": "assistant", "content": by_id[r["node_id"]]["response"]}]
+    picked = sample_rows(rows, 2, seed=1)
+    assert len(picked) == 2 and set(picked["node_id"]) <= set(rows["node_id"])
+    with pytest.raises(ValueError):
+        sample_rows(rows, len(rows) + 1)
+
+
+def test_evol_instruct_counts_every_request_sent_and_goes_on_after_a_failed_evolution(tmp_path, monkeypatch):
+    engine = ScriptedEngine(fail_evolve_every=3)  # every third rewrite is empty: the filter drops it
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    out = tmp_path / "evol"
+    cfg = load_config(None, [f"output_dir={out}", "data.max_seeds=2", "reward.check_judges=false",
+                             "export.mode=all"])
+    report = EvolInstructRun(cfg, EvolInstructSettings(rounds=3, budget=47)).execute(progress=False)
+    sent = sum(n for _, n in engine.batches)  # what the engine was handed, request by request
+    assert sent == report["counts"]["requests"] == requests_in(out)
+    assert 47 - 5 < sent <= 47
+    assert report["filtered"]["empty"] > 0
+    for n in nodes_of(out):  # the scripted evolver appends " +1": a chain goes on from the last kept node
+        assert n["instruction"].count("+1") == n["depth"]
+        assert n["depth"] <= 3
+
+
+def test_evol_instruct_with_max_chains_and_no_budget_stops_after_its_chains(tmp_path, monkeypatch):
+    engine = ScriptedEngine()
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    out = tmp_path / "evol"
+    cfg = load_config(None, [f"output_dir={out}", "data.max_seeds=2", "reward.check_judges=false"])
+    report = EvolInstructRun(cfg, EvolInstructSettings(rounds=2, max_chains=3)).execute(progress=False)
+    assert report["counts"]["evolved_nodes"] == 2 * 3 * 2
+    assert report["baseline"]["budget_spent"] is False
+    with pytest.raises(UsageError, match="budget or max_chains"):
+        EvolInstructSettings(rounds=2)
+
+
+def test_idea_mcts_plus_arm_with_a_scripted_evolver_and_the_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", routed_build_engine)
+    scripted = tmp_path / "scripted-evolver"
+    scripted.symlink_to(tiny_model_dir)
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text('{"instruction": "Write a poem in exactly four lines."}\n')
+    out = tmp_path / "plus"
+    cfg = tiny_cfg(tiny_model_dir, out, f"engines.evolver.model={scripted}", "roles.evolver.engine=evolver",
+                   f"search.task_actions={examples}", "search.num_task_actions=2", "search.task_source=my-file",
+                   "search.expand_width=14")
+    report = EvolveRun(cfg).execute(progress=False)
+    assert [a["name"] for a in report["actions"]][-2:] == ["task_1", "task_2"]
+    used = {n["action"] for n in nodes_of(out) if n["depth"] == 1}
+    assert {"task_1", "task_2"} <= used
+    assert report["usage"]["responder"]["completion_tokens"] > 0  # the tiny model answered
+
+
+def test_per_seed_paired_difference_has_the_known_answer():
+    seed = [{"seed_id": str(i), "quality": float(i % 5), "complexity": 2.0} for i in range(40)]
+    # two rows per seed, each exactly 1 above its seed's quality: the difference is 1, with zero width
+    arm = [{"seed_id": str(i), "quality": float(i % 5) + 1 + d, "complexity": 3.0} for i in range(40)
+           for d in (-0.25, 0.25)]
+    got = paired(per_seed(arm, "quality"), per_seed(seed, "quality"))
+    assert (got["n"], got["difference"], got["ci95"]) == (40, 1.0, [1.0, 1.0])
+    mean = paired(per_seed(arm, "mean"), per_seed(seed, "mean"))  # mean of (quality, complexity) per row
+    assert mean["difference"] == pytest.approx(1.0)
+    assert paired({"a": 1.0}, {"b": 2.0}) == {"n": 0, "difference": None, "ci95": None}
