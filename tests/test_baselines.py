@@ -87,12 +87,26 @@ def test_evol_instruct_counts_every_request_sent_and_goes_on_after_a_failed_evol
                              "export.mode=all"])
     report = EvolInstructRun(cfg, EvolInstructSettings(rounds=3, budget=47)).execute(progress=False)
     sent = sum(n for _, n in engine.batches)  # what the engine was handed, request by request
-    assert sent == report["counts"]["requests"] == requests_in(out)
-    assert 47 - 5 < sent <= 47
+    usage = report["usage"]  # + the repeats the run's request cache answered (a restarted chain repeats a prompt)
+    cached = sum(usage[r]["cached"] for r in BUDGET_ROLES if r in usage)
+    assert sent + cached == report["counts"]["requests"] == requests_in(out)
+    assert 47 - 5 < report["counts"]["requests"] <= 47
     assert report["filtered"]["empty"] > 0
     for n in nodes_of(out):  # the scripted evolver appends " +1": a chain goes on from the last kept node
         assert n["instruction"].count("+1") == n["depth"]
         assert n["depth"] <= 3
+
+
+def test_a_failed_evolution_does_not_end_its_chain(tmp_path, monkeypatch):
+    engine = ScriptedEngine(fail_evolve_every=3)  # evolver calls 3 and 6 (of 6) come back empty
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    out = tmp_path / "evol"
+    cfg = load_config(None, [f"output_dir={out}", "data.max_seeds=2", "reward.check_judges=false"])
+    report = EvolInstructRun(cfg, EvolInstructSettings(rounds=3, max_chains=1)).execute(progress=False)
+    assert report["usage"]["evolver"]["requests"] == 2 * 3  # every round of both chains was attempted
+    assert report["filtered"]["empty"] == 2 and report["counts"]["evolved_nodes"] == 4
+    # the chain whose second round failed evolved its third round from its first-round node: depth 2, not 3
+    assert sorted(n["depth"] for n in nodes_of(out) if n["depth"] > 0) == [1, 1, 2, 2]
 
 
 def test_evol_instruct_with_max_chains_and_no_budget_stops_after_its_chains(tmp_path, monkeypatch):
