@@ -148,3 +148,36 @@ def test_per_seed_paired_difference_has_the_known_answer():
     mean = paired(per_seed(arm, "mean"), per_seed(seed, "mean"))  # mean of (quality, complexity) per row
     assert mean["difference"] == pytest.approx(1.0)
     assert paired({"a": 1.0}, {"b": 2.0}) == {"n": 0, "difference": None, "ci95": None}
+
+
+def test_evol_instruct_arm_resumes_from_its_cache_after_an_interrupt(tmp_path, monkeypatch):
+    from idea_mcts.store import RunStore
+
+    engine = ScriptedEngine()
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    settings = EvolInstructSettings(rounds=2, budget=60)
+
+    def cfg(out: Path):
+        return load_config(None, [f"output_dir={out}", "data.max_seeds=2", "reward.check_judges=false",
+                                  "export.mode=all"])
+
+    ref = EvolInstructRun(cfg(tmp_path / "ref"), settings).execute(progress=False)
+    log_nodes, waves = RunStore.log_nodes, []
+
+    def interrupt_at_third_wave(self: RunStore, nodes: list) -> None:
+        log_nodes(self, nodes)
+        waves.append(len(nodes))
+        if len(waves) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(RunStore, "log_nodes", interrupt_at_third_wave)
+    with pytest.raises(KeyboardInterrupt):
+        EvolInstructRun(cfg(tmp_path / "out"), settings).execute(progress=False)
+    monkeypatch.setattr(RunStore, "log_nodes", log_nodes)
+    run = EvolInstructRun(cfg(tmp_path / "out"), settings)
+    assert run.mode == "resume"
+    report = run.execute(progress=False)
+    assert (tmp_path / "out" / "trees.jsonl").read_bytes() == (tmp_path / "ref" / "trees.jsonl").read_bytes()
+    assert report["counts"]["requests"] == ref["counts"]["requests"]
+    assert sum(u["cached"] for u in report["usage"].values()) > 0  # the first part came from the cache
+    assert EvolInstructRun(cfg(tmp_path / "out"), settings).mode == "finished"
