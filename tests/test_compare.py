@@ -70,6 +70,7 @@ def compared(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> 
     return {"out": out, "cfg": cfg, "first": first, "again": again, "first_json": snap}
 
 
+@pytest.mark.lmeval
 def test_compare_writes_every_table_and_chart(compared):
     r, out = compared["first"], compared["out"]
     assert r.returncode == 0, r.stderr[-4000:]
@@ -93,6 +94,7 @@ def test_compare_writes_every_table_and_chart(compared):
         assert d["ifeval"]["prompt_level_strict_acc"]["n"] == 3 and d["winrate"]["n"] == 3
 
 
+@pytest.mark.lmeval
 def test_compare_budget_is_equal_across_arms(compared):
     out = compared["out"]
     assert compared["first"].returncode == 0, compared["first"].stderr[-4000:]
@@ -112,6 +114,7 @@ def test_compare_budget_is_equal_across_arms(compared):
     assert pools["seed"] == 3
 
 
+@pytest.mark.lmeval
 def test_compare_relaunch_skips_every_stage(compared):
     again = compared["again"]
     assert again.returncode == 0, again.stderr[-4000:]
