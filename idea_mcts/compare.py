@@ -98,8 +98,18 @@ class CompareArguments:
 
 
 def parse_compare(argv: list[str] | None = None) -> tuple[Any, ...]:
-    """(script, sft, model, evolve, eval, compare) arguments from `--config FILE` and flags (TrlParser)."""
+    """(script, sft, model, evolve, eval, compare) arguments from `--config FILE` and flags (TrlParser). A
+    multi-process launch is refused first (parsing TRL's config would start its process group)."""
+    check_one_process()
     return parse_recipe(argv, extra=(CompareArguments,))
+
+
+def check_one_process() -> None:
+    from idea_mcts.distributed import World
+
+    if World.from_env().size > 1:
+        raise UsageError("compare runs in one process (accelerate launch --num_processes 1): its arms, SFTs and "
+                         "evaluations are not split across processes")
 
 
 def _engine_config(base: dict[str, Any] | None, what: str, **over: Any) -> Any:
@@ -121,6 +131,7 @@ class Comparison:
         from idea_mcts.evaluation.judge import JudgeConfig
         from idea_mcts.pipeline import EvolveRun, read_examples
 
+        check_one_process()
         if script_args.dataset_name:
             raise UsageError("compare builds its arms from the evolve section's seeds: dataset_name is not used")
         if evolve_args.evolve_config is None:

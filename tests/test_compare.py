@@ -142,6 +142,15 @@ def test_compare_bad_input_is_one_line_and_touches_nothing(tmp_path, tiny_model_
     assert not out.exists()
 
 
+def test_compare_refuses_a_multi_process_launch(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    cfg = compare_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "out")
+    assert run_main(load_script("compare").main, ["--config", str(cfg)]) == 2
+    assert "one process" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_task_examples_from_the_evaluation_set_are_reported_as_contaminated(tmp_path, tiny_model_dir):
     from idea_mcts.compare import Comparison, parse_compare
 
