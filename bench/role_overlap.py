@@ -92,7 +92,7 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> di
         overrides += [f"engines.{name}.backend=openai", f"engines.{name}.model={name}",
                       f"engines.{name}.base_url=http://127.0.0.1:{port}/v1", f"engines.{name}.max_concurrency=256"]
     overrides += [f"roles.{role}.engine={server}" for role, server in ROLE_SERVER.items()]
-    cfg = load_config(REPO / "configs" / "demo.yaml", overrides)
+    cfg = load_config(REPO / "configs" / "demo-transformers.yaml", overrides)
     pool = EnginePool(cfg.engines)
 
     def client(role: str) -> RoleClient:

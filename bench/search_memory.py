@@ -33,7 +33,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = ["search.iterations=1", "search.expand_width=2", "search.max_depth=1",
-            # the paper's reward (InsTag diversity, no embedder: demo.yaml's novelty term would load MiniLM)
+            # the paper's reward (InsTag diversity, no embedder: the demo's novelty term would load MiniLM)
             "reward.diversity=1.0", "reward.novelty=0.0", "roles.embedder.engine=null"]
 
 
@@ -102,7 +102,7 @@ def child(n: int, seeds_file: Path, work: Path, tracemalloc_on: bool, concurrent
     fake_model.mkdir(exist_ok=True)
     (fake_model / "config.json").write_text("{}")
     backend = "openai" if concurrent else "transformers"
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
+    cfg = load_config(REPO / "configs" / "demo-transformers.yaml", [
         f"output_dir={work / 'out'}", f"data.seeds={seeds_file}", f"data.max_seeds={n}",
         f"engines.default.model={fake_model}", f"engines.default.backend={backend}",
         "engines.default.base_url=http://127.0.0.1:9/v1", *SETTINGS])

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
 
 def test_real_smollm2_search_two_seeds(tmp_path, smollm2_dir):
     out = tmp_path / "out"
-    rc = main(["evolve", "--config", "configs/demo.yaml", "--output_dir", str(out), "--no_progress",
+    rc = main(["evolve", "--config", "configs/demo-transformers.yaml", "--output_dir", str(out), "--no_progress",
                "data.max_seeds=4", "export.mode=all", "roles.evolver.max_new_tokens=40",
                "roles.responder.max_new_tokens=40", "roles.tagger.max_new_tokens=24"])
     assert rc == 0
