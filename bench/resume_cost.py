@@ -1,6 +1,6 @@
 """Resume cost: the wall time of a run vs re-running it from its request cache, measured in one run.
 
-    python bench/resume_cost.py [--config configs/demo-transformers.yaml] [--seeds 6] [--docs docs/benchmarks.md] [overrides]
+    python bench/resume_cost.py [--config configs/demo-transformers.yaml] [--seeds 6] [--docs docs/benchmarks.md] [...]
 
 1. `idea-mcts evolve` into a fresh output dir (a new process, as a user runs it).
 2. Resume: the state a crash leaves just before the outputs are written (outputs gone, state `running`), then the

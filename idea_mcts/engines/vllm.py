@@ -129,7 +129,14 @@ class VLLMEngine(Engine):
         """Shut the engine core down (its processes and their GPU memory), stop the loop, drop the model."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
+            # AsyncLLM.shutdown stops the engine core before it cancels its background tasks, which then log the
+            # core's death as an ERROR with a traceback ("Task was destroyed but it is pending" once the loop
+            # stops): end them first, on the engine's loop, and again for whatever the shutdown scheduled there
+            with contextlib.suppress(Exception):
+                self._call(_end_tasks())
             llm.shutdown()
+            with contextlib.suppress(Exception):
+                self._call(_end_tasks())
             del llm
         self._stop_loop()
         gc.collect()
@@ -184,3 +191,11 @@ class VLLMEngine(Engine):
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()
+
+
+async def _end_tasks() -> None:
+    """Cancel every other task of the running loop and wait until they have ended."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
