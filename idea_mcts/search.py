@@ -121,10 +121,6 @@ class IdeaMCTS:
             await asyncio.gather(*(worker() for _ in range(workers)))
         finally:
             d.close()
-        if (task := asyncio.current_task()) is not None and task.cancelling():
-            # Ctrl-C cancelled this task (asyncio.run's handler) but the cancellation did not surface here: stop
-            # as asyncio.run expects, so that it raises KeyboardInterrupt instead of returning a finished run
-            raise asyncio.CancelledError
         self._flush_completed()
         return [done[i] for i in sorted(done)]
 

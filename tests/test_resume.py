@@ -59,8 +59,11 @@ def stopped(reference: Path, tiny_model_dir: Path, tmp_path_factory: pytest.Temp
     for name, (sig, k) in plans.items():
         out = base / name
         err = open(base / f"{name}.stderr", "w")  # noqa: SIM115 - closed below
+        # SIGINT as a terminal gives it: a suite started in the background (`make test &`) passes SIGINT on
+        # ignored, and the child Python then keeps ignoring it (the full suite run so saw a SIGINT'd run finish)
         proc = subprocess.Popen([sys.executable, "-m", "idea_mcts.cli", *evolve_argv(out, tiny_model_dir)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         procs[name] = (proc, out, sig, k, err)
     pending, seen = set(procs), {}
     deadline = time.monotonic() + 900
