@@ -16,6 +16,7 @@ from typing import Any
 from idea_mcts.baselines import arm_budget
 from idea_mcts.evaluation.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci
 from idea_mcts.export import atomic_write
+from idea_mcts.report import png, pyplot
 from idea_mcts.scoring import PAPER_SCORES, SCORE_NAMES
 from idea_mcts.stages import write_json
 
@@ -223,19 +224,7 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
 
 def make_plots(r: dict[str, Any]) -> dict[str, bytes]:
     """PNG bytes by file name: budget.png, data_quality.png, ifeval.png, winrate.png."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def png(fig: Any) -> bytes:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        return buf.getvalue()
-
+    plt = pyplot()
     arms, out = r["arms"], {}
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.bar(arms, [r["budget"][a]["requests"] for a in arms])

@@ -42,21 +42,29 @@ def loss_curve(report: dict[str, Any]) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in hist if "loss" in h and "step" in h]
 
 
-def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
-    """PNG bytes by file name: data.png, loss.png, ifeval.png (those with something to show)."""
-    import io
-
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and CI)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def png(fig: Any) -> bytes:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        return buf.getvalue()
+    return plt
 
+
+def png(fig: Any) -> bytes:
+    """The figure as PNG bytes; the figure is closed."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def make_plots(report: dict[str, Any]) -> dict[str, bytes]:
+    """PNG bytes by file name: data.png, loss.png, ifeval.png (those with something to show)."""
+    plt = pyplot()
     out: dict[str, bytes] = {}
     means = (report.get("data") or {}).get("means") or {}
     if means.get("rows"):
