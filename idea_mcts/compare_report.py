@@ -16,7 +16,7 @@ from typing import Any
 from idea_mcts.baselines import arm_budget
 from idea_mcts.evaluation.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci
 from idea_mcts.export import atomic_write
-from idea_mcts.report import png, pyplot
+from idea_mcts.report import png, pyplot, write_plots
 from idea_mcts.scoring import PAPER_SCORES, SCORE_NAMES
 from idea_mcts.stages import write_json
 
@@ -277,11 +277,7 @@ def make_plots(r: dict[str, Any]) -> dict[str, bytes]:
 def write_report(out: Path, report: dict[str, Any]) -> Path:
     """OUT/compare.json, OUT/plots/*.png and OUT/compare.md (written last)."""
     plots = make_plots(report)
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    for name, data in plots.items():
-        tmp = out / "plots" / f".{name}.tmp"
-        tmp.write_bytes(data)
-        tmp.replace(out / "plots" / name)
+    write_plots(out, plots)
     write_json(out / "compare.json", report)
     path = out / "compare.md"
     atomic_write(path, render_markdown(report, sorted(plots)))

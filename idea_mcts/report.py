@@ -137,14 +137,19 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
     return "\n".join(parts)
 
 
-def write_recipe_report(out: Path, report: dict[str, Any]) -> Path:
-    """Write OUT/report.json, OUT/report.md and OUT/plots/*.png (each atomically); returns report.md's path."""
-    plots = make_plots(report)
+def write_plots(out: Path, plots: dict[str, bytes]) -> None:
+    """OUT/plots/<name>, each written atomically."""
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for name, data in plots.items():
         tmp = out / "plots" / f".{name}.tmp"
         tmp.write_bytes(data)
         tmp.replace(out / "plots" / name)
+
+
+def write_recipe_report(out: Path, report: dict[str, Any]) -> Path:
+    """Write OUT/report.json, OUT/report.md and OUT/plots/*.png (each atomically); returns report.md's path."""
+    plots = make_plots(report)
+    write_plots(out, plots)
     atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
     md = out / "report.md"
     atomic_write(md, render_markdown(report, sorted(plots)))
