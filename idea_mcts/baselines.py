@@ -36,7 +36,6 @@ from idea_mcts.actions import EVOL_INSTRUCT, GENERAL, Action
 from idea_mcts.config import EvolveConfig, SearchConfig
 from idea_mcts.errors import UsageError
 from idea_mcts.export import REPORT_FILE, TREES_FILE, iter_tree_records, record_row
-from idea_mcts.filters import extract_instruction
 from idea_mcts.pipeline import EvolveRun
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import SCORER_ROLES, Reward
@@ -110,27 +109,14 @@ class EvolInstructSearch(IdeaMCTS):
         except BudgetExhausted:
             self.budget_spent = True
 
-    async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
-        """The evolutions (one request each), the elimination filter, the validity gate when configured (one
-        request per evolution the filter kept)."""
+    def _charge_evolutions(self, jobs: Sequence[EvolveJob]) -> None:
+        """The evolutions only (one request each): responses and scorers are charged when they are sent."""
         self._charge(len(jobs))
-        gens = await self._dispatcher().call(
-            self.evolver, "generate", [(j.action.messages(j.parent.instruction), j.node_id) for j in jobs])
-        texts: list[str | None] = []
-        for job, g in zip(jobs, gens, strict=True):
-            text = extract_instruction(g.text)
-            texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
-        if self.cfg.validity_gate is not None and any(t is not None for t in texts):
-            self._charge(sum(t is not None for t in texts))
-            texts = await self._gate(jobs, texts)
-        made: list[Node | None] = []
-        for job, text in zip(jobs, texts, strict=True):
-            if text is None:
-                self.failures["evolver"] += 1
-                made.append(None)
-            else:
-                made.append(tree.add_child(job.parent, job.action.name, text, job.kind, job.node_id))
-        return made
+
+    def _charge_gate(self, n: int) -> None:
+        """The validity gate: one request per evolution the filter kept."""
+        if n:
+            self._charge(n)
 
     async def evaluate(self, tree: Tree, nodes: Sequence[Node]) -> None:
         """Respond and score; evolved nodes are charged here (the root's charge is the search's own), and the

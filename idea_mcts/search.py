@@ -224,12 +224,20 @@ class IdeaMCTS:
                 tree.backpropagate(end, end.reward, mark=end.terminal or not self.cfg.rollout)
 
     # -- the evolver ---------------------------------------------------------------------------------------
+    def _charge_evolutions(self, jobs: Sequence[EvolveJob]) -> None:
+        """Reserve the budget before the evolutions go out: each evolved node's whole cost (evolution, gate,
+        response, scorers), so that the search never starts a node it could not finish."""
+        self._charge(len(jobs) * self.calls_per_node(evolved=True))
+
+    def _charge_gate(self, n: int) -> None:
+        """The validity gate's `n` requests (reserved with the evolutions here; a subclass may charge them now)."""
+
     async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
         """One request group for the jobs' evolutions. The instruction is extracted from each reply; rewrites
         the elimination filter drops (empty, unchanged, template leaks, refusals, ...) are counted, not kept."""
         if not jobs:
             return []
-        self._charge(len(jobs) * self.calls_per_node(evolved=True))
+        self._charge_evolutions(jobs)
         gens = await self._dispatcher().call(
             self.evolver, "generate", [(j.action.messages(j.parent.instruction), j.node_id) for j in jobs])
         texts: list[str | None] = []
@@ -237,6 +245,7 @@ class IdeaMCTS:
             text = extract_instruction(g.text)
             texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
         if self.cfg.validity_gate is not None:
+            self._charge_gate(sum(t is not None for t in texts))
             texts = await self._gate(jobs, texts)
         made: list[Node | None] = []
         for job, text in zip(jobs, texts, strict=True):
