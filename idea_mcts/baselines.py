@@ -107,7 +107,10 @@ class EvolInstructSearch(IdeaMCTS):
                     if child.reward is not None:
                         current = child
         except BudgetExhausted:
-            self.budget_spent = True
+            self._budget_exhausted()
+
+    def _budget_exhausted(self) -> None:
+        self.budget_spent = True
 
     def _charge_evolutions(self, jobs: Sequence[EvolveJob]) -> None:
         """The evolutions only (one request each): responses and scorers are charged when they are sent."""
@@ -118,17 +121,21 @@ class EvolInstructSearch(IdeaMCTS):
         if n:
             self._charge(n)
 
+    def _release_filtered(self, n: int) -> None:
+        """Nothing to give back: a node's later requests are charged when they are sent."""
+
+    def _release_gated(self, n: int) -> None:
+        """Nothing to give back: a node's later requests are charged when they are sent."""
+
     async def evaluate(self, tree: Tree, nodes: Sequence[Node]) -> None:
-        """Respond and score; evolved nodes are charged here (the root's charge is the search's own), and the
-        scorer requests of a node eliminated for a refused response, which are not sent, are given back."""
+        """Respond and score; evolved nodes are charged here (the root's charge is the search's own; the search
+        gives back the scorer requests of a node eliminated for a refused response)."""
         if not nodes:
             return
         evolved = [n for n in nodes if n.depth > 0]
         if evolved:
             self._charge(len(evolved) * self.calls_per_node(evolved=False))
         await super().evaluate(tree, nodes)
-        refused = sum(n.failures == ["response_refusal"] for n in evolved)
-        self.calls -= refused * len(self.reward.enabled())
 
 
 class EvolInstructRun(EvolveRun):
@@ -176,6 +183,51 @@ class EvolInstructRun(EvolveRun):
                            "prompts": "the project's operator prompts (idea_mcts.actions.EVOL_INSTRUCT + create_new), "
                                       "written after WizardLM's operator descriptions; not WizardLM's texts"}
         return out
+
+
+class BudgetedMCTS(IdeaMCTS):
+    """IDEA-MCTS cut at an arm's request budget: reaching it is the arm's normal end, not an early stop."""
+
+    budget_spent = False
+    """The run ended because a tree's next requests would pass the budget."""
+
+    def _budget_exhausted(self) -> None:
+        self.budget_spent = True
+
+
+class BudgetedMCTSRun(EvolveRun):
+    """The idea-mcts+ arm: the search with its task-specific actions, cut at the idea-mcts arm's request budget
+    B. The meta-prompt that writes the task actions is paid from B (it is an evolver request), the search gets
+    the rest: the arm sends at most B requests, and ends within one request group (an expansion's children)
+    below B unless its search finishes first."""
+
+    def __init__(self, cfg: EvolveConfig, budget: int, command: str = "", overwrite: bool = False) -> None:
+        if budget < 1:
+            raise UsageError(f"the arm's budget must be >= 1 request, got {budget}")
+        self.budget = budget
+        super().__init__(cfg, command=command, overwrite=overwrite)
+
+    def fingerprint(self) -> str:
+        return budgeted_fingerprint(self.cfg, self.budget)
+
+    def make_search(self, actions: list[Action], reward: Reward, **hooks: Any) -> IdeaMCTS:
+        before = sum(c.stats.requests for role, c in self.clients.items() if role in BUDGET_ROLES)
+        return BudgetedMCTS(self.cfg.search, actions, self.client("evolver"), self.client("responder"), reward,
+                            max_calls=self.budget - before, on_nodes=self.store.log_nodes, keep_trees=False,
+                            **hooks)
+
+    def report(self, trees: Any, n_rows: int, row_means: Any, search: IdeaMCTS, reward: Reward,
+               actions: list[Action], started: str, wall: float) -> dict[str, Any]:
+        out = super().report(trees, n_rows, row_means, search, reward, actions, started, wall)
+        out["baseline"] = {"arm": "idea-mcts+", "budget": self.budget,
+                           "budget_spent": getattr(search, "budget_spent", None),
+                           "search_budget": search.max_calls}
+        return out
+
+
+def budgeted_fingerprint(cfg: EvolveConfig, budget: int) -> str:
+    """What identifies a budget-capped search's results: the config and the budget."""
+    return fingerprint(cfg.fingerprint(), "budgeted", budget)
 
 
 def evol_fingerprint(cfg: EvolveConfig, settings: EvolInstructSettings) -> str:

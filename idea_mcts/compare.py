@@ -26,9 +26,11 @@ from typing import Any
 
 from idea_mcts.baselines import (
     ARMS,
+    BudgetedMCTSRun,
     EvolInstructRun,
     EvolInstructSettings,
     arm_budget,
+    budgeted_fingerprint,
     evol_fingerprint,
     sample_rows,
     seed_rows,
@@ -216,7 +218,6 @@ class Comparison:
     def build_arms(self) -> dict[str, dict[str, Any]]:
         """Run (or resume, or skip when finished) each evolved arm: idea-mcts first (its requests are the
         budget), then idea-mcts+, then evol-instruct at that budget; the seed arm is idea-mcts's roots."""
-        from idea_mcts.pipeline import EvolveRun
 
         for arm in ("idea-mcts", "idea-mcts+", "evol-instruct"):
             if arm not in self.configs:
@@ -225,7 +226,9 @@ class Comparison:
             if arm == "idea-mcts":
                 run = self.mcts_run
             elif arm == "idea-mcts+":
-                run = EvolveRun(self.configs[arm], command=self.command, overwrite=self._changed(arm))
+                budget = self.budget()
+                overwrite = self._changed(arm, budgeted_fingerprint(self.configs[arm], budget))
+                run = BudgetedMCTSRun(self.configs[arm], budget, command=self.command, overwrite=overwrite)
             else:
                 settings = EvolInstructSettings(rounds=self.args.evol_rounds, budget=self.budget())
                 overwrite = self._changed(arm, evol_fingerprint(self.configs[arm], settings))

@@ -138,7 +138,7 @@ class IdeaMCTS:
                 ends = await self.simulate(tree, starts)
                 self.backpropagate(tree, done + ends)
         except BudgetExhausted:
-            self.stopped = "max_calls"
+            self._budget_exhausted()
 
     def select(self, tree: Tree) -> Node | None:
         """Selection: the node to expand by UCT (None when the tree has nothing left to expand)."""
@@ -177,6 +177,7 @@ class IdeaMCTS:
                 self.failures["unscored"] += 1
         for node in refused:
             node.failures, node.reward = ["response_refusal"], None  # a failed evaluation: never exported
+        self._release(len(refused) * len(self.reward.enabled()))  # their scorer requests are not sent
         for node in nodes:
             node.terminal = Tree.is_terminal(node, self.cfg.max_depth, self.cfg.reward_threshold)
         self._completed.extend(nodes)
@@ -226,11 +227,20 @@ class IdeaMCTS:
     # -- the evolver ---------------------------------------------------------------------------------------
     def _charge_evolutions(self, jobs: Sequence[EvolveJob]) -> None:
         """Reserve the budget before the evolutions go out: each evolved node's whole cost (evolution, gate,
-        response, scorers), so that the search never starts a node it could not finish."""
+        response, scorers), so that the search never starts a node it could not finish. What an eliminated
+        evolution does not send is given back (`_release_filtered`, `_release_gated`)."""
         self._charge(len(jobs) * self.calls_per_node(evolved=True))
 
     def _charge_gate(self, n: int) -> None:
         """The validity gate's `n` requests (reserved with the evolutions here; a subclass may charge them now)."""
+
+    def _release_filtered(self, n: int) -> None:
+        """`n` evolutions the filter dropped: their gate, response and scorer requests are not sent."""
+        self._release(n * (self.calls_per_node(evolved=True) - 1))
+
+    def _release_gated(self, n: int) -> None:
+        """`n` evolutions the validity gate refused: their response and scorer requests are not sent."""
+        self._release(n * self.calls_per_node(evolved=False))
 
     async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
         """One request group for the jobs' evolutions. The instruction is extracted from each reply; rewrites
@@ -244,9 +254,12 @@ class IdeaMCTS:
         for job, g in zip(jobs, gens, strict=True):
             text = extract_instruction(g.text)
             texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
+        kept = sum(t is not None for t in texts)
+        self._release_filtered(len(texts) - kept)
         if self.cfg.validity_gate is not None:
-            self._charge_gate(sum(t is not None for t in texts))
+            self._charge_gate(kept)
             texts = await self._gate(jobs, texts)
+            self._release_gated(kept - sum(t is not None for t in texts))
         made: list[Node | None] = []
         for job, text in zip(jobs, texts, strict=True):
             if text is None:
@@ -282,6 +295,15 @@ class IdeaMCTS:
         if self.max_calls is not None and self.calls + n > self.max_calls:
             raise BudgetExhausted
         self.calls += n
+
+    def _release(self, n: int) -> None:
+        """Give back `n` charged requests that will not be sent: when the search ends, `calls` is the number of
+        requests sent to the evolver, the responder and the scorers (run.json `counts.requests`)."""
+        self.calls -= n
+
+    def _budget_exhausted(self) -> None:
+        """A tree's next requests would pass `max_calls`: the run stops early (resumable with a larger one)."""
+        self.stopped = "max_calls"
 
     def _flush_completed(self) -> None:
         """Hand the nodes evaluated since the last barrier to `on_nodes` (the node log) and `on_progress`."""

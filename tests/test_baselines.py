@@ -12,7 +12,7 @@ import pytest
 
 import idea_mcts.engines
 from idea_mcts.actions import EVOL_INSTRUCT
-from idea_mcts.baselines import EvolInstructRun, EvolInstructSettings, sample_rows, seed_rows
+from idea_mcts.baselines import BudgetedMCTSRun, EvolInstructRun, EvolInstructSettings, sample_rows, seed_rows
 from idea_mcts.compare_report import paired, per_seed
 from idea_mcts.config import load_config
 from idea_mcts.errors import UsageError
@@ -97,6 +97,41 @@ def test_evol_instruct_counts_every_request_sent_and_goes_on_after_a_failed_evol
         assert n["depth"] <= 3
 
 
+@pytest.mark.parametrize("gate", [None, "0.5"])
+def test_idea_mcts_counts_the_requests_sent_not_those_reserved(tmp_path, monkeypatch, gate):
+    """The search reserves a node's whole cost before its evolution goes out and gives back what an eliminated
+    evolution never sends (filter: gate, response, scorers; gate: response, scorers), so run.json's
+    `counts.requests` is what the engines were handed, the figure the arms' budgets are compared by."""
+    engine = ScriptedEngine(fail_evolve_every=3)  # every third rewrite is empty: the filter drops it
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    out = tmp_path / "mcts"
+    extra = [f"search.validity_gate={gate}"] if gate else []  # the scripted judge never says Yes/No: all refused
+    cfg = load_config(None, [f"output_dir={out}", "data.max_seeds=3", "search.iterations=3",
+                             "reward.check_judges=false", *extra])
+    report = EvolveRun(cfg).execute(progress=False)
+    sent = sum(n for _, n in engine.batches)
+    usage = report["usage"]
+    cached = sum(usage[r]["cached"] for r in BUDGET_ROLES if r in usage)
+    assert report["filtered"]["empty"] > 0
+    if gate:
+        assert report["filtered"]["gate_unparsed"] > 0
+    assert sent + cached == report["counts"]["requests"] == requests_in(out)
+
+
+def test_idea_mcts_under_max_calls_sends_at_most_that_many_requests(tmp_path, monkeypatch):
+    engine = ScriptedEngine(fail_evolve_every=3)
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    out = tmp_path / "mcts"
+    cfg = load_config(None, [f"output_dir={out}", "data.max_seeds=3", "search.iterations=5",
+                             "reward.check_judges=false", "max_calls=40"])
+    report = EvolveRun(cfg).execute(progress=False)
+    assert report["status"] == "stopped early: max_calls"
+    usage = report["usage"]
+    cached = sum(usage[r]["cached"] for r in BUDGET_ROLES if r in usage)
+    assert report["counts"]["requests"] == requests_in(out) == sum(n for _, n in engine.batches) + cached
+    assert report["counts"]["requests"] <= 40
+
+
 def test_a_failed_evolution_does_not_end_its_chain(tmp_path, monkeypatch):
     engine = ScriptedEngine(fail_evolve_every=3)  # evolver calls 3 and 6 (of 6) come back empty
     monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
@@ -136,6 +171,33 @@ def test_idea_mcts_plus_arm_with_a_scripted_evolver_and_the_tiny_model(tiny_mode
     used = {n["action"] for n in nodes_of(out) if n["depth"] == 1}
     assert {"task_1", "task_2"} <= used
     assert report["usage"]["responder"]["completion_tokens"] > 0  # the tiny model answered
+
+
+def test_idea_mcts_plus_arm_is_cut_at_the_budget_with_its_meta_prompt_paid_from_it(tmp_path, monkeypatch):
+    engine = ScriptedEngine(fail_evolve_every=4)
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: engine)
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text('{"instruction": "Write a poem in exactly four lines."}\n')
+
+    def cfg(out: Path):
+        return load_config(None, [f"output_dir={out}", "data.max_seeds=3", "search.iterations=4",
+                                  "reward.check_judges=false", f"search.task_actions={examples}",
+                                  "search.num_task_actions=2"])
+
+    free = EvolveRun(cfg(tmp_path / "free")).execute(progress=False)
+    budget = free["counts"]["requests"] // 2  # half of what the uncut search sends
+    report = BudgetedMCTSRun(cfg(tmp_path / "cut"), budget).execute(progress=False)
+    spent = requests_in(tmp_path / "cut")
+    assert report["usage"]["evolver"]["requests"] > 0 and any(
+        a["name"] == "task_1" for a in report["actions"])
+    group = 5 * (1 + 1 + 3)  # an expansion: 5 children, each evolution, response and three scorers
+    assert budget - group < spent <= budget  # the meta-prompt (1 evolver request) included
+    assert report["counts"]["requests"] == spent - 1  # the search's own count: all but the meta-prompt
+    assert report["baseline"]["search_budget"] == budget - 1  # the search may spend what the meta-prompt left
+    assert report["status"] == "finished" and report["baseline"]["budget_spent"] is True
+    assert BudgetedMCTSRun(cfg(tmp_path / "cut"), budget).mode == "finished"  # a relaunch has nothing to do
+    with pytest.raises(UsageError, match="another config"):  # another budget is another run
+        BudgetedMCTSRun(cfg(tmp_path / "cut"), budget + 5)
 
 
 def test_per_seed_paired_difference_has_the_known_answer():

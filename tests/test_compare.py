@@ -101,6 +101,9 @@ def test_compare_budget_is_equal_across_arms(compared):
     spent = {arm: requests_in(out / "arms" / arm / "data") for arm in ARMS[1:]}
     b = spent["idea-mcts"]
     assert b - 5 < spent["evol-instruct"] <= b  # within one node's requests (1 + 1 + 3 scorers) below B
+    assert spent["idea-mcts+"] <= b  # its meta-prompt is paid from B: the search is cut at B - 1
+    plus = json.loads((out / "arms" / "idea-mcts+" / "data" / "run.json").read_text())
+    assert plus["baseline"]["budget"] == b and plus["status"] == "finished"
     report = json.loads((out / "compare.json").read_text())
     assert report["budget_requests"] == b
     assert {arm: report["budget"][arm]["requests"] for arm in ARMS[1:]} == spent
