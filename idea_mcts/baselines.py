@@ -237,12 +237,15 @@ def evol_fingerprint(cfg: EvolveConfig, settings: EvolInstructSettings) -> str:
 
 
 def arm_budget(run: dict[str, Any]) -> dict[str, int]:
-    """An evolve run's cost from its run.json: requests and tokens of the evolver, responder and scorers."""
+    """An evolve run's cost from its run.json: requests and tokens of the evolver, responder and scorers (the
+    tokens of requests its request cache answered included, as counted when they were sent)."""
     usage = run.get("usage") or {}
     roles = [r for r in BUDGET_ROLES if r in usage]
     return {"requests": sum(int(usage[r]["requests"]) for r in roles),
-            "prompt_tokens": sum(int(usage[r]["prompt_tokens"]) for r in roles),
-            "completion_tokens": sum(int(usage[r]["completion_tokens"]) for r in roles),
+            "prompt_tokens": sum(int(usage[r]["prompt_tokens"]) + int(usage[r].get("cached_prompt_tokens", 0))
+                                 for r in roles),
+            "completion_tokens": sum(int(usage[r]["completion_tokens"])
+                                     + int(usage[r].get("cached_completion_tokens", 0)) for r in roles),
             **{f"requests_{r}": int(usage[r]["requests"]) for r in roles}}
 
 

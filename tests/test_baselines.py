@@ -12,7 +12,14 @@ import pytest
 
 import idea_mcts.engines
 from idea_mcts.actions import EVOL_INSTRUCT
-from idea_mcts.baselines import BudgetedMCTSRun, EvolInstructRun, EvolInstructSettings, sample_rows, seed_rows
+from idea_mcts.baselines import (
+    BudgetedMCTSRun,
+    EvolInstructRun,
+    EvolInstructSettings,
+    arm_budget,
+    sample_rows,
+    seed_rows,
+)
 from idea_mcts.compare_report import paired, per_seed
 from idea_mcts.config import load_config
 from idea_mcts.errors import UsageError
@@ -242,4 +249,7 @@ def test_evol_instruct_arm_resumes_from_its_cache_after_an_interrupt(tmp_path, m
     assert (tmp_path / "out" / "trees.jsonl").read_bytes() == (tmp_path / "ref" / "trees.jsonl").read_bytes()
     assert report["counts"]["requests"] == ref["counts"]["requests"]
     assert sum(u["cached"] for u in report["usage"].values()) > 0  # the first part came from the cache
+    # the budget's tokens count what the cache answered too: the resumed arm cost what the uninterrupted one did
+    assert arm_budget(report) == arm_budget(ref)
+    assert arm_budget(ref)["completion_tokens"] > 0
     assert EvolInstructRun(cfg(tmp_path / "out"), settings).mode == "finished"

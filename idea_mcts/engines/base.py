@@ -77,6 +77,11 @@ class UsageStats:
     seconds: float = 0.0
     retries: int = 0
     cached: int = 0
+    cached_prompt_tokens: int = 0
+    """Tokens of the requests the run's request cache answered, as counted when they were sent: with the tokens
+    above, what the requests cost (a resumed run's engines do not process them again)."""
+    cached_completion_tokens: int = 0
+    """As `cached_prompt_tokens`, for completions."""
 
     def add(self, other: UsageStats) -> None:
         for k, v in asdict(other).items():

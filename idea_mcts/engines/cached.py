@@ -124,9 +124,13 @@ class CachedEngine(Engine):
             expect_len(fresh, len(todo), f"{self.backend} {kind}")
             stored = self.cache.put(kind, {k: encode(r) for k, r in zip(todo, fresh, strict=True)})
             results.update({k: decode(stored[k]) for k in todo})
-        self._record(UsageStats(calls=1, requests=len(keys), cached=len(keys) - len(todo),
+        sent = set(todo.values())
+        answered = [results[k] for i, k in enumerate(keys) if i not in sent]  # by the cache or a twin request
+        self._record(UsageStats(calls=1, requests=len(keys), cached=len(answered),
                                   prompt_tokens=work.prompt_tokens, completion_tokens=work.completion_tokens,
-                                  retries=work.retries, seconds=time.perf_counter() - t0))
+                                  retries=work.retries, seconds=time.perf_counter() - t0,
+                                  cached_prompt_tokens=sum(getattr(r, "prompt_tokens", 0) for r in answered),
+                                  cached_completion_tokens=sum(getattr(r, "completion_tokens", 0) for r in answered)))
         return [results[k] for k in keys]
 
 
