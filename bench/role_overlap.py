@@ -49,8 +49,12 @@ SERVERS = [
     # delays chosen so that each server's total work (`slot_s`) is of the same order: a deployment sizes each
     # model's GPU share to its load, and a server with less work than the others cannot be busy all the time.
     {"name": "policy", "slots": 4, "prefill_ms": 0.1, "decode_ms": 10.0},
-    {"name": "quality", "slots": 4, "prefill_ms": 5.0, "decode_ms": 10.0},
-    {"name": "complexity", "slots": 4, "prefill_ms": 10.0, "decode_ms": 10.0},
+    # The judges' prompts are few-shot now (scored examples, ~4-8x the tokens of the zero-shot prompts these were
+    # first set for: quality 5, complexity 10 ms/token); at the old delays the complexity server had 10x the
+    # policy server's work (1,320 vs 121 slot-seconds at 40 seeds), so the prefill delays were scaled to match.
+    # The waves reference (16f9262) sends the old, shorter prompts: compare its busy fractions, not its wall time.
+    {"name": "quality", "slots": 4, "prefill_ms": 1.6, "decode_ms": 10.0},
+    {"name": "complexity", "slots": 4, "prefill_ms": 1.0, "decode_ms": 10.0},
     {"name": "tagger", "slots": 4, "prefill_ms": 0.1, "decode_ms": 40.0},
 ]
 ROLE_SERVER = {"evolver": "policy", "responder": "policy", "quality": "quality", "complexity": "complexity",
@@ -92,7 +96,15 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> di
         overrides += [f"engines.{name}.backend=openai", f"engines.{name}.model={name}",
                       f"engines.{name}.base_url=http://127.0.0.1:{port}/v1", f"engines.{name}.max_concurrency=256"]
     overrides += [f"roles.{role}.engine={server}" for role, server in ROLE_SERVER.items()]
-    cfg = load_config(REPO / "configs" / "demo-transformers.yaml", overrides)
+    from idea_mcts.config import RewardConfig
+
+    if "novelty" in RewardConfig.__dataclass_fields__:
+        # the paper's reward (InsTag diversity on the tagger server): the demo's novelty term needs an embedder
+        overrides += ["reward.diversity=1.0", "reward.novelty=0.0", "roles.embedder.engine=null"]
+    # the demo config of the library under test (cwd: this repo, or the waves reference's extracted tree)
+    configs = Path.cwd() / "configs"
+    demo = configs / "demo-transformers.yaml"
+    cfg = load_config(demo if demo.exists() else configs / "demo.yaml", overrides)
     pool = EnginePool(cfg.engines)
 
     def client(role: str) -> RoleClient:
@@ -119,7 +131,8 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> di
 
 
 def extract(ref: str, dest: Path) -> None:
-    tar = subprocess.run(["git", "-C", str(REPO), "archive", ref, "idea_mcts"], capture_output=True, check=True)
+    tar = subprocess.run(["git", "-C", str(REPO), "archive", ref, "idea_mcts", "configs"], capture_output=True,
+                         check=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=tar.stdout, check=True)
 
 

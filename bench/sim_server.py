@@ -34,11 +34,17 @@ def prompt_text(body: dict[str, Any]) -> str:
     return str(body.get("prompt", ""))
 
 
+def is_evolution(prompt: str) -> bool:
+    """An evolver prompt: the action templates in use, or those of the wave search (commit 16f9262)."""
+    return "Reply with the new instruction only" in prompt or "#New Instruction#:" in prompt
+
+
 def reply_text(prompt: str, n_tokens: int) -> str:
     """A rewrite for evolver prompts, tags for the tagger, otherwise an answer; `n_tokens` long (4 chars each)."""
-    if "#New Instruction#:" in prompt:
-        original = prompt.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0]
-        return f"{original} +1"
+    if is_evolution(prompt):
+        if "#New Instruction#:" in prompt:  # the wave search's templates (16f9262)
+            return prompt.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0] + " +1"
+        return prompt.rsplit("\n\nInstruction: ", 1)[1] + " +1"  # the action templates in use
     if "tags of user intentions" in prompt:
         return '[{"tag": "a", "explanation": "x"}, {"tag": "b", "explanation": "y"}]'
     return ("answer " * n_tokens)[: 4 * n_tokens]
@@ -94,7 +100,7 @@ class SimGPU:
                       "logprobs": {"content": [{"token": "4", "logprob": -0.1, "bytes": None, "top_logprobs": top}]}}
             return self.answer("chat.completion", [choice], p_tok, 1)
         text = reply_text(prompt, max_tokens)
-        g_tok = tokens(text) if "#New Instruction#:" in prompt or "tags of user" in prompt else max_tokens
+        g_tok = tokens(text) if is_evolution(prompt) or "tags of user" in prompt else max_tokens
         await self.serve(p_tok * self.prefill_s + g_tok * self.decode_s)
         choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text},
                   "logprobs": None}
