@@ -72,6 +72,7 @@ class Dispatcher:
         self.peak_overlap = 0
         """Most roles with requests in flight at the same moment."""
         self._tickets: dict[asyncio.Future[Any], _Ticket] = {}
+        self._parked: list[asyncio.Future[bool]] = []
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="engine")
 
     # -- strands ---------------------------------------------------------------------------------------
@@ -104,6 +105,24 @@ class Dispatcher:
         """A top-level strand ends: the others may now all be waiting."""
         self.live -= 1
         self._barrier()
+
+    async def park(self) -> bool:
+        """Pause this strand, counting as waiting, until another strand `unpark`s (e.g. gives back budget this
+        one is waiting for): True then. False when every live strand waits and nothing is pending, in flight or
+        parked-and-woken: nothing can wake it any more."""
+        fut: asyncio.Future[bool] = self.loop.create_future()
+        self._parked.append(fut)
+        self.waiting += 1
+        self._barrier()
+        return await fut
+
+    def unpark(self) -> None:
+        """Wake every parked strand. Each stops counting as waiting now (as an answered request does), so no
+        barrier fires before it has resumed."""
+        parked, self._parked = self._parked, []
+        for fut in parked:
+            self.waiting -= 1
+            fut.set_result(True)
 
     # -- requests --------------------------------------------------------------------------------------
     def submit(self, client: RoleClient, method: str, item: Any, *args: Any) -> asyncio.Future[Any]:
@@ -177,6 +196,11 @@ class Dispatcher:
         for engine_id, groups in by_engine.items():
             self.busy.add(engine_id)
             self._launch(groups, engine_id)
+        if self._parked and not self.groups and not self.busy and not any(self.in_flight.values()):
+            parked, self._parked = self._parked, []  # every strand waits and no answer can come: none is woken
+            for fut in parked:
+                self.waiting -= 1
+                fut.set_result(False)
 
     def _launch(self, groups: list[_Group], engine_id: int | None = None) -> None:
         """Run the groups' batched calls one after the other in a worker thread. A one-call-at-a-time engine's

@@ -81,6 +81,9 @@ class IdeaMCTS:
         """The elimination filter; its `counts` are the dropped evolutions per reason."""
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""
+        self.wait_for_budget = False
+        """A tree whose next expansion does not fit `max_calls` waits while other trees may still give budget
+        back, instead of stopping at once (a budget-capped arm that should end close to its budget)."""
         self.calls = 0
         self.seconds = 0.0
         self.dispatcher: Dispatcher | None = None
@@ -247,7 +250,14 @@ class IdeaMCTS:
         the elimination filter drops (empty, unchanged, template leaks, refusals, ...) are counted, not kept."""
         if not jobs:
             return []
-        self._charge_evolutions(jobs)
+        while True:
+            try:
+                self._charge_evolutions(jobs)
+                break
+            except BudgetExhausted:
+                # other trees' reservations may still come back (evolutions the filter drops send less)
+                if not self.wait_for_budget or not await self._dispatcher().park():
+                    raise
         gens = await self._dispatcher().call(
             self.evolver, "generate", [(j.action.messages(j.parent.instruction), j.node_id) for j in jobs])
         texts: list[str | None] = []
@@ -298,8 +308,11 @@ class IdeaMCTS:
 
     def _release(self, n: int) -> None:
         """Give back `n` charged requests that will not be sent: when the search ends, `calls` is the number of
-        requests sent to the evolver, the responder and the scorers (run.json `counts.requests`)."""
+        requests sent to the evolver, the responder and the scorers (run.json `counts.requests`). Trees parked
+        for budget (`wait_for_budget`) try again."""
         self.calls -= n
+        if n and self.dispatcher is not None:
+            self.dispatcher.unpark()
 
     def _budget_exhausted(self) -> None:
         """A tree's next requests would pass `max_calls`: the run stops early (resumable with a larger one)."""
