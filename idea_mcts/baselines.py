@@ -19,7 +19,8 @@
 
 Budget: the requests to the evolver, the responder and every scorer (run.json `usage`, summed over those
 roles: `arm_budget`). The evol-instruct arm stops before a request group would pass B, so it ends within one
-node's requests below B. Tokens are reported beside the requests.
+node's requests below B; the idea-mcts+ arm is cut at B too (`BudgetedMCTSRun`: within one expansion below B).
+Tokens are reported beside the requests (those the request cache answered included).
 """
 
 from __future__ import annotations

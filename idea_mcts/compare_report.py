@@ -161,8 +161,9 @@ def render_markdown(r: dict[str, Any], plots: list[str]) -> str:
              f"holds **{r['sample']['rows_per_arm']} rows** (sample_size {r['sample']['sample_size']}; rows each arm "
              f"had: {', '.join(f'{a} {n}' for a, n in r['sample']['pool_sizes'].items())}).", "",
              "## Budget (LLM requests of the evolver, responder and scorers)", "",
-             f"B = the idea-mcts arm's requests = {_f(r['budget_requests'])}. The evol-instruct arm stops before a "
-             "request group would pass B. The seed arm is the idea-mcts arm's roots (no requests of its own).", "",
+             f"B = the idea-mcts arm's requests = {_f(r['budget_requests'])}. The evol-instruct and idea-mcts+ arms "
+             "stop before a request group would pass B (idea-mcts+ pays its meta-prompt from B). The seed arm "
+             "is the idea-mcts arm's roots (no requests of its own).", "",
              "| arm | requests | of B | evolver | responder | scorers | prompt tokens | completion tokens | status |",
              "|---|---|---|---|---|---|---|---|---|"]
     for a in arms:
