@@ -156,8 +156,17 @@ class LogIndex:
     record, so a crash at any point (mid-transaction included) loses nothing the next open does not rebuild."""
 
     def __init__(self, db: sqlite3.Connection, table: str, log: JsonlLog,
-                 keys_of: Callable[[dict[str, Any]], list[str] | None]) -> None:
+                 keys_of: Callable[[dict[str, Any]], list[str] | None], lock: threading.RLock) -> None:
         self.db, self.table, self.log, self.keys_of = db, table, log, keys_of
+        self.lock = lock
+        """Held around every use of `db`: the indexes sharing one connection (the request cache's, written from
+        engine threads, and the node log's, written from the search's loop) must not interleave transactions."""
+        with lock:
+            self._build()
+
+    def _build(self) -> None:
+        """Create the table and index the log as it is on disk, streaming it."""
+        table, log, db = self.table, self.log, self.db
         db.execute(f"CREATE TABLE {table} (key TEXT PRIMARY KEY, offset INTEGER, length INTEGER)")
         self.db.execute("BEGIN")
         offset, rows = 0, []
@@ -191,18 +200,22 @@ class LogIndex:
             length = len(text.encode())
             rows += [(k, offset, length) for k in keys]
             offset += length
-        self.db.execute("BEGIN")
-        self._insert(rows)
-        self.db.execute("COMMIT")
+        with self.lock:
+            self.db.execute("BEGIN")
+            self._insert(rows)
+            self.db.execute("COMMIT")
 
     def find(self, key: str) -> tuple[int, int] | None:
-        return self.db.execute(f"SELECT offset, length FROM {self.table} WHERE key = ?", (key,)).fetchone()
+        with self.lock:
+            return self.db.execute(f"SELECT offset, length FROM {self.table} WHERE key = ?", (key,)).fetchone()
 
     def __len__(self) -> int:
-        return self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
+        with self.lock:
+            return self.db.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
 
     def drop(self, key: str) -> None:
-        self.db.execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
+        with self.lock:
+            self.db.execute(f"DELETE FROM {self.table} WHERE key = ?", (key,))
 
 
 def open_index_db(path: Path) -> sqlite3.Connection:
@@ -228,11 +241,13 @@ class RequestCache:
     def __init__(self, path: Path, db: sqlite3.Connection | None = None) -> None:
         self.log = JsonlLog(path)
         self.log.open()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        """The index database's lock (an index sharing `db` takes it too: `RunStore`'s node log)."""
         self._read_fd = os.open(path, os.O_RDONLY)
         self.db = db or open_index_db(path.with_name(INDEX_NAME))
         self.index = LogIndex(self.db, "results", self.log,
-                              lambda rec: list(r) if isinstance(r := rec.get("results"), dict) else None)
+                              lambda rec: list(r) if isinstance(r := rec.get("results"), dict) else None,
+                              self._lock)
         self._line: tuple[int, dict[str, Any]] | None = None  # the last line read (a batch is read in a row)
 
     @staticmethod
@@ -380,8 +395,9 @@ class RunStore:
                                "status": "running"})
         self.nodes.open()
         self.cache = RequestCache(self.out / CACHE_FILE)
-        self.logged = LogIndex(self.cache.db, "nodes", self.nodes,
-                               lambda rec: [rec["node_id"]] if isinstance(rec.get("node_id"), str) else None)
+        self.logged = LogIndex(self.cache.db, "nodes", self.nodes,  # the cache's connection, and so its lock
+                               lambda rec: [rec["node_id"]] if isinstance(rec.get("node_id"), str) else None,
+                               self.cache.index.lock)
         self._replaying = len(self.logged) > 0
         return mode
 

@@ -268,3 +268,39 @@ print(tf.logprob_method, tf.concurrent, vl.logprob_method, vl.concurrent, "torch
 """
     res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["full", "False", "top_k", "True", "False", "False"]
+
+
+def test_node_log_and_request_cache_write_their_shared_index_from_two_threads(tmp_path):
+    """The request cache (engines' worker threads) and the node log (the search's loop, at barriers) index into
+    one SQLite connection: writes from both at once must not interleave their transactions (a demo run once
+    died with "cannot start a transaction within a transaction")."""
+    import threading
+
+    from idea_mcts.store import RunStore
+    from idea_mcts.tree import Node
+
+    store = RunStore(tmp_path / "out")
+    store.open("fp", overwrite=False)
+    assert store.cache is not None
+    errors: list[BaseException] = []
+
+    def put_results(worker: int) -> None:
+        try:
+            for i in range(400):
+                store.cache.put("generate", {f"k{worker}-{i}": {"text": "x" * 50}})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put_results, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(400):
+            store.log_nodes([Node(node_id=f"s/{i}", seed_id="s", parent_id=None, depth=0, action=None,
+                                  kind="root", instruction="x")])
+    finally:
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert len(store.cache) == 800 and len(store.logged) == 400
+    store.close()
