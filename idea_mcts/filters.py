@@ -10,13 +10,15 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
 - `empty`: hold nothing once extracted;
 - `unchanged`: equal the parent instruction (no information gain);
 - `template_leak`: still copy the evolution prompt's template words: a `#Header#` or "New Instruction" /
-  "Rewritten Prompt" / "The old instruction" style marker, or a run of `LEAK_NGRAM` words of the action prompt
-  actually used (the prompts are read, not a fixed list, so user action files are covered too);
+  "Rewritten Prompt" / "The old instruction" / "Rewrite the instruction" style marker, a run of `LEAK_NGRAM`
+  words of the action prompt actually used (the prompts are read, not a fixed list, so user action files are
+  covered too), or only the prompt's words and none of the parent's ("Do not answer it and not explain it.");
 - `refusal`: are a short refusal ("I'm sorry, I can't ...");
 - `degenerate`: are error text or loops of repeated words;
 - `answer` (opt-in, `search.drop_answers`): answer the instruction instead of rewriting it. A heuristic (no
-  sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...), so it is off by
-  default: it also drops valid instructions that start otherwise, and misses answers made of imperatives.
+  sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...; or the parent,
+  a colon and a list that asks for nothing), so it is off by default: it also drops valid instructions that
+  start otherwise, and misses answers made of imperatives.
 
 `refused_response` flags responses that are a short refusal (WizardLM: "sorry" and under 80 words): the evolved
 instruction is then one the responder cannot serve, and the node is dropped (`response_refusal`).
@@ -48,7 +50,9 @@ OLD_HEADER = re.compile(
 """A header echoing the input ("#Instruction#:", "The old instruction:", "### Original Instruction#")."""
 MARKER = re.compile(
     r"#[ \t]*[A-Za-z][A-Za-z ]{0,30}#|\b(?:new|rewritten|old|original|given|evolved)[ \t]+(?:instruction|prompt)s?\b"
-    r"|^\s*#{1,6}[ \t]*(?:original|old|given)\b", re.I | re.M)
+    r"|^\s*#{1,6}[ \t]*(?:original|old|given)\b"
+    r"|\bre-?(?:write|phrase|word)[ \t]+(?:the|this|that|your|my)[ \t]+(?:\w+[ \t]+)?(?:instruction|prompt)s?\b"
+    r"(?![ \t]+(?:manual|booklet|leaflet|sheet|card)s?\b)", re.I | re.M)
 """Template words that must not survive extraction."""
 ANSWER_SECTION = re.compile(
     r"\n[ \t*#>]*(?:answer|response|explanation|solution|output|note|example(?: answer)?|reasoning)\b[ \t*#]*:?",
@@ -149,6 +153,19 @@ def looks_like_request(text: str) -> bool:
     return any(REQUEST.search(s) or s.endswith("?") for s in sentences)
 
 
+def _content(words: Iterable[str]) -> set[str]:
+    """The words of four letters or more (a rough cut of the content words)."""
+    return {w for w in words if len(w) >= 4}
+
+
+def answers_after_colon(text: str, parent: str) -> bool:
+    """The parent instruction, a colon, then an answer ("List five fruits that are high in vitamin C: a lemon,
+    an apple, a banana."): the rewrite gives its answer away. What follows the colon is taken as an answer
+    when it does not ask for anything (`looks_like_request`), so added input data is dropped too."""
+    head, sep, tail = text.partition(":")
+    return bool(sep and tail.strip()) and _words(head) == _words(parent) and not looks_like_request(tail)
+
+
 @dataclass
 class Eliminator:
     """The elimination filter for one run; `counts` holds the drops per reason."""
@@ -162,6 +179,7 @@ class Eliminator:
     def __post_init__(self) -> None:
         self._grams = template_ngrams(self.action_prompts)
         self._markers = template_markers(self.action_prompts)
+        self._vocab = {w for p in self.action_prompts for w in _words(p.replace("{instruction}", " "))}
 
     def reason(self, text: str, parent: str) -> str | None:
         """Why an extracted evolution of `parent` is dropped, or None to keep it (not counted)."""
@@ -178,9 +196,11 @@ class Eliminator:
         parent_grams = {tuple(w) for w in _ngrams(re.findall(r"[a-z0-9']+", _norm(parent)), LEAK_NGRAM)}
         if any(g in self._grams and g not in parent_grams for g in _ngrams(words, LEAK_NGRAM)):
             return "template_leak"
+        if len(words) >= 3 and set(words) <= self._vocab and not _content(words) & _content(_words(parent)):
+            return "template_leak"  # made of the prompt's own words only ("Do not answer it and not explain it.")
         if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35):
             return "degenerate"
-        if self.drop_answers and not looks_like_request(text):
+        if self.drop_answers and (not looks_like_request(text) or answers_after_colon(text, parent)):
             return "answer"
         return None
 

@@ -258,11 +258,12 @@ class IdeaMCTS:
                 # other trees' reservations may still come back (evolutions the filter drops send less)
                 if not self.wait_for_budget or not await self._dispatcher().park():
                     raise
+        prefill = self.cfg.prefill_parent
         gens = await self._dispatcher().call(
-            self.evolver, "generate", [(j.action.messages(j.parent.instruction), j.node_id) for j in jobs])
+            self.evolver, "generate", [(j.action.messages(j.parent.instruction, prefill), j.node_id) for j in jobs])
         texts: list[str | None] = []
         for job, g in zip(jobs, gens, strict=True):
-            text = extract_instruction(g.text)
+            text = extract_instruction(job.action.reply_prefix(job.parent.instruction, prefill) + g.text)
             texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
         kept = sum(t is not None for t in texts)
         self._release_filtered(len(texts) - kept)
