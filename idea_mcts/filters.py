@@ -8,13 +8,14 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
 `Eliminator` then drops, with a reason that is counted for run.json (`filtered`), evolutions that:
 
 - `empty`: hold nothing once extracted;
+- `truncated`: stop at the evolver's token limit inside the instruction (unfinished);
 - `unchanged`: equal the parent instruction (no information gain);
 - `template_leak`: still copy the evolution prompt's template words: a `#Header#` or "New Instruction" /
   "Rewritten Prompt" / "The old instruction" / "Rewrite the instruction" style marker, a run of `LEAK_NGRAM`
   words of the action prompt actually used (the prompts are read, not a fixed list, so user action files are
   covered too), or only the prompt's words and none of the parent's ("Do not answer it and not explain it.");
 - `refusal`: are a short refusal ("I'm sorry, I can't ...");
-- `degenerate`: are error text or loops of repeated words;
+- `degenerate`: are error text, loops of repeated words, or say a run of four words twice;
 - `answer` (opt-in, `search.drop_answers`): answer the instruction instead of rewriting it. A heuristic (no
   sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...; or the parent,
   a colon and a list that asks for nothing), so it is off by default: it also drops valid instructions that
@@ -98,7 +99,8 @@ def _norm(text: str) -> str:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """Lower-case words; quotes around a word are not part of it ("'Good" is "good")."""
+    return [w.strip("'") for w in re.findall(r"[a-z0-9']+", text.lower()) if w.strip("'")]
 
 
 def _strip_wrappers(text: str) -> str:
@@ -158,12 +160,29 @@ def _content(words: Iterable[str]) -> set[str]:
     return {w for w in words if len(w) >= 4}
 
 
-def answers_after_colon(text: str, parent: str) -> bool:
-    """The parent instruction, a colon, then an answer ("List five fruits that are high in vitamin C: a lemon,
-    an apple, a banana."): the rewrite gives its answer away. What follows the colon is taken as an answer
-    when it does not ask for anything (`looks_like_request`), so added input data is dropped too."""
-    head, sep, tail = text.partition(":")
-    return bool(sep and tail.strip()) and _words(head) == _words(parent) and not looks_like_request(tail)
+REQUIREMENT = re.compile(r"\b(?:must|should|make sure|(?:is|are) required|no more than|at (?:least|most)|exactly)\b",
+                         re.I)
+"""Words of a sentence that states a requirement of the answer."""
+
+
+def answers_after_parent(text: str, parent: str) -> bool:
+    """The parent instruction whole, then a colon or a sentence end, then an answer ("List five fruits that are
+    high in vitamin C: a lemon, an apple, a banana."; "What are the main causes of traffic congestion in cities?
+    The primary reason is the excessive use of cars."): the rewrite gives its answer away. What follows is
+    taken as an answer when it neither asks for anything (`looks_like_request`) nor states a requirement
+    (`REQUIREMENT`: "Each tip must be under 20 words."), so added input data after a colon is dropped too."""
+    for m in re.finditer(r"[:.!?](?=\s|$)", text):
+        if _words(text[:m.start()]) == _words(parent):
+            tail = text[m.end():]
+            return bool(tail.strip()) and not looks_like_request(tail) and not REQUIREMENT.search(tail)
+    return False
+
+
+def repeats_itself(text: str, parent: str, n: int = 4) -> bool:
+    """A run of `n` words that the rewrite says twice, and the parent did not ("... to support a local
+    non-profit organization that is supporting a local non-profit organization")."""
+    mine, before = Counter(_ngrams(_words(text), n)), Counter(_ngrams(_words(parent), n))
+    return any(c > 1 and c > before[g] for g, c in mine.items())
 
 
 @dataclass
@@ -181,10 +200,13 @@ class Eliminator:
         self._markers = template_markers(self.action_prompts)
         self._vocab = {w for p in self.action_prompts for w in _words(p.replace("{instruction}", " "))}
 
-    def reason(self, text: str, parent: str) -> str | None:
-        """Why an extracted evolution of `parent` is dropped, or None to keep it (not counted)."""
+    def reason(self, text: str, parent: str, cut_off: bool = False) -> str | None:
+        """Why an extracted evolution of `parent` is dropped, or None to keep it (not counted). `cut_off`: the
+        reply stopped at its token limit inside the extracted text (`cut_off`), so the instruction is unfinished."""
         if not text.strip():
             return "empty"
+        if cut_off:
+            return "truncated"
         if _words(text) == _words(parent):  # punctuation and case do not make a rewrite
             return "unchanged"
         if is_refusal(text):
@@ -198,15 +220,16 @@ class Eliminator:
             return "template_leak"
         if len(words) >= 3 and set(words) <= self._vocab and not _content(words) & _content(_words(parent)):
             return "template_leak"  # made of the prompt's own words only ("Do not answer it and not explain it.")
-        if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35):
+        if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35) \
+                or repeats_itself(text, parent):
             return "degenerate"
-        if self.drop_answers and (not looks_like_request(text) or answers_after_colon(text, parent)):
+        if self.drop_answers and (not looks_like_request(text) or answers_after_parent(text, parent)):
             return "answer"
         return None
 
-    def check(self, text: str, parent: str) -> str | None:
+    def check(self, text: str, parent: str, cut_off: bool = False) -> str | None:
         """`reason`, counted."""
-        why = self.reason(text, parent)
+        why = self.reason(text, parent, cut_off)
         if why is not None:
             self.counts[why] += 1
         return why
@@ -219,13 +242,21 @@ class Eliminator:
         return None
 
 
-REASONS = ("empty", "unchanged", "template_leak", "refusal", "degenerate", "answer", "invalid", "gate_unparsed",
-           "response_refusal")
+REASONS = ("empty", "truncated", "unchanged", "template_leak", "refusal", "degenerate", "answer", "invalid",
+           "gate_unparsed", "response_refusal")
 """Every reason `Eliminator` counts (run.json lists them all, zeros included)."""
 
 
 def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def cut_off(reply: str, text: str, finish_reason: str | None) -> bool:
+    """Whether the evolver's reply stopped at its token limit (`finish_reason` "length") inside the extracted
+    instruction: the instruction runs to the reply's end. A reply cut in an answer section that the extraction
+    dropped is not cut off."""
+    tail = _words(text)[-5:]
+    return finish_reason == "length" and bool(tail) and _words(reply)[-len(tail):] == tail
 
 
 VALIDITY_PROMPT = (

@@ -30,7 +30,7 @@ from idea_mcts.actions import Action
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
-from idea_mcts.filters import VALIDITY_CANDIDATES, Eliminator, extract_instruction, p_yes, validity_prompt
+from idea_mcts.filters import VALIDITY_CANDIDATES, Eliminator, cut_off, extract_instruction, p_yes, validity_prompt
 from idea_mcts.roles import RoleClient, derive_seed
 from idea_mcts.scoring import Reward
 from idea_mcts.tree import Node, Tree
@@ -263,8 +263,10 @@ class IdeaMCTS:
             self.evolver, "generate", [(j.action.messages(j.parent.instruction, prefill), j.node_id) for j in jobs])
         texts: list[str | None] = []
         for job, g in zip(jobs, gens, strict=True):
-            text = extract_instruction(job.action.reply_prefix(job.parent.instruction, prefill) + g.text)
-            texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
+            reply = job.action.reply_prefix(job.parent.instruction, prefill) + g.text
+            text = extract_instruction(reply)
+            why = self.eliminator.check(text, job.parent.instruction, cut_off(reply, text, g.finish_reason))
+            texts.append(None if why is not None else text)
         kept = sum(t is not None for t in texts)
         self._release_filtered(len(texts) - kept)
         if self.cfg.validity_gate is not None:

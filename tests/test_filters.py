@@ -13,6 +13,7 @@ from idea_mcts.export import select_rows
 from idea_mcts.filters import (
     VALIDITY_CANDIDATES,
     Eliminator,
+    cut_off,
     extract_instruction,
     is_refusal,
     looks_like_request,
@@ -145,6 +146,47 @@ ANSWERS_AFTER_THE_PARENT = [  # SmolLM2-135M continuing a prefilled parent (sear
 ]
 
 
+DEMO_RUN_DROPS = [  # (parent, evolution, reason): configs/demo.yaml with search.prefill_parent, vLLM, 2026-11-29
+    ("Translate 'Good morning, how are you?' into French.", 'Translate, "Good morning, how are you?" into French.',
+     "unchanged"),
+    ("Plan a one-day sightseeing trip in a city of your choice to support a local non-profit organization!",
+     "Plan a one-day sightseeing trip in a city of your choice to support a local non-profit organization that is "
+     "supporting a local non-profit organization!", "degenerate"),
+    ("Suggest a name for a small coffee shop.", "Suggest a name for a small coffee shop, a name that has a focus on "
+     "people and a focus on small business, and that has a name that is small and has a focus on people.",
+     "degenerate"),
+    ("Write a Python function that reverses a string.", "Write a Python function that reverses a string. This can "
+     "be done using the `reversed` function in Python.", "answer"),
+    ("What are the main causes of traffic congestion in cities?", "What are the main causes of traffic congestion "
+     "in cities? The primary reason is the excessive use of cars.", "answer"),
+    ("Explain the difference between weather and climate.", "Explain the difference between weather and climate. "
+     "The difference lies in the scope of the climate's administration.", "answer"),
+    # kept: rewrites that add a requirement sentence, or repeat a phrase of the parent once
+    ("Give three tips for staying healthy.", "Give three tips for staying healthy. Each tip must be under 20 words.",
+     None),
+    ("Plan a one-day sightseeing trip in a city of your choice.", "Plan a one-day sightseeing trip in a city of "
+     "your choice, then add a one-paragraph note explaining your plan.", None),
+    ("Write a Python function that reverses a string.", "Write a Python function that reverses a string by "
+     "slicing it back to the original order.", None),
+]
+
+
+@pytest.mark.parametrize(("parent", "text", "reason"), DEMO_RUN_DROPS)
+def test_recorded_demo_evolutions(parent, text, reason):
+    assert eliminator(drop_answers=True).reason(text, parent) == reason
+
+
+def test_an_instruction_cut_at_the_token_limit_is_truncated():
+    reply = 'Explain what a prime number is to a ten-year-old, then add a sentence that goes "Well, I am just a'
+    text = extract_instruction(reply)
+    assert cut_off(reply, text, "length") and not cut_off(reply, text, "stop")
+    ran_on = "New instruction: Explain what a prime number is with an example.\n\nAnswer: A prime number has"
+    assert not cut_off(ran_on, extract_instruction(ran_on), "length")  # the cut fell in the dropped answer
+    e = eliminator()
+    assert e.check(text, "Explain what a prime number is to a ten-year-old.", cut_off=True) == "truncated"
+    assert e.counts["truncated"] == 1
+
+
 @pytest.mark.parametrize(("parent", "text"), ANSWERS_AFTER_THE_PARENT)
 def test_the_parent_then_its_answer_is_an_answer(parent, text):
     assert looks_like_request(text)  # the parent's own words are a request: the first heuristic alone misses it
@@ -260,7 +302,7 @@ class ContinuingEngine(ScriptedEngine):
         out = super()._generate(requests)
         for r, g in zip(requests, out, strict=True):
             if isinstance(r.prompt, list) and r.prompt[-1]["role"] == "assistant" and "evolve" in self.batches[-1][0]:
-                g.text = " for a beginner." if self.continued else "."
+                g.text = (".", " to a friend.", " in French.", " with a smile.")[min(self.continued, 3)]
                 self.continued += 1
             elif isinstance(r.prompt, list) and "Reply with the new instruction only" in r.prompt[-1]["content"]:
                 g.text = "Hello there!"
@@ -279,8 +321,8 @@ def test_search_prefills_the_evolver_reply_with_the_parent(prefill):
     tree = search.run([Seed("a", "Say hi.")])[0]
     evolved = sorted(n.instruction for n in tree if n.depth > 0)
     if prefill:  # "Say hi" + "." is the parent: dropped as unchanged; the rewrites continue their parent
-        assert evolved == ["Say hi for a beginner for a beginner for a beginner.",
-                           "Say hi for a beginner for a beginner.", "Say hi for a beginner."]
+        assert evolved == ["Say hi to a friend in French with a smile.", "Say hi to a friend in French.",
+                           "Say hi to a friend."]
         assert search.eliminator.counts["unchanged"] == 1 and search.eliminator.counts["answer"] == 0
     else:
         assert evolved == [] and search.eliminator.counts["answer"] == 2
