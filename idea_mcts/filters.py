@@ -17,9 +17,9 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
 - `refusal`: are a short refusal ("I'm sorry, I can't ...");
 - `degenerate`: are error text, loops of repeated words, or say a run of four words twice;
 - `answer` (opt-in, `search.drop_answers`): answer the instruction instead of rewriting it. A heuristic (no
-  sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...; or the parent,
-  a colon and a list that asks for nothing), so it is off by default: it also drops valid instructions that
-  start otherwise, and misses answers made of imperatives.
+  sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...; or the parent
+  followed by its answer; or by a list of the things it asks a number of), so it is off by default: it also
+  drops valid instructions that start otherwise, and misses answers made of imperatives.
 
 `refused_response` flags responses that are a short refusal (WizardLM: "sorry" and under 80 words): the evolved
 instruction is then one the responder cannot serve, and the node is dropped (`response_refusal`).
@@ -178,6 +178,23 @@ def answers_after_parent(text: str, parent: str) -> bool:
     return False
 
 
+COUNT = re.compile(r"\b(?:two|three|four|five|six|seven|eight|nine|ten|\d+)\b", re.I)
+LIST_START = re.compile(r"\b(?:such as|including|like|e\.g\.)|:", re.I)
+LIST_SPLIT = re.compile(r"[,;\[\]\"\u201c\u201d]|\b(?:and|or)\b", re.I)
+
+
+def gives_items_away(text: str, parent: str, min_items: int = 3) -> bool:
+    """The parent asks for a number of things ("List five fruits ...") and the rewrite extends it with a list of
+    at least `min_items` short items after "such as", "including", "like" or a colon ("..., including apples,
+    oranges, grapes, lemons, and brinjals."): the rewrite gives its answer away."""
+    head = parent.strip().rstrip(".!?;:").rstrip()
+    if not COUNT.search(parent) or not text.lower().startswith(head.lower()):
+        return False
+    listed = LIST_START.split(text[len(head):], maxsplit=1)
+    items = [x for x in LIST_SPLIT.split(listed[-1]) if 1 <= len(_words(x)) <= 3]
+    return len(listed) == 2 and len(items) >= min_items
+
+
 def repeats_itself(text: str, parent: str, n: int = 4) -> bool:
     """A run of `n` words that the rewrite says twice, and the parent did not ("... to support a local
     non-profit organization that is supporting a local non-profit organization")."""
@@ -223,7 +240,8 @@ class Eliminator:
         if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35) \
                 or repeats_itself(text, parent):
             return "degenerate"
-        if self.drop_answers and (not looks_like_request(text) or answers_after_parent(text, parent)):
+        if self.drop_answers and (not looks_like_request(text) or answers_after_parent(text, parent)
+                                  or gives_items_away(text, parent)):
             return "answer"
         return None
 

@@ -161,7 +161,15 @@ DEMO_RUN_DROPS = [  # (parent, evolution, reason): configs/demo.yaml with search
      "in cities? The primary reason is the excessive use of cars.", "answer"),
     ("Explain the difference between weather and climate.", "Explain the difference between weather and climate. "
      "The difference lies in the scope of the climate's administration.", "answer"),
-    # kept: rewrites that add a requirement sentence, or repeat a phrase of the parent once
+    ("List five fruits that are high in vitamin C.", "List five fruits that are high in vitamin C, including "
+     "apples, oranges, grapes, lemons, and brinjals.", "answer"),
+    ("List five fruits that are high in vitamin C.", "List five fruits that are high in vitamin C, such as "
+     "oranges, lemons, and grapefruits.", "answer"),
+    # kept: rewrites that add a requirement sentence or a list of requirements, or repeat a phrase of the parent
+    ("Summarize the plot of a fairy tale you know in two sentences.", "Summarize the plot of a fairy tale you know "
+     "in two sentences, using simple words, short sentences, and a happy ending.", None),
+    ("Write a product description for a reusable water bottle.", "Write a product description for a reusable "
+     "water bottle, including its materials, its price, and two customer reviews.", None),
     ("Give three tips for staying healthy.", "Give three tips for staying healthy. Each tip must be under 20 words.",
      None),
     ("Plan a one-day sightseeing trip in a city of your choice.", "Plan a one-day sightseeing trip in a city of "
