@@ -8,7 +8,7 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
 `Eliminator` then drops, with a reason that is counted for run.json (`filtered`), evolutions that:
 
 - `empty`: hold nothing once extracted;
-- `truncated`: stop at the evolver's token limit inside the instruction (unfinished);
+- `truncated` (opt-in, `search.drop_truncated`): stop at the evolver's token limit inside the instruction;
 - `unchanged`: equal the parent instruction (no information gain);
 - `template_leak`: still copy the evolution prompt's template words: a `#Header#` or "New Instruction" /
   "Rewritten Prompt" / "The old instruction" / "Rewrite the instruction" style marker, a run of `LEAK_NGRAM`
@@ -210,6 +210,8 @@ class Eliminator:
     """The action prompts in use (their words and `#Header#` markers are the template)."""
     drop_answers: bool = False
     """Also drop evolutions that look like an answer, not an instruction (heuristic)."""
+    drop_truncated: bool = False
+    """Also drop evolutions cut at the token limit inside the instruction (`cut_off`)."""
     counts: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -219,10 +221,10 @@ class Eliminator:
 
     def reason(self, text: str, parent: str, cut_off: bool = False) -> str | None:
         """Why an extracted evolution of `parent` is dropped, or None to keep it (not counted). `cut_off`: the
-        reply stopped at its token limit inside the extracted text (`cut_off`), so the instruction is unfinished."""
+        reply stopped at its token limit inside the extracted text (`cut_off`): dropped with `drop_truncated`."""
         if not text.strip():
             return "empty"
-        if cut_off:
+        if cut_off and self.drop_truncated:
             return "truncated"
         if _words(text) == _words(parent):  # punctuation and case do not make a rewrite
             return "unchanged"

@@ -77,7 +77,7 @@ class IdeaMCTS:
         """Evolver/responder outputs that could not be used (evolutions dropped by the filter, empty responses),
         nodes whose every scorer failed (`unscored`), rollouts cut short (`rollout_truncated`)."""
         self.eliminator = Eliminator([a.template_text() for a in self.actions],
-                                     drop_answers=cfg.drop_answers)
+                                     drop_answers=cfg.drop_answers, drop_truncated=cfg.drop_truncated)
         """The elimination filter; its `counts` are the dropped evolutions per reason."""
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""

@@ -190,8 +190,10 @@ def test_an_instruction_cut_at_the_token_limit_is_truncated():
     assert cut_off(reply, text, "length") and not cut_off(reply, text, "stop")
     ran_on = "New instruction: Explain what a prime number is with an example.\n\nAnswer: A prime number has"
     assert not cut_off(ran_on, extract_instruction(ran_on), "length")  # the cut fell in the dropped answer
-    e = eliminator()
-    assert e.check(text, "Explain what a prime number is to a ten-year-old.", cut_off=True) == "truncated"
+    parent = "Explain what a prime number is to a ten-year-old."
+    assert eliminator().reason(text, parent, cut_off=True) is None  # opt-in: a model that never stops keeps some
+    e = Eliminator([a.template_text() for a in GENERAL], drop_truncated=True)
+    assert e.check(text, parent, cut_off=True) == "truncated" and e.check(text, parent) is None
     assert e.counts["truncated"] == 1
 
 
