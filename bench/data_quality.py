@@ -47,6 +47,8 @@ HELD_OUT_COMPLEXITY_SHOTS = [
     ("Design a scalable recommendation system for an online bookstore with ten million users: describe the data "
      "pipeline, the model, how you evaluate it offline and online, and how you handle cold-start users.", 6),
     ("Describe the water cycle in a paragraph.", 3)]
+# The `general` quality prompt as it was before its false-fact sentence (2026-11-29): the search's own quality
+# prompt for runs before that date, one sentence apart from it after (not an independent judge either way).
 HELD_OUT_QUALITY = (
     "Rate the quality of the response to the question, from 1 (useless or wrong) to 6 (excellent: correct, "
     "complete, helpful and well written). Answer with one digit.\n\n#Question#:\n{q}\n\n#Response#:\n{r}")

@@ -31,23 +31,39 @@ EXAMPLE_INSTRUCTION = "Write a poem about the sea."
 chat turn: small instruct models then reply with an instruction, not with chatter, headers or an answer."""
 
 
+def stem(instruction: str) -> str:
+    """The instruction without its closing punctuation: how a prefilled rewrite starts (`Action.reply_prefix`)."""
+    return instruction.strip().rstrip(".!?;:").rstrip()
+
+
 @dataclass(frozen=True)
 class Action:
     """An evolution prompt. `prompt` holds `{instruction}` where the node's instruction goes; `example`, when
-    set, is this action's rewrite of `EXAMPLE_INSTRUCTION`, shown as a previous turn of the chat."""
+    set, is this action's rewrite of `EXAMPLE_INSTRUCTION`, shown as a previous turn of the chat. `extends`:
+    the rewrite builds on the instruction itself (an in-depth action), so its reply may be prefilled with it."""
 
     name: str
     prompt: str
     example: str | None = None
+    extends: bool = False
 
     def render(self, instruction: str) -> str:
         return self.prompt.replace("{instruction}", instruction)
 
-    def messages(self, instruction: str) -> list[dict[str, str]]:
-        """The evolver's chat: the example exchange (if any), then the request for `instruction`."""
+    def reply_prefix(self, instruction: str, prefill: bool) -> str:
+        """The start of the evolver's reply written for it (`search.prefill_parent`): the instruction without its
+        closing punctuation for an in-depth action, so that the evolver continues it with the new requirement;
+        '' otherwise."""
+        return stem(instruction) if prefill and self.extends else ""
+
+    def messages(self, instruction: str, prefill: bool = False) -> list[dict[str, str]]:
+        """The evolver's chat: the example exchange (if any), the request for `instruction`, and the reply's
+        prefix when `prefill` (`reply_prefix`)."""
         shot = ([{"role": "user", "content": self.render(EXAMPLE_INSTRUCTION)},
                  {"role": "assistant", "content": self.example}] if self.example else [])
-        return [*shot, {"role": "user", "content": self.render(instruction)}]
+        prefix = self.reply_prefix(instruction, prefill)
+        return [*shot, {"role": "user", "content": self.render(instruction)},
+                *([{"role": "assistant", "content": prefix}] if prefix else [])]
 
     def template_text(self) -> str:
         """The words of the prompt that are not the instruction (what the elimination filter calls a leak)."""
@@ -55,7 +71,7 @@ class Action:
 
 
 def _depth(name: str, method: str, example: str | None = None) -> Action:
-    return Action(name, DEPTH_TEMPLATE.replace("{method}", method), example)
+    return Action(name, DEPTH_TEMPLATE.replace("{method}", method), example, extends=True)
 
 
 GENERAL = [

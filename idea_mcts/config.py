@@ -271,6 +271,15 @@ class SearchConfig:
     heuristic: no sentence starts like a request: an imperative verb, a question, "Can you", "As a ..."). Off
     by default: it also drops some valid instructions. Empty, unchanged, template-copying, refusing and
     degenerate evolutions are always dropped; run.json counts each reason under `filtered`."""
+    drop_truncated: bool = False
+    """Elimination filter: also drop evolutions whose reply stopped at the evolver's `max_new_tokens` inside the
+    instruction (`filtered.truncated`: an unfinished instruction). Off by default: a model that never stops (the
+    tiny random test model) would lose every evolution; on in the demo."""
+    prefill_parent: bool = False
+    """Prefill the evolver's reply of an in-depth action with the parent instruction (closing punctuation
+    dropped), so that the evolver continues it with the new requirement instead of answering it or chatting.
+    For small evolvers (the embedded demo); it restricts depth rewrites to extensions of the parent, so it is
+    off by default. Breadth (`create_new`) and user `prompt` actions are never prefilled."""
     validity_gate: float | None = None
     """Optional judge-based validity gate: the complexity judge (else the quality judge) is asked whether each
     evolution that passed the filter is a self-contained instruction that keeps its parent's task; it is dropped

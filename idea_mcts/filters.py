@@ -8,15 +8,18 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
 `Eliminator` then drops, with a reason that is counted for run.json (`filtered`), evolutions that:
 
 - `empty`: hold nothing once extracted;
+- `truncated` (opt-in, `search.drop_truncated`): stop at the evolver's token limit inside the instruction;
 - `unchanged`: equal the parent instruction (no information gain);
 - `template_leak`: still copy the evolution prompt's template words: a `#Header#` or "New Instruction" /
-  "Rewritten Prompt" / "The old instruction" style marker, or a run of `LEAK_NGRAM` words of the action prompt
-  actually used (the prompts are read, not a fixed list, so user action files are covered too);
+  "Rewritten Prompt" / "The old instruction" / "Rewrite the instruction" style marker, a run of `LEAK_NGRAM`
+  words of the action prompt actually used (the prompts are read, not a fixed list, so user action files are
+  covered too), or only the prompt's words and none of the parent's ("Do not answer it and not explain it.");
 - `refusal`: are a short refusal ("I'm sorry, I can't ...");
-- `degenerate`: are error text or loops of repeated words;
+- `degenerate`: are error text, loops of repeated words, or say a run of four words twice;
 - `answer` (opt-in, `search.drop_answers`): answer the instruction instead of rewriting it. A heuristic (no
-  sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...), so it is off by
-  default: it also drops valid instructions that start otherwise, and misses answers made of imperatives.
+  sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...; or the parent
+  followed by its answer; or by a list of the things it asks a number of), so it is off by default: it also
+  drops valid instructions that start otherwise, and misses answers made of imperatives.
 
 `refused_response` flags responses that are a short refusal (WizardLM: "sorry" and under 80 words): the evolved
 instruction is then one the responder cannot serve, and the node is dropped (`response_refusal`).
@@ -48,7 +51,9 @@ OLD_HEADER = re.compile(
 """A header echoing the input ("#Instruction#:", "The old instruction:", "### Original Instruction#")."""
 MARKER = re.compile(
     r"#[ \t]*[A-Za-z][A-Za-z ]{0,30}#|\b(?:new|rewritten|old|original|given|evolved)[ \t]+(?:instruction|prompt)s?\b"
-    r"|^\s*#{1,6}[ \t]*(?:original|old|given)\b", re.I | re.M)
+    r"|^\s*#{1,6}[ \t]*(?:original|old|given)\b"
+    r"|\bre-?(?:write|phrase|word)[ \t]+(?:the|this|that|your|my)[ \t]+(?:\w+[ \t]+)?(?:instruction|prompt)s?\b"
+    r"(?![ \t]+(?:manual|booklet|leaflet|sheet|card)s?\b)", re.I | re.M)
 """Template words that must not survive extraction."""
 ANSWER_SECTION = re.compile(
     r"\n[ \t*#>]*(?:answer|response|explanation|solution|output|note|example(?: answer)?|reasoning)\b[ \t*#]*:?",
@@ -94,7 +99,8 @@ def _norm(text: str) -> str:
 
 
 def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9']+", text.lower())
+    """Lower-case words; quotes around a word are not part of it ("'Good" is "good")."""
+    return [w.strip("'") for w in re.findall(r"[a-z0-9']+", text.lower()) if w.strip("'")]
 
 
 def _strip_wrappers(text: str) -> str:
@@ -149,6 +155,53 @@ def looks_like_request(text: str) -> bool:
     return any(REQUEST.search(s) or s.endswith("?") for s in sentences)
 
 
+def _content(words: Iterable[str]) -> set[str]:
+    """The words of four letters or more (a rough cut of the content words)."""
+    return {w for w in words if len(w) >= 4}
+
+
+REQUIREMENT = re.compile(r"\b(?:must|should|make sure|(?:is|are) required|no more than|at (?:least|most)|exactly)\b",
+                         re.I)
+"""Words of a sentence that states a requirement of the answer."""
+
+
+def answers_after_parent(text: str, parent: str) -> bool:
+    """The parent instruction whole, then a colon or a sentence end, then an answer ("List five fruits that are
+    high in vitamin C: a lemon, an apple, a banana."; "What are the main causes of traffic congestion in cities?
+    The primary reason is the excessive use of cars."): the rewrite gives its answer away. What follows is
+    taken as an answer when it neither asks for anything (`looks_like_request`) nor states a requirement
+    (`REQUIREMENT`: "Each tip must be under 20 words."), so added input data after a colon is dropped too."""
+    for m in re.finditer(r"[:.!?](?=\s|$)", text):
+        if _words(text[:m.start()]) == _words(parent):
+            tail = text[m.end():]
+            return bool(tail.strip()) and not looks_like_request(tail) and not REQUIREMENT.search(tail)
+    return False
+
+
+COUNT = re.compile(r"\b(?:two|three|four|five|six|seven|eight|nine|ten|\d+)\b", re.I)
+LIST_START = re.compile(r"\b(?:such as|including|like|e\.g\.)|:", re.I)
+LIST_SPLIT = re.compile(r"[,;\[\]\"\u201c\u201d]|\b(?:and|or)\b", re.I)
+
+
+def gives_items_away(text: str, parent: str, min_items: int = 3) -> bool:
+    """The parent asks for a number of things ("List five fruits ...") and the rewrite extends it with a list of
+    at least `min_items` short items after "such as", "including", "like" or a colon ("..., including apples,
+    oranges, grapes, lemons, and brinjals."): the rewrite gives its answer away."""
+    head = parent.strip().rstrip(".!?;:").rstrip()
+    if not COUNT.search(parent) or not text.lower().startswith(head.lower()):
+        return False
+    listed = LIST_START.split(text[len(head):], maxsplit=1)
+    items = [x for x in LIST_SPLIT.split(listed[-1]) if 1 <= len(_words(x)) <= 3]
+    return len(listed) == 2 and len(items) >= min_items
+
+
+def repeats_itself(text: str, parent: str, n: int = 4) -> bool:
+    """A run of `n` words that the rewrite says twice, and the parent did not ("... to support a local
+    non-profit organization that is supporting a local non-profit organization")."""
+    mine, before = Counter(_ngrams(_words(text), n)), Counter(_ngrams(_words(parent), n))
+    return any(c > 1 and c > before[g] for g, c in mine.items())
+
+
 @dataclass
 class Eliminator:
     """The elimination filter for one run; `counts` holds the drops per reason."""
@@ -157,16 +210,22 @@ class Eliminator:
     """The action prompts in use (their words and `#Header#` markers are the template)."""
     drop_answers: bool = False
     """Also drop evolutions that look like an answer, not an instruction (heuristic)."""
+    drop_truncated: bool = False
+    """Also drop evolutions cut at the token limit inside the instruction (`cut_off`)."""
     counts: Counter = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._grams = template_ngrams(self.action_prompts)
         self._markers = template_markers(self.action_prompts)
+        self._vocab = {w for p in self.action_prompts for w in _words(p.replace("{instruction}", " "))}
 
-    def reason(self, text: str, parent: str) -> str | None:
-        """Why an extracted evolution of `parent` is dropped, or None to keep it (not counted)."""
+    def reason(self, text: str, parent: str, cut_off: bool = False) -> str | None:
+        """Why an extracted evolution of `parent` is dropped, or None to keep it (not counted). `cut_off`: the
+        reply stopped at its token limit inside the extracted text (`cut_off`): dropped with `drop_truncated`."""
         if not text.strip():
             return "empty"
+        if cut_off and self.drop_truncated:
+            return "truncated"
         if _words(text) == _words(parent):  # punctuation and case do not make a rewrite
             return "unchanged"
         if is_refusal(text):
@@ -178,15 +237,19 @@ class Eliminator:
         parent_grams = {tuple(w) for w in _ngrams(re.findall(r"[a-z0-9']+", _norm(parent)), LEAK_NGRAM)}
         if any(g in self._grams and g not in parent_grams for g in _ngrams(words, LEAK_NGRAM)):
             return "template_leak"
-        if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35):
+        if len(words) >= 3 and set(words) <= self._vocab and not _content(words) & _content(_words(parent)):
+            return "template_leak"  # made of the prompt's own words only ("Do not answer it and not explain it.")
+        if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35) \
+                or repeats_itself(text, parent):
             return "degenerate"
-        if self.drop_answers and not looks_like_request(text):
+        if self.drop_answers and (not looks_like_request(text) or answers_after_parent(text, parent)
+                                  or gives_items_away(text, parent)):
             return "answer"
         return None
 
-    def check(self, text: str, parent: str) -> str | None:
+    def check(self, text: str, parent: str, cut_off: bool = False) -> str | None:
         """`reason`, counted."""
-        why = self.reason(text, parent)
+        why = self.reason(text, parent, cut_off)
         if why is not None:
             self.counts[why] += 1
         return why
@@ -199,13 +262,21 @@ class Eliminator:
         return None
 
 
-REASONS = ("empty", "unchanged", "template_leak", "refusal", "degenerate", "answer", "invalid", "gate_unparsed",
-           "response_refusal")
+REASONS = ("empty", "truncated", "unchanged", "template_leak", "refusal", "degenerate", "answer", "invalid",
+           "gate_unparsed", "response_refusal")
 """Every reason `Eliminator` counts (run.json lists them all, zeros included)."""
 
 
 def _ngrams(words: Sequence[str], n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+
+
+def cut_off(reply: str, text: str, finish_reason: str | None) -> bool:
+    """Whether the evolver's reply stopped at its token limit (`finish_reason` "length") inside the extracted
+    instruction: the instruction runs to the reply's end. A reply cut in an answer section that the extraction
+    dropped is not cut off."""
+    tail = _words(text)[-5:]
+    return finish_reason == "length" and bool(tail) and _words(reply)[-len(tail):] == tail
 
 
 VALIDITY_PROMPT = (

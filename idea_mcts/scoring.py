@@ -57,15 +57,17 @@ ranks the shipped complexity probes against their order (Spearman rho -0.43, 1 o
 right); with these turns, rho 0.89 and 12 of 12 (`idea-mcts validate-judge`)."""
 GENERAL_QUALITY = (
     "Rate the quality of the response to the question, from 1 (useless or wrong) to 6 (excellent: correct, "
-    "complete, helpful and well written). Answer with one digit.\n\n#Question#:\n{instruction}\n\n"
-    "#Response#:\n{output}")
+    "complete, helpful and well written). A response with a false fact is wrong. Answer with one digit.\n\n"
+    "#Question#:\n{instruction}\n\n#Response#:\n{output}")
 GENERAL_QUALITY_SHOTS = (
     ("What is the boiling point of water at sea level?", "Water boils at 100 °C (212 °F) at sea level.", 6),
     ("Name a primary colour.", "I'm sorry, I cannot help with that.", 1),
     ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by Charles Dickens in 1850.", 1),
     ("Give a tip for better sleep.", "Keep a regular bedtime and avoid screens for an hour before bed.", 5),
 )
-"""Scored (question, response) pairs anchoring the quality scale, shown as earlier chat turns."""
+"""Scored (question, response) pairs anchoring the quality scale, shown as earlier chat turns. With them and the
+rubric's sentence on false facts, SmolLM2-135M orders 10 of the 12 shipped quality pairs right (9 without that
+sentence; 4 to 9 with the other prompts tried: docs/benchmarks.md)."""
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the user's questions.")
 TAG_REQUEST = ("Please identify tags of user intentions in the following user query and provide an explanation "

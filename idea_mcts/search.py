@@ -30,7 +30,7 @@ from idea_mcts.actions import Action
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
-from idea_mcts.filters import VALIDITY_CANDIDATES, Eliminator, extract_instruction, p_yes, validity_prompt
+from idea_mcts.filters import VALIDITY_CANDIDATES, Eliminator, cut_off, extract_instruction, p_yes, validity_prompt
 from idea_mcts.roles import RoleClient, derive_seed
 from idea_mcts.scoring import Reward
 from idea_mcts.tree import Node, Tree
@@ -77,7 +77,7 @@ class IdeaMCTS:
         """Evolver/responder outputs that could not be used (evolutions dropped by the filter, empty responses),
         nodes whose every scorer failed (`unscored`), rollouts cut short (`rollout_truncated`)."""
         self.eliminator = Eliminator([a.template_text() for a in self.actions],
-                                     drop_answers=cfg.drop_answers)
+                                     drop_answers=cfg.drop_answers, drop_truncated=cfg.drop_truncated)
         """The elimination filter; its `counts` are the dropped evolutions per reason."""
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""
@@ -258,12 +258,15 @@ class IdeaMCTS:
                 # other trees' reservations may still come back (evolutions the filter drops send less)
                 if not self.wait_for_budget or not await self._dispatcher().park():
                     raise
+        prefill = self.cfg.prefill_parent
         gens = await self._dispatcher().call(
-            self.evolver, "generate", [(j.action.messages(j.parent.instruction), j.node_id) for j in jobs])
+            self.evolver, "generate", [(j.action.messages(j.parent.instruction, prefill), j.node_id) for j in jobs])
         texts: list[str | None] = []
         for job, g in zip(jobs, gens, strict=True):
-            text = extract_instruction(g.text)
-            texts.append(None if self.eliminator.check(text, job.parent.instruction) is not None else text)
+            reply = job.action.reply_prefix(job.parent.instruction, prefill) + g.text
+            text = extract_instruction(reply)
+            why = self.eliminator.check(text, job.parent.instruction, cut_off(reply, text, g.finish_reason))
+            texts.append(None if why is not None else text)
         kept = sum(t is not None for t in texts)
         self._release_filtered(len(texts) - kept)
         if self.cfg.validity_gate is not None:

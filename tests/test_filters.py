@@ -13,6 +13,7 @@ from idea_mcts.export import select_rows
 from idea_mcts.filters import (
     VALIDITY_CANDIDATES,
     Eliminator,
+    cut_off,
     extract_instruction,
     is_refusal,
     looks_like_request,
@@ -72,6 +73,11 @@ def test_extract_instruction_from_chatter_and_markers(raw, instruction):
      "refusal"),
     ("", "empty"),
     ("Give three tips for staying healthy that a retired runner with knee pain can follow at home.", None),
+    # recorded from SmolLM2-135M demo runs (2026-11-28/29): meta text and the prompt's own words
+    ("Rewrite the instruction with a new twist:", "template_leak"),
+    ("Re-write the instruction with:", "template_leak"),
+    ("Do not answer it and not explain it.", "template_leak"),
+    ("Give three tips for staying healthy, as if you were to rewrite the instruction manual of a gym.", None),
 ])
 def test_elimination_reasons(raw, reason):
     assert eliminator().reason(extract_instruction(raw), SEED) == reason
@@ -129,6 +135,75 @@ def test_answers_are_dropped_only_when_asked(text):
     parent = "Write a haiku about the moon."
     assert eliminator().reason(extract_instruction(text), parent) is None
     assert eliminator(drop_answers=True).reason(extract_instruction(text), parent) == "answer"
+
+
+ANSWERS_AFTER_THE_PARENT = [  # SmolLM2-135M continuing a prefilled parent (search.prefill_parent), 2026-11-29
+    ("List five fruits that are high in vitamin C.",
+     "List five fruits that are high in vitamin C: a lemon, an apple, a banana, and a grapefruit."),
+    ("Give three tips for staying healthy.",
+     "Give three tips for staying healthy:\n• 1. Eat a balanced diet that includes plenty of fruits, vegetables, and "
+     "whole grains.\n• 2. Stay hydrated, avoid using unnecessary water."),
+]
+
+
+DEMO_RUN_DROPS = [  # (parent, evolution, reason): configs/demo.yaml with search.prefill_parent, vLLM, 2026-11-29
+    ("Translate 'Good morning, how are you?' into French.", 'Translate, "Good morning, how are you?" into French.',
+     "unchanged"),
+    ("Plan a one-day sightseeing trip in a city of your choice to support a local non-profit organization!",
+     "Plan a one-day sightseeing trip in a city of your choice to support a local non-profit organization that is "
+     "supporting a local non-profit organization!", "degenerate"),
+    ("Suggest a name for a small coffee shop.", "Suggest a name for a small coffee shop, a name that has a focus on "
+     "people and a focus on small business, and that has a name that is small and has a focus on people.",
+     "degenerate"),
+    ("Write a Python function that reverses a string.", "Write a Python function that reverses a string. This can "
+     "be done using the `reversed` function in Python.", "answer"),
+    ("What are the main causes of traffic congestion in cities?", "What are the main causes of traffic congestion "
+     "in cities? The primary reason is the excessive use of cars.", "answer"),
+    ("Explain the difference between weather and climate.", "Explain the difference between weather and climate. "
+     "The difference lies in the scope of the climate's administration.", "answer"),
+    ("List five fruits that are high in vitamin C.", "List five fruits that are high in vitamin C, including "
+     "apples, oranges, grapes, lemons, and brinjals.", "answer"),
+    ("List five fruits that are high in vitamin C.", "List five fruits that are high in vitamin C, such as "
+     "oranges, lemons, and grapefruits.", "answer"),
+    # kept: rewrites that add a requirement sentence or a list of requirements, or repeat a phrase of the parent
+    ("Summarize the plot of a fairy tale you know in two sentences.", "Summarize the plot of a fairy tale you know "
+     "in two sentences, using simple words, short sentences, and a happy ending.", None),
+    ("Write a product description for a reusable water bottle.", "Write a product description for a reusable "
+     "water bottle, including its materials, its price, and two customer reviews.", None),
+    ("Give three tips for staying healthy.", "Give three tips for staying healthy. Each tip must be under 20 words.",
+     None),
+    ("Plan a one-day sightseeing trip in a city of your choice.", "Plan a one-day sightseeing trip in a city of "
+     "your choice, then add a one-paragraph note explaining your plan.", None),
+    ("Write a Python function that reverses a string.", "Write a Python function that reverses a string by "
+     "slicing it back to the original order.", None),
+]
+
+
+@pytest.mark.parametrize(("parent", "text", "reason"), DEMO_RUN_DROPS)
+def test_recorded_demo_evolutions(parent, text, reason):
+    assert eliminator(drop_answers=True).reason(text, parent) == reason
+
+
+def test_an_instruction_cut_at_the_token_limit_is_truncated():
+    reply = 'Explain what a prime number is to a ten-year-old, then add a sentence that goes "Well, I am just a'
+    text = extract_instruction(reply)
+    assert cut_off(reply, text, "length") and not cut_off(reply, text, "stop")
+    ran_on = "New instruction: Explain what a prime number is with an example.\n\nAnswer: A prime number has"
+    assert not cut_off(ran_on, extract_instruction(ran_on), "length")  # the cut fell in the dropped answer
+    parent = "Explain what a prime number is to a ten-year-old."
+    assert eliminator().reason(text, parent, cut_off=True) is None  # opt-in: a model that never stops keeps some
+    e = Eliminator([a.template_text() for a in GENERAL], drop_truncated=True)
+    assert e.check(text, parent, cut_off=True) == "truncated" and e.check(text, parent) is None
+    assert e.counts["truncated"] == 1
+
+
+@pytest.mark.parametrize(("parent", "text"), ANSWERS_AFTER_THE_PARENT)
+def test_the_parent_then_its_answer_is_an_answer(parent, text):
+    assert looks_like_request(text)  # the parent's own words are a request: the first heuristic alone misses it
+    assert eliminator().reason(text, parent) is None
+    assert eliminator(drop_answers=True).reason(text, parent) == "answer"
+    asked = parent.rstrip(".") + ": include how much vitamin C or fibre each one has."
+    assert eliminator(drop_answers=True).reason(asked, parent) is None
 
 
 @pytest.mark.parametrize("text", RECORDED_INSTRUCTIONS)
@@ -214,3 +289,50 @@ def test_validity_gate_drops_and_counts_what_the_judge_rejects():
     assert depths == {0, 1} and search.eliminator.counts["invalid"] >= 1  # every 2nd evolution was rejected
     assert p_yes({"Yes": math.log(0.3), "No": math.log(0.1)}) == pytest.approx(0.75)
     assert p_yes({"No": -1.0}) == 0.0 and p_yes({"Maybe": 0.0}) is None
+
+
+def test_prefilled_reply_starts_with_the_parent_for_in_depth_actions_only():
+    depth, breadth = GENERAL[1], GENERAL[-1]
+    assert breadth.name == "create_new"
+    msgs = depth.messages("What are the causes of fog?", prefill=True)
+    assert msgs[-1] == {"role": "assistant", "content": "What are the causes of fog"}
+    assert depth.reply_prefix("Say hi.", prefill=False) == "" and depth.messages("Say hi.")[-1]["role"] == "user"
+    assert breadth.messages("Say hi.", prefill=True)[-1]["role"] == "user"
+    custom = Action("poetic", "Turn the request into a limerick: {instruction}")
+    assert custom.messages("Say hi.", prefill=True)[-1]["role"] == "user"
+
+
+class ContinuingEngine(ScriptedEngine):
+    """An evolver that continues a prefilled reply: the first one ends the sentence at once (the parent
+    unchanged), every other one adds a clause; unprefilled evolutions answer the instruction."""
+
+    continued = 0
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for r, g in zip(requests, out, strict=True):
+            if isinstance(r.prompt, list) and r.prompt[-1]["role"] == "assistant" and "evolve" in self.batches[-1][0]:
+                g.text = (".", " to a friend.", " in French.", " with a smile.")[min(self.continued, 3)]
+                self.continued += 1
+            elif isinstance(r.prompt, list) and "Reply with the new instruction only" in r.prompt[-1]["content"]:
+                g.text = "Hello there!"
+        return out
+
+
+@pytest.mark.parametrize("prefill", [True, False])
+def test_search_prefills_the_evolver_reply_with_the_parent(prefill):
+    cfg = SearchConfig(iterations=1, expand_width=2, max_depth=2, reward_threshold=100.0, drop_answers=True,
+                       prefill_parent=prefill)
+    engine = ContinuingEngine()
+    client = lambda role: RoleClient(role, engine, RoleConfig(), run_seed=cfg.seed)  # noqa: E731
+    reward = Reward(RewardConfig(), quality=client("quality"), complexity=client("complexity"))
+    actions = [a for a in GENERAL if a.extends]
+    search = IdeaMCTS(cfg, actions, client("evolver"), client("responder"), reward)
+    tree = search.run([Seed("a", "Say hi.")])[0]
+    evolved = sorted(n.instruction for n in tree if n.depth > 0)
+    if prefill:  # "Say hi" + "." is the parent: dropped as unchanged; the rewrites continue their parent
+        assert evolved == ["Say hi to a friend in French with a smile.", "Say hi to a friend in French.",
+                           "Say hi to a friend."]
+        assert search.eliminator.counts["unchanged"] == 1 and search.eliminator.counts["answer"] == 0
+    else:
+        assert evolved == [] and search.eliminator.counts["answer"] == 2

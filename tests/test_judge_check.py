@@ -90,13 +90,12 @@ def test_validate_judge_needs_a_judge(tmp_path, capsys):
 
 @pytest.mark.smollm2
 def test_default_general_prompts_on_smollm2(smollm2_dir, tmp_path):
-    """The complexity pass marks hold on SmolLM2-135M with the default `general` prompts (zero-shot: rho -0.43,
-    1 of 12 matched pairs). Quality does not reach its pass mark on this model (9 of 12 pairs with the shipped
-    prompt, 7 of 12 zero-shot): guarded here against falling back, reported as failing by the tool."""
+    """Every pass mark holds on SmolLM2-135M with the default `general` prompts (zero-shot: complexity rho -0.43,
+    1 of 12 matched pairs, 7 of 12 quality pairs; measured now: rho 0.89, 12 of 12, 10 of 12)."""
     out = tmp_path / "report.json"
     rc = main(["validate-judge", "--output_json", str(out), f"engines.default.model={smollm2_dir}"])
     report = json.loads(out.read_text())
     assert check(report, "complexity.rho_vs_tiers")["passed"] is True
     assert check(report, "complexity.length_matched_pairs_right")["passed"] is True
-    assert check(report, "quality.pairs_right")["value"] >= 0.7
-    assert rc == (0 if report["passed"] else 3)
+    assert check(report, "quality.pairs_right")["passed"] is True
+    assert report["passed"] is True and rc == 0
