@@ -192,9 +192,7 @@ class BudgetedMCTS(IdeaMCTS):
     budget_spent = False
     """The run ended because a tree's next requests would pass the budget."""
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.wait_for_budget = True
+    wait_for_budget = True
 
     def _budget_exhausted(self) -> None:
         self.budget_spent = True

@@ -33,6 +33,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from idea_mcts.actions import stem
+
 LEAK_NGRAM = 6
 """Words in a row shared with the action prompt's own text that count as copying the template."""
 REFUSAL_MAX_WORDS = 80
@@ -187,7 +189,7 @@ def gives_items_away(text: str, parent: str, min_items: int = 3) -> bool:
     """The parent asks for a number of things ("List five fruits ...") and the rewrite extends it with a list of
     at least `min_items` short items after "such as", "including", "like" or a colon ("..., including apples,
     oranges, grapes, lemons, and brinjals."): the rewrite gives its answer away."""
-    head = parent.strip().rstrip(".!?;:").rstrip()
+    head = stem(parent)
     if not COUNT.search(parent) or not text.lower().startswith(head.lower()):
         return False
     listed = LIST_START.split(text[len(head):], maxsplit=1)

@@ -56,6 +56,10 @@ class IdeaMCTS:
     """The search. `on_nodes` is called with each group of evaluated nodes (durable logging), `on_progress` with
     their number, `on_tree` with each finished tree (its seed's index and the tree)."""
 
+    wait_for_budget = False
+    """A tree whose next expansion does not fit `max_calls` waits while other trees may still give budget back,
+    instead of stopping at once (a budget-capped arm that should end close to its budget)."""
+
     def __init__(self, cfg: SearchConfig, actions: Sequence[Action], evolver: RoleClient, responder: RoleClient,
                  reward: Reward, *, max_calls: int | None = None,
                  on_nodes: Callable[[list[Node]], None] | None = None,
@@ -81,9 +85,6 @@ class IdeaMCTS:
         """The elimination filter; its `counts` are the dropped evolutions per reason."""
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""
-        self.wait_for_budget = False
-        """A tree whose next expansion does not fit `max_calls` waits while other trees may still give budget
-        back, instead of stopping at once (a budget-capped arm that should end close to its budget)."""
         self.calls = 0
         self.seconds = 0.0
         self.dispatcher: Dispatcher | None = None
