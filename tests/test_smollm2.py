@@ -36,3 +36,24 @@ def test_real_smollm2_search_two_seeds(tmp_path, smollm2_dir):
     assert len({round(n["novelty"], 6) for n in nodes}) > 1  # the demo's diversity term varies
     assert set(report["filtered"]) >= {"template_leak", "unchanged", "empty"}
     assert report["usage"]["evolver"]["requests"] == len(evolved) + report["parse_failures"]["evolver"]
+
+
+def test_scoring_prompts_give_the_same_bits_whatever_their_batch(smollm2_dir):
+    """A judge prompt's logprobs do not depend on the other prompts of the call. On a CPU the matmul kernels change
+    with rows x tokens of a forward pass: batched with 23 prompts of its width, a prompt's logprobs differed in the
+    last bits from those of a call with one other prompt (measured on SmolLM2 before long prompts ran alone)."""
+    from idea_mcts.config import EngineConfig
+    from idea_mcts.engines import build_engine
+    from idea_mcts.engines.transformers import SOLO_PREFILL_TOKENS, _bucket
+
+    engine = build_engine(EngineConfig(model=str(smollm2_dir), dtype="float32", max_model_len=1024))
+    words = "the sea poem write about sky blue why explain three tips healthy Python code".split()
+    prompts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(300 + i % 3)) + "\nScore: "
+               for i in range(24)]
+    lengths = [len(engine._encode(p, 1)) for p in prompts]
+    assert min(lengths) >= SOLO_PREFILL_TOKENS and len({_bucket(n) for n in lengths}) == 1  # one padded width
+    digits = [str(d) for d in range(1, 7)]
+    many = engine.next_token_logprobs(prompts, digits)
+    for i in (0, 5):
+        pair = engine.next_token_logprobs([prompts[i], prompts[i + 1]], digits)
+        assert pair[0].logprobs == many[i].logprobs and pair[1].logprobs == many[i + 1].logprobs

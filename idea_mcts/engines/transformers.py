@@ -65,14 +65,27 @@ def _load(cfg: EngineConfig, auto_cls: type, what: str, **kwargs: object):  # no
 
 PAD_MULTIPLE = 32
 """Prompts are left-padded to the next multiple of this many tokens (always at least one pad, so the attention
-always takes its masked path) and batched only with prompts of the same padded width: a row's computation then
-never depends on what else is in its batch (batch-invariant results: the same request gives the same bits
-whether the pipelined search batched it with 1 or 100 others)."""
+always takes its masked path) and batched only with prompts of the same padded width, so a row's padding never
+depends on what else is in its batch. That makes a request's bits independent of its batch on the tiny test
+model, not on a real one: the CPU matmul kernels change with rows x tokens of a forward pass (SmolLM2: a row's
+logits differ in the last bits between batches of 2 and of 24 rows of one width). A sampled token changes only
+when such a difference tips it; scoring prompts of `SOLO_PREFILL_TOKENS` or more run alone and are exact."""
 
 
 MIN_ROWS = 4
-"""Fewest rows in a forward pass: a batch of 1 or 2 rows runs other CPU matmul kernels than 3 or more (the
-last bits of a row's logits then depend on how many rows share its batch); smaller batches get filler rows."""
+"""Fewest rows in a batched forward pass: a batch of 1 or 2 rows runs other CPU matmul kernels than one of 3 to
+about 8 (the last bits of a row's logits would depend on how many rows share its batch); smaller batches get
+filler rows. Large batches switch kernels again (see `PAD_MULTIPLE`)."""
+
+
+SOLO_PREFILL_TOKENS = 256
+"""On a CPU, a scoring prompt (`next_token_logprobs`: one forward pass, no decoding) of this many tokens or more
+runs alone and unpadded. The CPU matmul kernels change with the rows x tokens of a forward pass, so a row's last
+bits change with its batch at every width (SmolLM2: 2 rows vs 24 rows of the same width differ); a prompt alone
+is computed the same way whatever else was asked, and for long prompts it is no slower (SmolLM2, 2 cores: 16
+prompts of ~455 tokens 6.4 s one by one, 8.1 s in one batch; ~123 tokens 2.0 s vs 2.2 s; ~41 tokens 1.2 s vs
+0.9 s, hence the bound). The search then scores at the flat batch's speed however few prompts a barrier holds
+(no filler rows). On a GPU batches win and every prompt goes through the buckets."""
 
 
 def _bucket(n: int) -> int:
@@ -222,13 +235,22 @@ class TransformersEngine(Engine):
         ids = self._candidate_ids[key]
         seqs = [self._encode(p, 1) for p in prompts]
         results: list[TokenLogprobs | None] = [None] * len(prompts)
-        for chunk in _chunks(seqs, self.cfg.max_batch_size):
-            rows = [seqs[i] for i in chunk]
-            logits, *_ = self._prefill(rows + [rows[0]] * (MIN_ROWS - len(rows)))
+
+        def keep(rows: list[int], logits: torch.Tensor) -> None:
             logprobs = torch.log_softmax(logits, dim=-1)
-            for b, i in enumerate(chunk):
+            for b, i in enumerate(rows):
                 results[i] = TokenLogprobs(logprobs={c: float(logprobs[b, t]) for c, t in ids.items()},
                                            prompt_tokens=len(seqs[i]))
+
+        solo = self.device.type == "cpu"
+        batched = [i for i, s in enumerate(seqs) if not (solo and len(s) >= SOLO_PREFILL_TOKENS)]
+        for i in sorted(set(range(len(seqs))) - set(batched)):  # alone, unpadded (see SOLO_PREFILL_TOKENS)
+            out = self.model(input_ids=torch.tensor([seqs[i]], device=self.device), logits_to_keep=1)
+            keep([i], out.logits[:, -1, :].float())
+        for chunk in _chunks([seqs[i] for i in batched], self.cfg.max_batch_size):
+            rows = [seqs[batched[j]] for j in chunk]
+            logits, *_ = self._prefill(rows + [rows[0]] * (MIN_ROWS - len(rows)))
+            keep([batched[j] for j in chunk], logits)
         return [r for r in results if r is not None]
 
 
