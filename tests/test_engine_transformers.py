@@ -66,3 +66,18 @@ def test_pool_shares_one_model_between_roles(tiny_model_dir):
 def test_unreadable_model_path_is_a_usage_error(tmp_path):
     with pytest.raises(UsageError, match="not a readable model directory"):
         build_engine(EngineConfig(model=str(tmp_path)))
+
+
+def test_generation_micro_batches_mix_prompt_widths(engine, monkeypatch):
+    """Prompts of different padded widths decode as one micro-batch (a barrier of the search holds a few requests
+    of many widths; one micro-batch per width multiplied the decode steps); each text is the one it gets alone."""
+    from idea_mcts.engines.transformers import _bucket
+
+    reqs = [GenerationRequest(chat("Tell me. " * n), SamplingParams(4, 1.0, seed=n)) for n in (1, 12, 30)]
+    assert len({_bucket(len(engine._encode(r.prompt, 4))) for r in reqs}) == 3
+    alone = [engine.generate([r])[0].text for r in reqs]
+    batches: list[int] = []
+    real = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda seqs, params: batches.append(len(seqs)) or real(seqs, params))
+    assert [g.text for g in engine.generate(reqs)] == alone
+    assert batches == [3]

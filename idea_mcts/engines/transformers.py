@@ -65,11 +65,12 @@ def _load(cfg: EngineConfig, auto_cls: type, what: str, **kwargs: object):  # no
 
 PAD_MULTIPLE = 32
 """Prompts are left-padded to the next multiple of this many tokens (always at least one pad, so the attention
-always takes its masked path) and batched only with prompts of the same padded width, so a row's padding never
-depends on what else is in its batch. That makes a request's bits independent of its batch on the tiny test
-model, not on a real one: the CPU matmul kernels change with rows x tokens of a forward pass (SmolLM2: a row's
-logits differ in the last bits between batches of 2 and of 24 rows of one width). A sampled token changes only
-when such a difference tips it; scoring prompts of `SOLO_PREFILL_TOKENS` or more run alone and are exact."""
+always takes its masked path). Scoring prompts are batched only with prompts of the same padded width, so their
+padding never depends on what else is in the batch; generation batches mix widths (`TransformersEngine._generate`).
+Neither makes a request's bits independent of its batch on a real model: the CPU matmul kernels change with
+rows x tokens of a forward pass (SmolLM2: a row's logits differ in the last bits between batches of 2 and of 24
+rows of one width). A sampled token changes only when such a difference tips it; scoring prompts of
+`SOLO_PREFILL_TOKENS` or more run alone and are exact."""
 
 
 MIN_ROWS = 4
@@ -92,12 +93,14 @@ def _bucket(n: int) -> int:
     return (n // PAD_MULTIPLE + 1) * PAD_MULTIPLE
 
 
-def _chunks(seqs: list[list[int]], size: int) -> Iterator[list[int]]:
-    """Indices of `seqs` in micro-batches of at most `size`, each of one padded width, shortest first."""
+def _chunks(seqs: list[list[int]], size: int, one_width: bool = True) -> Iterator[list[int]]:
+    """Indices of `seqs` in micro-batches of at most `size`, shortest first; with `one_width`, each of one padded
+    width (see `PAD_MULTIPLE`), else of any widths (generation: see `TransformersEngine._generate`)."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     chunk: list[int] = []
     for i in order:
-        if chunk and (len(chunk) == size or _bucket(len(seqs[i])) != _bucket(len(seqs[chunk[0]]))):
+        if chunk and (len(chunk) == size
+                      or (one_width and _bucket(len(seqs[i])) != _bucket(len(seqs[chunk[0]])))):
             yield chunk
             chunk = []
         chunk.append(i)
@@ -158,9 +161,14 @@ class TransformersEngine(Engine):
 
     # -- generation ------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        """Micro-batches mix prompt widths (each padded to the bucket of its longest): a barrier of the pipelined
+        search holds a few requests of many widths, and one micro-batch per width would decode each width's few
+        rows for as many steps as the whole batch (bench/search_throughput.py, transformers, 20 seeds: the
+        search's generation 139 s -> 117 s for the same texts). A row's padding then depends on its batch, which
+        changes only the last bits of its logits, as the batch's size does anyway (`PAD_MULTIPLE`)."""
         seqs = [self._encode(r.prompt, r.params.max_new_tokens) for r in requests]
         results: list[Generation | None] = [None] * len(requests)
-        for chunk in _chunks(seqs, self.cfg.max_batch_size):
+        for chunk in _chunks(seqs, self.cfg.max_batch_size, one_width=False):
             outs = self._decode([seqs[i] for i in chunk], [requests[i].params for i in chunk])
             for i, (tokens, reason) in zip(chunk, outs, strict=True):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
