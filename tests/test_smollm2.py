@@ -47,7 +47,8 @@ def test_scoring_prompts_give_the_same_bits_whatever_their_batch(smollm2_dir):
     from idea_mcts.engines.transformers import SOLO_PREFILL_TOKENS, _bucket
 
     engine = build_engine(EngineConfig(model=str(smollm2_dir), dtype="float32", max_model_len=1024))
-    words = "the sea poem write about sky blue why explain three tips healthy Python code".split()
+    words = ["the", "sea", "poem", "write", "about", "sky", "blue", "why", "explain", "three", "tips", "healthy",
+             "Python", "code"]
     prompts = [" ".join(words[(i * 7 + j) % len(words)] for j in range(300 + i % 3)) + "\nScore: "
                for i in range(24)]
     lengths = [len(engine._encode(p, 1)) for p in prompts]
