@@ -4,8 +4,9 @@
 
 1. Run the search with every engine call recorded (requests, results, seconds).
 2. Replay the very same requests on the same engine as ONE flat batch per kind (all generations in one call,
-   all next-token-logprob prompts in one call). Per-request seeds make the replay generate the same tokens,
-   so both sides produce identical work.
+   all next-token-logprob prompts in one call), and those of the roles on other engines (the novelty term's
+   embedder) as one call each: they ran beside the search on the same cores. Per-request seeds make the replay
+   generate the same tokens, so both sides produce identical work.
 3. Replay a sample of the generation requests one at a time (the one-tree-one-request loop that most MCTS
    code runs).
 
@@ -44,8 +45,10 @@ class Recorder(Engine):
     inner: Engine
     generations: list[tuple[GenerationRequest, Generation]] = field(default_factory=list)
     logprob_calls: list[tuple[Prompt, list[str], int]] = field(default_factory=list)
+    embed_calls: list[str] = field(default_factory=list)
     gen_spans: list[tuple[float, float]] = field(default_factory=list)
     logprob_spans: list[tuple[float, float]] = field(default_factory=list)
+    embed_spans: list[tuple[float, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         super().__init__(self.inner.model_id)
@@ -64,6 +67,14 @@ class Recorder(Engine):
         out = self.inner.next_token_logprobs(prompts, candidates, top_k)
         self.logprob_spans.append((t0, time.perf_counter()))
         self.logprob_calls += [(p, candidates, top_k) for p in prompts]
+        return out
+
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        t0 = time.perf_counter()
+        out = self.inner.embed(texts)
+        self.embed_spans.append((t0, time.perf_counter()))
+        self.embed_calls += texts
         return out
 
 
@@ -93,12 +104,19 @@ def main() -> int:
         sys.exit(f"this bench measures one LLM engine: point {', '.join(llm_roles)} at the same engine key")
     pool = EnginePool(cfg.engines)
     rec = Recorder(pool.get(key))
-    # roles on other engines (the embedder of the novelty term) run unrecorded: they are not the engine measured
+    # roles on other engines (the embedder of the novelty term) are recorded too: on a CPU their work shares the
+    # cores with the measured engine during the search, so the flat side replays it as well (same requests)
+    others: dict[str, Recorder] = {}
+
+    def recorder(engine_key: str) -> Recorder:
+        if engine_key == key:
+            return rec
+        if engine_key not in others:
+            others[engine_key] = Recorder(pool.get(engine_key))
+        return others[engine_key]
 
     def client(role: str) -> RoleClient:
-        engine_key = cfg.role_engine(role)
-        engine = rec if engine_key == key else pool.get(engine_key)
-        return RoleClient(role, engine, getattr(cfg.roles, role), cfg.search.seed)
+        return RoleClient(role, recorder(cfg.role_engine(role)), getattr(cfg.roles, role), cfg.search.seed)
 
     reward = build_reward(cfg, client)
     search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
@@ -125,6 +143,11 @@ def main() -> int:
     for (cands, k), prompts in by_cands.items():
         engine.next_token_logprobs(prompts, list(cands), k)
     flat_lp_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for other in others.values():
+        if other.embed_calls:
+            other.inner.embed(other.embed_calls)
+    flat_other_s = time.perf_counter() - t0
     flat_cpu = time.process_time() - c0
 
     sample = random.Random(0).sample(requests, min(args.sequential_sample, len(requests)))
@@ -137,7 +160,7 @@ def main() -> int:
     flat_tps = flat_tokens / flat_gen_s
     seq_tps = seq_tokens / seq_s
     search_e2e_tps = gen_tokens / search_s
-    flat_e2e_tps = flat_tokens / (flat_gen_s + flat_lp_s)
+    flat_e2e_tps = flat_tokens / (flat_gen_s + flat_lp_s + flat_other_s)
     figures = {
         "engine": engine.backend, "model": cfg.engines[key].model, "seeds": args.seeds,
         "nodes": sum(len(t.nodes) for t in trees), "generations": len(requests), "scorer_prompts": n_scorer,
@@ -145,6 +168,9 @@ def main() -> int:
         "search_wall_s": round(search_s, 2), "search_generate_s": round(gen_s, 2),
         "search_scorer_s": round(lp_s, 2),
         "flat_generate_s": round(flat_gen_s, 2), "flat_scorer_s": round(flat_lp_s, 2),
+        "other_engines_texts_embedded": sum(len(o.embed_calls) for o in others.values()),
+        "search_other_engines_s": round(busy_seconds([s for o in others.values() for s in o.embed_spans]), 2),
+        "flat_other_engines_s": round(flat_other_s, 2),
         "search_tok_s_end_to_end": round(search_e2e_tps, 2), "flat_tok_s_end_to_end": round(flat_e2e_tps, 2),
         "search_generate_tok_s": round(search_gen_tps, 2), "flat_generate_tok_s": round(flat_tps, 2),
         "sequential_tok_s": round(seq_tps, 2), "sequential_sample": len(sample),
