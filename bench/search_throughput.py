@@ -69,7 +69,6 @@ class Recorder(Engine):
         self.logprob_calls += [(p, candidates, top_k) for p in prompts]
         return out
 
-
     def _embed(self, texts: list[str]) -> list[list[float]]:
         t0 = time.perf_counter()
         out = self.inner.embed(texts)
