@@ -250,9 +250,12 @@ class TransformersEngine(Engine):
                 results[i] = TokenLogprobs(logprobs={c: float(logprobs[b, t]) for c, t in ids.items()},
                                            prompt_tokens=len(seqs[i]))
 
-        solo = self.device.type == "cpu"
-        batched = [i for i, s in enumerate(seqs) if not (solo and len(s) >= SOLO_PREFILL_TOKENS)]
-        for i in sorted(set(range(len(seqs))) - set(batched)):  # alone, unpadded (see SOLO_PREFILL_TOKENS)
+        on_cpu = self.device.type == "cpu"
+        solo: list[int] = []
+        batched: list[int] = []
+        for i, s in enumerate(seqs):
+            (solo if on_cpu and len(s) >= SOLO_PREFILL_TOKENS else batched).append(i)
+        for i in solo:  # alone, unpadded (see SOLO_PREFILL_TOKENS)
             out = self.model(input_ids=torch.tensor([seqs[i]], device=self.device), logits_to_keep=1)
             keep([i], out.logits[:, -1, :].float())
         for chunk in _chunks([seqs[i] for i in batched], self.cfg.max_batch_size):
