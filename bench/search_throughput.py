@@ -121,9 +121,11 @@ def main() -> int:
     search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
     engine = rec.inner
     logger.info("search: %d seeds on %s (%s)", args.seeds, engine.backend, cfg.engines[key].model)
+    steps0 = getattr(engine, "decode_steps", None)  # engines that count their decode steps (transformers)
     t0, c0 = time.perf_counter(), time.process_time()
     trees = search.run(load_seeds(cfg.data))
     search_s, search_cpu = time.perf_counter() - t0, time.process_time() - c0
+    steps1 = getattr(engine, "decode_steps", None)
     gen_s, lp_s = busy_seconds(rec.gen_spans), busy_seconds(rec.logprob_spans)
     gen_tokens = sum(g.completion_tokens for _, g in rec.generations)
     n_scorer = len(rec.logprob_calls)
@@ -133,6 +135,7 @@ def main() -> int:
     t0, c0 = time.perf_counter(), time.process_time()
     flat = engine.generate(requests)
     flat_gen_s = time.perf_counter() - t0
+    steps2 = getattr(engine, "decode_steps", None)
     flat_tokens = sum(g.completion_tokens for g in flat)
     same = sum(a.text == b.text for (_, a), b in zip(rec.generations, flat, strict=True))
     by_cands: dict[tuple[tuple[str, ...], int], list[Prompt]] = {}
@@ -177,6 +180,8 @@ def main() -> int:
         "search_cpu_s": round(search_cpu, 2), "flat_cpu_s": round(flat_cpu, 2),
         "ratio_search_vs_flat_cpu_time": round(flat_cpu / search_cpu, 3),
         "ratio_search_generate_vs_flat_generate": round(search_gen_tps / flat_tps, 3),
+        "search_decode_steps": None if steps1 is None else steps1 - steps0,
+        "flat_decode_steps": None if steps2 is None else steps2 - steps1,
         "ratio_search_vs_sequential": round(search_gen_tps / seq_tps, 2),
         "ratio_scorer_vs_flat_prefill": round((n_scorer / lp_s) / (n_scorer / flat_lp_s), 3)
         if n_scorer else None,

@@ -81,3 +81,19 @@ def test_generation_micro_batches_mix_prompt_widths(engine, monkeypatch):
     monkeypatch.setattr(engine, "_decode", lambda seqs, params: batches.append(len(seqs)) or real(seqs, params))
     assert [g.text for g in engine.generate(reqs)] == alone
     assert batches == [3]
+
+
+def test_decode_steps_count_the_batched_forward_passes(engine):
+    """`decode_steps` (read by bench/search_throughput.py) counts one step per batched forward pass after the
+    prefill: requests decoded together cost the steps of the longest of them, not the sum."""
+    reqs = [GenerationRequest(chat(f"Count {n}."), SamplingParams(n, 1.0, seed=n)) for n in (3, 9)]
+    before = engine.decode_steps
+    gens = engine.generate(reqs)
+    # the prefill gives the first token; a row ending on its limit needs one step per further token, a row ending
+    # on an end-of-sequence token one more step (the one that sampled it)
+    need = [g.completion_tokens - (g.finish_reason == "length") for g in gens]
+    assert engine.decode_steps - before == max(need)
+    before = engine.decode_steps
+    for r in reqs:
+        engine.generate([r])
+    assert engine.decode_steps - before == sum(need)

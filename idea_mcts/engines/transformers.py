@@ -128,6 +128,10 @@ class TransformersEngine(Engine):
         eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = torch.tensor(sorted(i for i in eos_ids if i is not None), device=self.device)
         self._candidate_ids: dict[tuple[str, ...], dict[str, int]] = {}
+        self.decode_steps = 0
+        """Batched one-token forward passes of generation run so far (benchmarks: on a CPU each costs about the
+        same whatever its rows, so the steps, not the tokens, tell a search's generation time from a flat
+        batch's)."""
 
     # -- prompts ---------------------------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
@@ -210,6 +214,7 @@ class TransformersEngine(Engine):
                 active = [active[b] for b in keep]
             mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
             position = position + 1
+            self.decode_steps += 1
             out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1, :].float()
