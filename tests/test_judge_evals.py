@@ -527,3 +527,13 @@ def test_paired_difference_between_two_graded_models(mt_data: mtbench.MTBenchDat
     diff = paired_difference(results[0], results[1])
     assert diff == {"n": 5, "only_a": 1, "only_b": 0, "difference": 2.0, "ci95": [2.0, 2.0]}
     assert item_scores(results[0])["101:turn2"] == 8.0
+
+
+@pytest.mark.parametrize(("cls", "name"),
+                         [(alpaca.AlpacaEvalConfig, "alpaca_eval"), (mtbench.MTBenchConfig, "mtbench")])
+def test_judged_bench_configs_take_judge_dicts_and_refuse_a_limit_below_one(cls, name):
+    """A YAML `judge:` mapping becomes a JudgeConfig; `limit: 0` is a usage error naming the benchmark."""
+    cfg = cls(judge={"max_new_tokens": 7}, limit=3)
+    assert isinstance(cfg.judge, JudgeConfig) and cfg.judge.max_new_tokens == 7 and cfg.limit == 3
+    with pytest.raises(UsageError, match=f"^{name} limit must be >= 1, got 0$"):
+        cls(limit=0)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from idea_mcts.config import RoleConfig
 from idea_mcts.engines.base import Engine, Messages, UsageStats
@@ -33,7 +33,7 @@ from idea_mcts.errors import UsageError
 from idea_mcts.evaluation.judge import (
     OUTCOME_SCORE,
     Judge,
-    JudgeConfig,
+    JudgedBenchConfig,
     combine_orders,
     summarize_pairwise,
 )
@@ -56,8 +56,10 @@ JUDGE_TEMPLATE = (
 
 
 @dataclass
-class AlpacaEvalConfig:
-    """Which instructions and references, how the models answer, how the judge judges."""
+class AlpacaEvalConfig(JudgedBenchConfig):
+    """Which instructions and references and how the models answer (`JudgedBenchConfig`: limit, judge, seed)."""
+
+    bench: ClassVar[str] = "alpaca_eval"
 
     source: str = "hub"
     """`hub` (`hub_repo` / `hub_file`) or the path of a local JSON / JSONL file with `instruction` and, optionally,
@@ -69,24 +71,12 @@ class AlpacaEvalConfig:
     `alpaca_eval.json` for AlpacaEval 1.0's text-davinci-003 references)."""
     hub_revision: str | None = None
     """source=hub: branch, tag or commit."""
-    limit: int | None = None
-    """Evaluate only the first `limit` instructions; for demos and tests."""
     max_new_tokens: int = 2048
     """Most tokens per output (of the model, and of a reference model when one writes the references)."""
     temperature: float = 0.7
     """Output sampling temperature of the evaluated (and reference) model."""
     top_p: float = 1.0
     """Output nucleus sampling mass."""
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    """Judge sampling and retry settings."""
-    seed: int = 0
-    """Run seed: per-request seeds of outputs and judgments derive from it."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.judge, dict):
-            self.judge = JudgeConfig(**self.judge)
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"alpaca_eval limit must be >= 1, got {self.limit}")
 
 
 @dataclass

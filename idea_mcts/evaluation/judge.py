@@ -23,10 +23,11 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from idea_mcts.config import RoleConfig
 from idea_mcts.engines.base import Engine, Messages, UsageStats
+from idea_mcts.errors import UsageError
 from idea_mcts.roles import RoleClient
 
 logger = logging.getLogger(__name__)
@@ -96,6 +97,28 @@ class JudgeConfig:
     it (engines continue a chat whose last message is the assistant's; OpenAI's own API does not, vLLM does)."""
     seed: int = 0
     """Run seed for the per-request seeds of the judge's calls."""
+
+
+@dataclass
+class JudgedBenchConfig:
+    """What every judged benchmark (AlpacaEval, MT-Bench) takes besides its data: how many items, how the judge
+    judges, the run seed. Subclasses add their data and answer settings."""
+
+    limit: int | None = None
+    """Evaluate only the first `limit` items (after any selection of the benchmark's own); for demos and tests."""
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    """Judge sampling and retry settings."""
+    seed: int = 0
+    """Run seed: per-request seeds of the evaluated model's outputs and of the judgments derive from it."""
+
+    bench: ClassVar[str] = "benchmark"
+    """The benchmark's name in error messages."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.judge, dict):
+            self.judge = JudgeConfig(**self.judge)
+        if self.limit is not None and self.limit < 1:
+            raise UsageError(f"{self.bench} limit must be >= 1, got {self.limit}")
 
 
 @dataclass

