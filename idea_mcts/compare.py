@@ -36,8 +36,9 @@ from idea_mcts.baselines import (
     seed_rows,
 )
 from idea_mcts.errors import UsageError
+from idea_mcts.export import atomic_dir
 from idea_mcts.recipe import EvalArguments, EvolveArguments, Recipe, file_digest, parse_recipe
-from idea_mcts.stages import Stages, atomic_dir, fingerprint, write_json
+from idea_mcts.stages import Stages, fingerprint, write_json
 
 logger = logging.getLogger(__name__)
 

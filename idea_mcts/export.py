@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,26 @@ def atomic_write(path: Path, text: str) -> None:
         raise
 
 
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a fresh temporary dir beside `target`; when the block succeeds, it replaces `target` (the old
+    one, if any, is removed only then). On failure the temporary dir is removed and `target` is untouched."""
+    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        target.replace(old)
+    tmp.replace(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_trees(out_dir: Path, trees: Sequence[Tree], value_mode: str = "mean") -> Path:
     lines = [json.dumps(r, ensure_ascii=False) for t in trees for r in t.records(value_mode)]
     path = out_dir / TREES_FILE
@@ -119,22 +140,12 @@ def write_trees(out_dir: Path, trees: Sequence[Tree], value_mode: str = "mean") 
 
 
 def write_dataset(out_dir: Path, dataset: Any) -> Path:
-    """save_to_disk into a temporary dir, then swap it in: a crash never leaves a half-written dataset."""
+    """save_to_disk into a temporary dir, then swap it in (`atomic_dir`): a crash never leaves a half-written
+    dataset."""
     final = out_dir / DATASET_DIR
-    tmp, old = out_dir / (DATASET_DIR + ".tmp"), out_dir / (DATASET_DIR + ".old")
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    try:
+    with atomic_dir(final) as tmp:
         # one shard even for 0 rows: datasets writes no shard for an empty dataset, which it then cannot load
         dataset.save_to_disk(str(tmp), num_shards=1 if len(dataset) == 0 else None)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        final.replace(old)
-    tmp.replace(final)
-    shutil.rmtree(old, ignore_errors=True)
     return final
 
 

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.stages import Stages, atomic_dir, fingerprint, write_json
+from idea_mcts.export import atomic_dir
+from idea_mcts.stages import Stages, fingerprint, write_json
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Resumable recipe stages: a fingerprint per stage, a marker written when its outputs are complete, atomic
-output directories.
+output directories (`idea_mcts.export.atomic_dir`).
 
     stages = Stages(OUT)
     fp = fingerprint(upstream_fp, settings)          # a stage's fingerprint covers every stage before it
@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -41,26 +38,6 @@ def fingerprint(*parts: Any) -> str:
     """A short hash of JSON-serialisable parts (dataclasses as dicts, other objects by str)."""
     text = json.dumps(parts, sort_keys=True, default=_plain)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a fresh temporary dir beside `target`; when the block succeeds, it replaces `target` (the old
-    one, if any, is removed only then). On failure the temporary dir is removed and `target` is untouched."""
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        target.replace(old)
-    tmp.replace(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: Path, obj: Any) -> None:

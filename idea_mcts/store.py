@@ -54,7 +54,7 @@ removed by a one-process run's --overwrite."""
 OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
 """What a finished run leaves; written only at the end, each atomically."""
 LAYOUT = {STATE_FILE: "file", NODES_FILE: "file", "cache": "dir", CACHE_FILE: "file", LOCK_FILE: "file",
-          DATASET_DIR: "dir", DATASET_DIR + ".tmp": "dir", DATASET_DIR + ".old": "dir", TREES_FILE: "file",
+          DATASET_DIR: "dir", f".{DATASET_DIR}.tmp": "dir", f".{DATASET_DIR}.old": "dir", TREES_FILE: "file",
           REPORT_FILE: "file", SHARDS_DIR: "dir", **{f"{n}.tmp": "file" for n in (STATE_FILE, TREES_FILE, REPORT_FILE)}}
 """Every path a run creates under OUT (the `.tmp`/`.old` ones while it swaps a file in) and what it must be."""
 

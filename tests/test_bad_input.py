@@ -181,7 +181,7 @@ def test_disk_full_writing_the_dataset_keeps_the_old_outputs(stopped, finished, 
     before = snapshot(out)
 
     def save_to_disk(self: datasets.Dataset, path: str, **kw: object) -> None:
-        Path(path).mkdir(parents=True)
+        Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"partial")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
@@ -192,7 +192,7 @@ def test_disk_full_writing_the_dataset_keeps_the_old_outputs(stopped, finished, 
     grown = (CACHE_FILE, "nodes.jsonl", "state.json")  # the continued run's work is kept
     assert {k: v for k, v in after.items() if k not in grown} == {k: v for k, v in before.items() if k not in grown}
     assert after[CACHE_FILE].startswith(before[CACHE_FILE]) and after["nodes.jsonl"].startswith(before["nodes.jsonl"])
-    assert not (out / "dataset.tmp").exists() and state(out)["status"] == "running"
+    assert not (out / ".dataset.tmp").exists() and state(out)["status"] == "running"
     monkeypatch.undo()
     assert evolve(out, tiny_model_dir) == 0
     assert_same_run(out, finished)
