@@ -30,10 +30,15 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from idea_mcts.actions import stem
+
+if TYPE_CHECKING:
+    from idea_mcts.dispatch import Calls
+    from idea_mcts.roles import RoleClient
 
 LEAK_NGRAM = 6
 """Words in a row shared with the action prompt's own text that count as copying the template."""
@@ -300,3 +305,20 @@ def p_yes(logprobs: dict[str, float]) -> float | None:
         return None
     weights = {c: math.exp(logprobs[c]) if c in logprobs else 0.0 for c in VALIDITY_CANDIDATES}
     return weights["Yes"] / (weights["Yes"] + weights["No"])
+
+
+def gate_judge(clients: Mapping[str, RoleClient]) -> RoleClient:
+    """The judge that answers the validity gate: the complexity judge, else the quality judge."""
+    judge = clients.get("complexity") or clients.get("quality")
+    if judge is None:
+        raise ValueError("search.validity_gate needs a complexity or quality judge")
+    return judge
+
+
+async def ask_validity(calls: Calls, judge: RoleClient, texts: Sequence[str], parents: Sequence[str], top_k: int
+                       ) -> list[float | None]:
+    """The validity gate's P(Yes) for each rewrite of its parent (one request group; None where neither Yes nor
+    No is among the judge's top-k: `p_yes`)."""
+    prompts = [validity_prompt(t, p) for t, p in zip(texts, parents, strict=True)]
+    results = await calls.call(judge, "next_token_logprobs", prompts, VALIDITY_CANDIDATES, top_k)
+    return [p_yes(r.logprobs) for r in results]

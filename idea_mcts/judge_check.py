@@ -9,12 +9,16 @@ Probe sets (`idea_mcts/data/probes/`, written for this project):
   length, so that length alone cannot win. Reported: share of pairs where the complex one scores higher.
 - `quality_pairs.jsonl`: 12 instructions with a good and a bad response (wrong, refusal, off-topic, degenerate),
   mostly of similar length. Reported: share of pairs where the good response scores higher.
+- `validity_pairs.jsonl` (only when the run uses `search.validity_gate`): 12 instructions, each with a valid
+  rewrite and a broken one of about the same length (contradicts itself, loses the task, makes no sense,
+  answers itself, chatter: the kinds a small evolver writes). Reported: share of pairs where the gate's judge
+  gives the valid rewrite the higher P(Yes).
 
-Both also report Spearman rho of the scores with length (instruction words for complexity, response words for
-quality): a judge that tracks length more than the intended order is measuring length. A pair or probe whose
-score cannot be parsed counts against the judge (and is reported).
+The complexity and quality checks also report Spearman rho of the scores with length (instruction words for
+complexity, response words for quality): a judge that tracks length more than the intended order is measuring
+length. A pair or probe whose score cannot be parsed counts against the judge (and is reported).
 
-    report = validate(reward)                 # every expected-score judge the reward uses
+    report = validate_reward(reward, gate=True)  # every expected-score judge the reward uses, and the gate
     print(format_report(report))
 
 `idea-mcts validate-judge --config C` runs it from the command line; `evolve` runs the quick version (half of each
@@ -38,14 +42,15 @@ from idea_mcts.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-THRESHOLDS = {"complexity_rho": 0.8, "complexity_pairs": 0.8, "quality_pairs": 0.8}
+THRESHOLDS = {"complexity_rho": 0.8, "complexity_pairs": 0.8, "quality_pairs": 0.8, "validity_pairs": 0.8}
 """Pass marks: Spearman rho against the tiers, share of length-matched pairs ordered right, share of quality
-pairs ordered right."""
+pairs ordered right, share of validity pairs ordered right."""
 QUICK_SHARE = 2
 """The quick check uses every QUICK_SHARE-th probe of each set (half)."""
 
 ScoreInstructions = Callable[[list[str]], list[float | None]]
 ScorePairs = Callable[[list[str], list[str]], list[float | None]]
+"""(instructions, responses) -> scores; also (rewrites, parents) -> the validity gate's P(Yes)."""
 
 
 def load_probes(name: str) -> list[dict[str, Any]]:
@@ -139,8 +144,19 @@ def check_quality(score: ScorePairs, quick: bool = False) -> list[Check]:
             Check("quality", "rho_with_length", length_rho, None, len(responses), len(responses) - len(known))]
 
 
-def validate(complexity: ScoreInstructions | None, quality: ScorePairs | None, quick: bool = False
-             ) -> dict[str, Any]:
+def check_gate(ask: ScorePairs, quick: bool = False) -> list[Check]:
+    """Valid-vs-broken rewrite pairs ordered right by the validity gate's P(Yes)."""
+    pairs = _subset(load_probes("validity_pairs"), quick)
+    parents = [p["parent"] for p in pairs] * 2
+    answers = ask([p["valid"] for p in pairs] + [p["broken"] for p in pairs], parents)
+    valid, broken = answers[:len(pairs)], answers[len(pairs):]
+    right = sum(v is not None and b is not None and v > b for v, b in zip(valid, broken, strict=True))
+    return [Check("validity_gate", "pairs_right", right / len(pairs), THRESHOLDS["validity_pairs"], len(pairs),
+                  sum(v is None or b is None for v, b in zip(valid, broken, strict=True)))]
+
+
+def validate(complexity: ScoreInstructions | None, quality: ScorePairs | None, quick: bool = False,
+             gate: ScorePairs | None = None) -> dict[str, Any]:
     """Every check of the judges given (None = not used by the run). `passed` is False when any check with a
     pass mark fails; `failed` names them."""
     checks: list[Check] = []
@@ -148,6 +164,8 @@ def validate(complexity: ScoreInstructions | None, quality: ScorePairs | None, q
         checks += check_complexity(complexity, quick)
     if quality is not None:
         checks += check_quality(quality, quick)
+    if gate is not None:
+        checks += check_gate(gate, quick)
     failed = [f"{c.judge}.{c.metric}" for c in checks if c.passed is False]
     return {"quick": quick, "checks": [{**asdict(c), "passed": c.passed} for c in checks],
             "passed": not failed, "failed": failed}
@@ -177,10 +195,20 @@ def reward_judges(reward: Any) -> tuple[ScoreInstructions | None, ScorePairs | N
     return complexity, quality
 
 
-def validate_reward(reward: Any, quick: bool = False) -> dict[str, Any]:
-    """`validate` on the judges of a `Reward`."""
+def reward_gate(reward: Any) -> ScorePairs:
+    """The validity gate as the search asks it (`idea_mcts.filters.ask_validity`), on a `Reward`'s judges."""
+    from idea_mcts.dispatch import DirectCalls, run_sync
+    from idea_mcts.filters import ask_validity, gate_judge
+
+    judge = gate_judge(reward.clients)
+    return lambda rewrites, parents: run_sync(ask_validity(DirectCalls(), judge, rewrites, parents,
+                                                           reward.weights.top_logprobs))
+
+
+def validate_reward(reward: Any, quick: bool = False, gate: bool = False) -> dict[str, Any]:
+    """`validate` on the judges of a `Reward`, and on its validity gate with `gate` (the run uses one)."""
     complexity, quality = reward_judges(reward)
-    return validate(complexity, quality, quick)
+    return validate(complexity, quality, quick, reward_gate(reward) if gate else None)
 
 
 def warn_failures(report: dict[str, Any]) -> None:
@@ -218,7 +246,8 @@ def cmd_validate_judge(args: argparse.Namespace) -> int:
     pool = EnginePool(cfg.engines)
     try:
         clients = {r: RoleClient(r, pool.get(k), getattr(cfg.roles, r), cfg.search.seed) for r, k in engines.items()}
-        report = validate_reward(Reward(cfg.reward, **clients), quick=args.quick)
+        report = validate_reward(Reward(cfg.reward, **clients), quick=args.quick,
+                                 gate=cfg.search.validity_gate is not None)
     finally:
         pool.close()
     print(format_report(report))
@@ -237,7 +266,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "validate-judge", help="check the config's judges on shipped probe sets (rank correlation, pairs)",
         description="Score the shipped probe sets with the config's complexity and quality judges and report "
                     "Spearman rho against the intended order, the share of pairs ordered right (pairs matched "
-                    "in length included) and the correlation with length. Exit 3 when a judge fails a pass mark.")
+                    "in length included) and the correlation with length; with search.validity_gate set, the "
+                    "share of valid-vs-broken rewrite pairs the gate orders right. Exit 3 when a judge fails a "
+                    "pass mark.")
     p.add_argument("--config", help="YAML config naming the judge engines (default: the embedded model)")
     p.add_argument("--quick", action="store_true", help="half of each probe set (what `evolve` runs first)")
     p.add_argument("--output_json", help="also write the report as JSON")

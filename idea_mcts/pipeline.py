@@ -242,7 +242,8 @@ class EvolveRun:
 
         actions = self.actions + (self._task_actions() if self.cfg.search.task_actions else [])
         reward = build_reward(self.cfg, self.client)
-        self.judge_check = validate_reward(reward, quick=True) if self.cfg.reward.check_judges else None
+        self.judge_check = (validate_reward(reward, quick=True, gate=self.cfg.search.validity_gate is not None)
+                            if self.cfg.reward.check_judges else None)
         if self.judge_check is not None:
             warn_failures(self.judge_check)
         bar = tqdm(total=self.estimate["nodes"], unit="node", disable=not progress, dynamic_ncols=True)

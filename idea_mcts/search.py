@@ -30,7 +30,7 @@ from idea_mcts.actions import Action
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
-from idea_mcts.filters import VALIDITY_CANDIDATES, Eliminator, cut_off, extract_instruction, p_yes, validity_prompt
+from idea_mcts.filters import Eliminator, ask_validity, cut_off, extract_instruction, gate_judge
 from idea_mcts.roles import RoleClient, derive_seed
 from idea_mcts.scoring import Reward
 from idea_mcts.tree import Node, Tree
@@ -285,16 +285,12 @@ class IdeaMCTS:
 
     async def _gate(self, jobs: Sequence[EvolveJob], texts: list[str | None]) -> list[str | None]:
         """The validity gate: one Yes/No request group to the judge for the evolutions that passed the filter."""
-        judge = self.reward.clients.get("complexity") or self.reward.clients.get("quality")
-        if judge is None:
-            raise ValueError("search.validity_gate needs a complexity or quality judge")
         todo = [i for i, t in enumerate(texts) if t is not None]
-        prompts = [validity_prompt(texts[i] or "", jobs[i].parent.instruction) for i in todo]
-        results = await self._dispatcher().call(judge, "next_token_logprobs", prompts, VALIDITY_CANDIDATES,
-                                                self.reward.weights.top_logprobs)
+        answers = await ask_validity(self._dispatcher(), gate_judge(self.reward.clients),
+                                     [texts[i] or "" for i in todo], [jobs[i].parent.instruction for i in todo],
+                                     self.reward.weights.top_logprobs)
         out = list(texts)
-        for i, r in zip(todo, results, strict=True):
-            p = p_yes(r.logprobs)
+        for i, p in zip(todo, answers, strict=True):
             if p is None or p < self.cfg.validity_gate:  # type: ignore[operator]
                 self.eliminator.counts["gate_unparsed" if p is None else "invalid"] += 1
                 out[i] = None
