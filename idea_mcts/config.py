@@ -390,6 +390,10 @@ class EvolveConfig:
             elif engine not in self.engines:
                 raise ValueError(f"roles.{role}.engine names {engine!r}, not a key of engines "
                                  f"({', '.join(self.engines) or 'none'})")
+        if self.search.validity_gate is not None and not (self.role_engine("complexity")
+                                                          or self.role_engine("quality")):
+            raise ConfigValueError("search.validity_gate", "null without a complexity or quality judge (the gate "
+                                   "asks one of them)", self.search.validity_gate)
 
     def scorer_weights(self) -> dict[str, float]:
         """Reward weight of each scorer role (from the scorer registry, `idea_mcts.scoring.SCORERS`)."""

@@ -34,6 +34,7 @@ def test_yaml_and_overrides(tmp_path):
     ("engines:\n  default: {backend: tpu}\n", [], "backend"),
     ("- a\n- b\n", [], "mapping"),
     ("search: [unclosed\n", [], "cannot parse"),
+    ("", ["reward.quality=0", "reward.complexity=0", "search.validity_gate=0.5"], "search.validity_gate"),
 ])
 def test_config_errors_are_one_line_naming_the_key(tmp_path, yaml_text, overrides, needle):
     p = tmp_path / "c.yaml"
