@@ -24,6 +24,7 @@ import logging
 import random
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from idea_mcts.actions import load_actions
@@ -47,6 +48,7 @@ class Recorder(Engine):
     logprob_calls: list[tuple[Prompt, list[str], int]] = field(default_factory=list)
     embed_calls: list[str] = field(default_factory=list)
     gen_spans: list[tuple[float, float]] = field(default_factory=list)
+    gen_rows: list[int] = field(default_factory=list)
     logprob_spans: list[tuple[float, float]] = field(default_factory=list)
     embed_spans: list[tuple[float, float]] = field(default_factory=list)
 
@@ -59,6 +61,7 @@ class Recorder(Engine):
         t0 = time.perf_counter()
         out = self.inner.generate(requests)
         self.gen_spans.append((t0, time.perf_counter()))
+        self.gen_rows.append(len(requests))
         self.generations += list(zip(requests, out, strict=True))
         return out
 
@@ -75,6 +78,36 @@ class Recorder(Engine):
         self.embed_spans.append((t0, time.perf_counter()))
         self.embed_calls += texts
         return out
+
+
+class KeyedClient(RoleClient):
+    """A role client that notes, for each generation call, every request's key (its node id) and generated tokens:
+    from them `critical_path_steps` rebuilds each tree's chain of dependent generation rounds."""
+
+    calls: list[list[tuple[str, int]]] = []
+
+    def generate(self, prompts: Sequence[Prompt], keys: Sequence[str]) -> list[Generation]:
+        out = super().generate(prompts, keys)
+        KeyedClient.calls.append([(k, g.completion_tokens) for k, g in zip(keys, out, strict=True)])
+        return out
+
+
+def critical_path_steps(calls: list[list[tuple[str, int]]]) -> tuple[int, float]:
+    """The decode steps of the longest chain of dependent generation rounds, and the mean over trees: a tree waits
+    for each of its rounds (its requests in one generation call) before its next, so no scheduler can finish it in
+    fewer steps than the sum over its rounds of the round's longest generation. Keys are node ids,
+    "<seed id>/<n>"."""
+    per_tree: dict[str, int] = {}
+    for call in calls:
+        longest: dict[str, int] = {}
+        for key, tokens in call:
+            tree = key.rsplit("/", 1)[0]
+            longest[tree] = max(longest.get(tree, 0), tokens)
+        for tree, tokens in longest.items():
+            per_tree[tree] = per_tree.get(tree, 0) + tokens
+    if not per_tree:
+        return 0, 0.0
+    return max(per_tree.values()), sum(per_tree.values()) / len(per_tree)
 
 
 def busy_seconds(spans: list[tuple[float, float]]) -> float:
@@ -115,7 +148,7 @@ def main() -> int:
         return others[engine_key]
 
     def client(role: str) -> RoleClient:
-        return RoleClient(role, recorder(cfg.role_engine(role)), getattr(cfg.roles, role), cfg.search.seed)
+        return KeyedClient(role, recorder(cfg.role_engine(role)), getattr(cfg.roles, role), cfg.search.seed)
 
     reward = build_reward(cfg, client)
     search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
@@ -127,6 +160,8 @@ def main() -> int:
     search_s, search_cpu = time.perf_counter() - t0, time.process_time() - c0
     steps1 = getattr(engine, "decode_steps", None)
     gen_s, lp_s = busy_seconds(rec.gen_spans), busy_seconds(rec.logprob_spans)
+    # generation requests in flight, averaged over the search's wall time (each call holds its rows for its span)
+    in_flight = sum(n * (b - a) for n, (a, b) in zip(rec.gen_rows, rec.gen_spans, strict=True)) / search_s
     gen_tokens = sum(g.completion_tokens for _, g in rec.generations)
     n_scorer = len(rec.logprob_calls)
 
@@ -157,6 +192,7 @@ def main() -> int:
     seq_tokens = sum(engine.generate([r])[0].completion_tokens for r in sample)
     seq_s = time.perf_counter() - t0
     pool.close()
+    cp_steps, mean_chain = critical_path_steps(KeyedClient.calls)
 
     search_gen_tps = gen_tokens / gen_s
     flat_tps = flat_tokens / flat_gen_s
@@ -182,6 +218,8 @@ def main() -> int:
         "ratio_search_generate_vs_flat_generate": round(search_gen_tps / flat_tps, 3),
         "search_decode_steps": None if steps1 is None else steps1 - steps0,
         "flat_decode_steps": None if steps2 is None else steps2 - steps1,
+        "search_mean_generations_in_flight": round(in_flight, 2),
+        "critical_path_decode_steps": cp_steps, "mean_tree_chain_decode_steps": round(mean_chain, 1),
         "ratio_search_vs_sequential": round(search_gen_tps / seq_tps, 2),
         "ratio_scorer_vs_flat_prefill": round((n_scorer / lp_s) / (n_scorer / flat_lp_s), 3)
         if n_scorer else None,
