@@ -10,7 +10,9 @@ OUT is an `idea-mcts evolve` output directory (dataset/, trees.jsonl, run.json).
    examples) instead of the `general` prompts the search's reward used.
 2. Per seed, the mean of its rows minus the seed's score; mean over seeds with a paired bootstrap 95% CI
    (resampling seeds). Again after a length adjustment: the residuals of an OLS fit of score on log(words) over
-   seeds and rows together, so a judge that rewards length alone cannot make rows look better.
+   seeds and rows together, so a judge that rewards length alone cannot make rows look better; and, for
+   complexity, with the length slope measured within each seed's rows instead (`within_seed_adjusted`: the
+   pooled fit also absorbs part of the rows-vs-seeds difference when rows are longer).
 3. Broken rows by the project's checker (`idea_mcts.filters`): an evolution the elimination filter would drop,
    with the `answer` heuristic on, or a response that is a short refusal.
 4. Diversity: distinct-1/2 (distinct n-grams / n-grams) and mean pairwise cosine distance of MiniLM embeddings,
@@ -120,6 +122,37 @@ def length_adjust(items: list[dict[str, Any]], key: str, length_of: str) -> None
                             it[key] - (intercept + slope * math.log1p(len(it[length_of].split()))))
 
 
+def within_seed_adjusted(seeds: list[dict[str, Any]], rows: list[dict[str, Any]], key: str, length_of: str,
+                         n_boot: int, rng: np.random.Generator) -> dict[str, Any]:
+    """The paired difference adjusted with the judge's length slope measured *within* each seed's rows (rows of one
+    seed that are longer or shorter than each other: evolved against evolved), not across seeds and rows together:
+    when the rows are longer than their seeds, a slope fitted over both groups also absorbs the group difference
+    itself, which biases the adjusted difference toward zero. Per seed: (rows' mean - seed) - slope x (rows' mean
+    log(1 + words) - the seed's); the slope is refitted in every bootstrap draw (resampling seeds)."""
+    def loglen(it: dict[str, Any]) -> float:
+        return math.log1p(len(it[length_of].split()))
+
+    fam = []
+    for s in seeds:
+        mine = [r for r in rows if r["seed_id"] == s["seed_id"] and r[key] is not None]
+        if mine and s[key] is not None:
+            fam.append((np.array([loglen(r) for r in mine]), np.array([r[key] for r in mine]), loglen(s), s[key]))
+    if not fam:
+        return {"seeds": 0, "slope": None, "mean_diff": None, "ci95": None}
+
+    def estimate(idx: np.ndarray) -> tuple[float, float]:
+        picked = [fam[i] for i in idx]
+        sxy = sum(float(((x - x.mean()) * (y - y.mean())).sum()) for x, y, _, _ in picked)
+        sxx = sum(float(((x - x.mean()) ** 2).sum()) for x, _, _, _ in picked)
+        slope = sxy / sxx if sxx > 0 else 0.0
+        return slope, float(np.mean([y.mean() - ys - slope * (x.mean() - xs) for x, y, xs, ys in picked]))
+
+    slope, mean = estimate(np.arange(len(fam)))
+    boots = [estimate(rng.integers(0, len(fam), size=len(fam)))[1] for _ in range(n_boot)]
+    return {"seeds": len(fam), "slope": round(slope, 4), "mean_diff": round(mean, 4),
+            "ci95": [round(float(np.percentile(boots, 2.5)), 4), round(float(np.percentile(boots, 97.5)), 4)]}
+
+
 def distinct_n(texts: list[str], n: int) -> float:
     grams = [tuple(w[i:i + n]) for t in texts for w in [re.findall(r"\w+", t.lower())]
              for i in range(len(w) - n + 1)]
@@ -159,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         figures[key] = {"seed_mean": round(float(np.mean([s[key] for s in seeds if s[key] is not None])), 4),
                         "row_mean": round(float(np.mean([r[key] for r in rows if r[key] is not None])), 4),
                         **paired_bootstrap(seeds, rows, key, args.bootstrap, rng)}
+    figures["complexity_adj_within_seed"] = within_seed_adjusted(seeds, rows, "complexity", "instruction",
+                                                                 args.bootstrap, rng)
     cfg_actions = run["config"]["search"]["actions"]
     checker = Eliminator([a.template_text() for a in load_actions(cfg_actions)], drop_answers=True)
     verdicts = []
