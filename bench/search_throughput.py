@@ -25,6 +25,7 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from idea_mcts.actions import load_actions
@@ -110,6 +111,29 @@ def critical_path_steps(calls: list[list[tuple[str, int]]]) -> tuple[int, float]
     return max(per_tree.values()), sum(per_tree.values()) / len(per_tree)
 
 
+def streamed(engine: Engine, requests: list[GenerationRequest], scorer: list[tuple[Prompt, list[str], int]],
+             width: int) -> float:
+    """Seconds to run every request one at a time in each of `width` workers (so `width` are in flight), the
+    judge prompts spread evenly among the generations: the search's requests and concurrency without its trees'
+    dependencies."""
+    tasks: list[tuple[GenerationRequest | None, tuple[Prompt, list[str], int] | None]] = [(r, None) for r in requests]
+    every = max(1, len(tasks) // max(1, len(scorer)))
+    for j, call in enumerate(scorer):
+        tasks.insert(min(len(tasks), j * (every + 1)), (None, call))
+
+    def work(share: list[tuple[GenerationRequest | None, tuple[Prompt, list[str], int] | None]]) -> None:
+        for req, call in share:
+            if req is not None:
+                engine.generate([req])
+            elif call is not None:
+                engine.next_token_logprobs([call[0]], call[1], call[2])
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(width) as ex:
+        list(ex.map(work, [tasks[i::width] for i in range(width)]))
+    return time.perf_counter() - t0
+
+
 def busy_seconds(spans: list[tuple[float, float]]) -> float:
     """Wall time during which at least one of the calls was in flight (the union of the spans): on a concurrent
     engine calls overlap, and summing them would count the same second several times."""
@@ -127,6 +151,10 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--sequential_sample", type=int, default=16, help="requests replayed one at a time")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--in_flight", type=int, default=0,
+                    help="also replay the search's requests (generations and judge prompts, interleaved) with this "
+                         "many in flight and no dependencies between them (a concurrent engine, e.g. vLLM): what the "
+                         "engine does with the search's arrival pattern, without the trees' chains")
     args, overrides = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, [*overrides, f"data.max_seeds={args.seeds}"])
@@ -187,6 +215,7 @@ def main() -> int:
     flat_other_s = time.perf_counter() - t0
     flat_cpu = time.process_time() - c0
 
+    streamed_s = streamed(engine, requests, rec.logprob_calls, args.in_flight) if args.in_flight else None
     sample = random.Random(0).sample(requests, min(args.sequential_sample, len(requests)))
     t0 = time.perf_counter()
     seq_tokens = sum(engine.generate([r])[0].completion_tokens for r in sample)
@@ -220,6 +249,10 @@ def main() -> int:
         "flat_decode_steps": None if steps2 is None else steps2 - steps1,
         "search_mean_generations_in_flight": round(in_flight, 2),
         "critical_path_decode_steps": cp_steps, "mean_tree_chain_decode_steps": round(mean_chain, 1),
+        "streamed_in_flight": args.in_flight or None,
+        "streamed_s": None if streamed_s is None else round(streamed_s, 2),
+        "ratio_streamed_vs_flat": None if streamed_s is None
+        else round((flat_gen_s + flat_lp_s) / streamed_s, 3),
         "ratio_search_vs_sequential": round(search_gen_tps / seq_tps, 2),
         "ratio_scorer_vs_flat_prefill": round((n_scorer / lp_s) / (n_scorer / flat_lp_s), 3)
         if n_scorer else None,
