@@ -368,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        from idea_mcts.distributed import leave_group
+
+        leave_group()  # a rank exits with its own code, not in the group's threads at shutdown
 
 
 if __name__ == "__main__":

@@ -79,6 +79,18 @@ def init_group() -> None:
     dist.init_process_group(backend=backend, timeout=GROUP_TIMEOUT)
 
 
+def leave_group() -> None:
+    """Leave the process group, if this process joined one: entry points call it before the process exits. A
+    process that exits with its gloo group alive can die in the group's threads at interpreter shutdown ("terminate
+    called without an active exception", SIGABRT) instead of with its own exit code, e.g. a rank that stops at once
+    on bad input while the others are still leaving."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # never imports torch: a one-process run has no group to leave
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_gather(obj: Any) -> list[Any]:
     """Every rank's `obj` (a picklable status), in rank order, on every rank."""
     import torch.distributed as dist

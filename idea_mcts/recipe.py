@@ -153,6 +153,10 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         if str(exc):
             sys.stderr.write(f"error: {exc}\n")
         return 1
+    finally:
+        from idea_mcts.distributed import leave_group
+
+        leave_group()  # a rank exits with its own code, not in the group's threads at shutdown
 
 
 def load_rows(script_args: Any) -> Any:
