@@ -5,7 +5,8 @@
         repeat `iterations` times:
             Selection        -> a node by UCT, down the expansion children to one not yet expanded
             Expansion        -> `expand_width` children of it, each from a distinct sampled action
-            Evaluation       -> respond to and score every new node
+            Evaluation       -> respond to and score every new node (each child as soon as its own rewrite is
+                                back: a short rewrite does not wait for its siblings' longer ones)
             Simulation       -> random actions from a new child until a terminal node (rollout nodes are kept
                                 as data but are not part of the search tree: selection never enters them)
             Backpropagation  -> the terminal node's reward to every node on its path
@@ -136,8 +137,7 @@ class IdeaMCTS:
                 leaf = self.select(tree)
                 if leaf is None:
                     break
-                children = await self.expand(tree, leaf)
-                await self.evaluate(tree, children)
+                children = await self.expand(tree, leaf)  # Expansion, and each child's Evaluation
                 starts, done = self.choose_simulation_starts(tree, leaf, children)
                 ends = await self.simulate(tree, starts)
                 self.backpropagate(tree, done + ends)
@@ -149,10 +149,25 @@ class IdeaMCTS:
         return tree.select(self.cfg.exploration_constant, self.cfg.value)
 
     async def expand(self, tree: Tree, leaf: Node) -> list[Node]:
-        """Expansion: children of the leaf, each from a distinct sampled action, in one request group."""
+        """Expansion and Evaluation: children of the leaf, each from a distinct sampled action. The evolutions are
+        charged as one group; then each child is written and evaluated in a strand of its own, so its response
+        and scorers go out as soon as its own rewrite is back (on engines that answer requests as they finish,
+        a tree's chain is then its slowest child's rewrite + response, not its slowest rewrite + its slowest
+        response). The children join the tree in action order, whichever finished first."""
         k = min(self.cfg.expand_width, len(self.actions))
         jobs = [EvolveJob(leaf, a, "expand", tree.next_id()) for a in tree.rng.sample(self.actions, k)]
-        return [c for c in await self.evolve(tree, jobs) if c is not None]
+        await self._reserve_evolutions(jobs)
+
+        async def child(job: EvolveJob) -> Node | None:
+            (node,) = await self._write(tree, [job], attach=False)
+            if node is not None:
+                await self.evaluate(tree, [node])
+            return node
+
+        made = [c for c in await self._dispatcher().run_strands([child(j) for j in jobs]) if c is not None]
+        for node in made:
+            tree.attach(node)
+        return made
 
     async def evaluate(self, tree: Tree, nodes: Sequence[Node]) -> None:
         """Evaluation: respond to each node's instruction, then score (instruction, response). An evolved node
@@ -251,14 +266,23 @@ class IdeaMCTS:
         the elimination filter drops (empty, unchanged, template leaks, refusals, ...) are counted, not kept."""
         if not jobs:
             return []
+        await self._reserve_evolutions(jobs)
+        return await self._write(tree, jobs)
+
+    async def _reserve_evolutions(self, jobs: Sequence[EvolveJob]) -> None:
+        """Charge the jobs' evolutions; with `wait_for_budget`, wait while other trees may still give budget
+        back (evolutions the filter drops send less)."""
         while True:
             try:
                 self._charge_evolutions(jobs)
-                break
+                return
             except BudgetExhausted:
-                # other trees' reservations may still come back (evolutions the filter drops send less)
                 if not self.wait_for_budget or not await self._dispatcher().park():
                     raise
+
+    async def _write(self, tree: Tree, jobs: Sequence[EvolveJob], attach: bool = True) -> list[Node | None]:
+        """The charged jobs' evolutions, filtered and gated; the new nodes join the tree unless `attach` is off
+        (then the caller attaches them, `Tree.attach`)."""
         prefill = self.cfg.prefill_parent
         gens = await self._dispatcher().call(
             self.evolver, "generate", [(j.action.messages(j.parent.instruction, prefill), j.node_id) for j in jobs])
@@ -280,7 +304,8 @@ class IdeaMCTS:
                 self.failures["evolver"] += 1
                 made.append(None)
                 continue
-            made.append(tree.add_child(job.parent, job.action.name, text, job.kind, job.node_id))
+            node = tree.new_child(job.parent, job.action.name, text, job.kind, job.node_id)
+            made.append(tree.attach(node) if attach else node)
         return made
 
     async def _gate(self, jobs: Sequence[EvolveJob], texts: list[str | None]) -> list[str | None]:

@@ -85,10 +85,17 @@ class Tree:
         return f"{self.seed_id}/{self.ids_issued - 1}"
 
     def add_child(self, parent: Node, action: str, instruction: str, kind: str, node_id: str) -> Node:
-        child = Node(node_id=node_id, seed_id=self.seed_id, parent_id=parent.node_id,
-                     depth=parent.depth + 1, action=action, kind=kind, instruction=instruction,
-                     action_path=[*parent.action_path, action])
-        parent.children.append(child.node_id)
+        return self.attach(self.new_child(parent, action, instruction, kind, node_id))
+
+    def new_child(self, parent: Node, action: str, instruction: str, kind: str, node_id: str) -> Node:
+        """A child of `parent`, not yet in the tree (`attach` adds it)."""
+        return Node(node_id=node_id, seed_id=self.seed_id, parent_id=parent.node_id, depth=parent.depth + 1,
+                    action=action, kind=kind, instruction=instruction, action_path=[*parent.action_path, action])
+
+    def attach(self, child: Node) -> Node:
+        """Add a `new_child` to the tree, after its parent's other children."""
+        assert child.parent_id is not None, "the root is not attached"
+        self.nodes[child.parent_id].children.append(child.node_id)
         return self._add(child)
 
     def parent(self, node: Node) -> Node | None:
