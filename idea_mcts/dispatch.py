@@ -13,6 +13,11 @@ call, in a worker thread, so the event loop keeps the other trees moving while a
 - engines with continuous batching (in-process vLLM's async engine, OpenAI-compatible servers: `concurrent`
   true) get each strand's requests as soon as it waits (each group blocks one of `max_threads` worker threads
   while in flight); the engine's scheduler batches whatever is in flight.
+- `stepped` engines (the transformers engine: continuous batching kept deterministic) get each strand's requests
+  as soon as it waits too, but admit them into their decode batch only when the dispatcher `resume`s them: at a
+  barrier where nothing else can answer (no other engine busy, every call sent to them inside them, every one of
+  them paused). Their answers are held and handed out in the order the calls were sent, once each of them has
+  paused again, so strands resume in the same order in every run.
 
 `max_calls`, progress and the node log stay with the search (`idea_mcts.search`), which charges requests before
 it submits them.
@@ -27,11 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from idea_mcts.engines.base import STEP_HOOK, Engine
 from idea_mcts.roles import RoleClient
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+STEPPED_THREADS = 1 << 16
+"""Upper bound of the stepped engines' worker threads (in practice: about one per live strand)."""
 
 
 @dataclass
@@ -71,9 +80,24 @@ class Dispatcher:
         """Requests handed to each role's engine and not yet answered (for tests and benchmarks)."""
         self.peak_overlap = 0
         """Most roles with requests in flight at the same moment."""
+        self.server_calls = 0
+        """Groups in flight on `concurrent` engines."""
+        self.stepped: dict[int, Engine] = {}
+        """The `stepped` engines (by id) that have had calls."""
+        self.unreturned: dict[int, int] = {}
+        """Groups sent to each stepped engine whose call has not returned."""
+        self._held: list[tuple[int, list[tuple[_Group, list[Any] | None, BaseException | None]]]] = []
+        """Returned calls of stepped engines, by send order, not yet handed to their strands."""
+        self._sent = 0
+        self.stopped = False
+        """`on_barrier` failed (the node log cannot be written) or was interrupted (Ctrl-C, SIGTERM): the search
+        is being torn down (`close`), and callbacks still queued on the loop must not log or dispatch again."""
         self._tickets: dict[asyncio.Future[Any], _Ticket] = {}
         self._parked: list[asyncio.Future[bool]] = []
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="engine")
+        self._step_pool = ThreadPoolExecutor(max_workers=STEPPED_THREADS, thread_name_prefix="stepped")
+        """A thread per call in flight on a stepped engine: the engine resumes only when every call sent to it is
+        inside it, so a call must never wait for a free thread (a capped pool could deadlock)."""
 
     # -- strands ---------------------------------------------------------------------------------------
     async def run_strands(self, coros: Sequence[Awaitable[T]]) -> list[T]:
@@ -161,34 +185,48 @@ class Dispatcher:
         return await self.wait([self.submit(client, method, item, *args) for item in items])
 
     def close(self) -> None:
+        for engine in self.stepped.values():  # calls still inside (a strand failed): served, so threads end
+            engine.resume(drain=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._step_pool.shutdown(wait=True, cancel_futures=True)
 
     # -- batching --------------------------------------------------------------------------------------
     def _send_concurrent(self) -> None:
-        """Engines that keep many requests in flight get everything pending now."""
+        """Engines that keep many requests in flight (or take them as they come: `stepped`) get everything
+        pending now."""
         for key, group in list(self.groups.items()):
-            if group.client.engine.concurrent:
+            if group.client.engine.concurrent or group.client.engine.stepped:
                 del self.groups[key]
                 self._launch([group])
 
     def _barrier(self) -> None:
-        """When every live strand waits, every free one-call-at-a-time engine gets its queue."""
+        """When every live strand waits, every free one-call-at-a-time engine gets its queue, and stepped engines
+        resume when nothing else can answer."""
+        if self.stopped:
+            return
+        if self._held and self._stepped_settled():
+            held, self._held = sorted(self._held, key=lambda h: h[0]), []
+            for _, done in held:
+                self._finish(done, None)
         if self.live and self.waiting < self.live:
             return
         if self.on_barrier is not None:
             try:
                 self.on_barrier()
             except Exception as exc:  # e.g. the node log's disk is full: every waiting strand fails with it
-                for group in self.groups.values():
-                    for fut in group.futures:
-                        if not fut.done():
-                            fut.set_exception(exc)
+                self.stopped = True  # (those waiting on calls in flight too: nothing may be logged after it)
+                for fut in [*(f for g in self.groups.values() for f in g.futures), *self._tickets]:
+                    if not fut.done():
+                        fut.set_exception(exc)
                 self.groups.clear()
                 return
+            except BaseException:  # Ctrl-C / SIGTERM in the log: the search is over, no more barriers
+                self.stopped = True
+                raise
         by_engine: dict[int, list[_Group]] = {}
         for key, group in list(self.groups.items()):
             engine = group.client.engine
-            if engine.concurrent:
+            if engine.concurrent or engine.stepped:
                 continue
             if id(engine) not in self.busy:
                 del self.groups[key]
@@ -201,6 +239,17 @@ class Dispatcher:
             for fut in parked:
                 self.waiting -= 1
                 fut.set_result(False)
+        if self.stepped and not self.busy and not self.server_calls and not self._held and self._stepped_settled():
+            for engine in self.stepped.values():
+                engine.resume()
+
+    def _stepped_settled(self) -> bool:
+        """Every stepped engine is paused and every call sent to it has either returned or is waiting in it."""
+        for engine_id, engine in self.stepped.items():
+            inside, paused = engine.step_state()
+            if not paused or inside != self.unreturned[engine_id]:
+                return False
+        return True
 
     def _launch(self, groups: list[_Group], engine_id: int | None = None) -> None:
         """Run the groups' batched calls one after the other in a worker thread. A one-call-at-a-time engine's
@@ -209,20 +258,50 @@ class Dispatcher:
         for g in groups:
             self.in_flight[g.client.role] = self.in_flight.get(g.client.role, 0) + len(g.items)
         self.peak_overlap = max(self.peak_overlap, sum(1 for n in self.in_flight.values() if n))
+        engine = groups[0].client.engine
+        stepped = engine.stepped and engine_id is None
+        if stepped:
+            self.stepped.setdefault(id(engine), engine)
+            self.unreturned[id(engine)] = self.unreturned.get(id(engine), 0) + len(groups)
+        elif engine_id is None:
+            self.server_calls += 1
+        self._sent += 1
+        order = self._sent
+
+        def wake() -> None:
+            self.loop.call_soon_threadsafe(self._barrier)
 
         def work() -> None:
+            token = STEP_HOOK.set(wake) if stepped else None
             done = []
-            for g in groups:
-                try:
-                    done.append((g, _call(g), None))
-                except BaseException as exc:  # handed to the waiting strands, raised there
-                    done.append((g, None, exc))
-            self.loop.call_soon_threadsafe(self._finish, done, engine_id)
+            try:
+                for g in groups:
+                    try:
+                        done.append((g, _call(g), None))
+                    except BaseException as exc:  # handed to the waiting strands, raised there
+                        done.append((g, None, exc))
+            finally:
+                if token is not None:
+                    STEP_HOOK.reset(token)
+            if stepped:
+                self.loop.call_soon_threadsafe(self._returned, id(engine), order, done)
+            else:
+                self.loop.call_soon_threadsafe(self._finish, done, engine_id, engine_id is None)
 
-        self._pool.submit(work)
+        (self._step_pool if stepped else self._pool).submit(work)
+
+    def _returned(self, engine_id: int, order: int,
+                  done: list[tuple[_Group, list[Any] | None, BaseException | None]]) -> None:
+        """A stepped engine's call returned: held until the engine pauses (see `_barrier`)."""
+        self.unreturned[engine_id] -= len(done)
+        self._held.append((order, done))
+        self._barrier()
 
     def _finish(self, done: list[tuple[_Group, list[Any] | None, BaseException | None]],
-                engine_id: int | None) -> None:
+                engine_id: int | None, server: bool = False) -> None:
+        """Hand answers to their strands (`server`: the call went to a `concurrent` engine)."""
+        if server:
+            self.server_calls -= 1
         for group, result, error in done:
             self.in_flight[group.client.role] -= len(group.items)
             for i, fut in enumerate(group.futures):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from dataclasses import dataclass
 
 from idea_mcts.config import EngineConfig
@@ -34,10 +35,13 @@ class Backend:
     """See `Engine.logprob_method`."""
     concurrent: bool = False
     """See `Engine.concurrent`."""
+    stepped: bool = False
+    """See `Engine.stepped`."""
 
 
 BACKENDS = {
-    "transformers": Backend("idea_mcts.engines.transformers:TransformersEngine", logprob_method="full"),
+    "transformers": Backend("idea_mcts.engines.transformers:TransformersEngine", logprob_method="full",
+                            stepped=True),
     "vllm": Backend("idea_mcts.engines.vllm:VLLMEngine", concurrent=True),
     "openai": Backend("idea_mcts.engines.openai:OpenAIEngine", concurrent=True),
     "embedding": Backend("idea_mcts.engines.transformers:EmbeddingEngine"),
@@ -65,12 +69,15 @@ class EnginePool:
     def __init__(self, configs: dict[str, EngineConfig]) -> None:
         self.configs = configs
         self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Engine:
-        if key not in self._engines:
-            logger.info("loading engine %r (%s: %s)", key, self.configs[key].backend, self.configs[key].model)
-            self._engines[key] = build_engine(self.configs[key])
-        return self._engines[key]
+        """The engine of `key`, loaded on first use (once, however many of the search's threads ask at once)."""
+        with self._lock:
+            if key not in self._engines:
+                logger.info("loading engine %r (%s: %s)", key, self.configs[key].backend, self.configs[key].model)
+                self._engines[key] = build_engine(self.configs[key])
+            return self._engines[key]
 
     def loaded(self) -> dict[str, Engine]:
         return dict(self._engines)

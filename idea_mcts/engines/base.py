@@ -123,6 +123,11 @@ def candidate_ids(tokenizer: Any, candidates: Sequence[str], model_id: str) -> d
 
 _USAGE_SINK: ContextVar[tuple[Engine, UsageStats] | None] = ContextVar("idea_mcts_usage_sink", default=None)
 
+STEP_HOOK: ContextVar[Callable[[], None] | None] = ContextVar("idea_mcts_step_hook", default=None)
+"""Set by the pipelined search's dispatcher around the calls it hands a `stepped` engine: the engine calls it
+(from any thread) when a call has entered it and when it pauses, so the dispatcher re-checks whether every strand
+waits (see `Engine.stepped`). Calls without it (not from a search) take the engine's ordinary batched path."""
+
 
 def usage_of(engine: Engine, call: Callable[[], T]) -> tuple[T, UsageStats]:
     """Run `call` (a call of `engine`'s public API) and return its result with the usage that call alone added
@@ -143,6 +148,13 @@ class Engine:
     concurrent: bool = False
     """Serves many calls at once (a server with continuous batching): the pipelined search sends each tree's
     requests as they come. False: one call at a time, batched at the search's barriers (deterministic)."""
+    stepped: bool = False
+    """Continuous batching at the search's barriers (the transformers engine): the pipelined search sends each
+    strand's requests as they come, like a `concurrent` engine's, and the engine holds them until the search
+    tells it (`resume`) that every strand waits; then it admits them into its running decode batch, which pauses
+    again after every step that finished a call. Admissions then happen at the same steps whatever the threads'
+    timing, so results stay independent of scheduling, and a short request no longer waits for the longest row
+    of its barrier."""
     logprob_method: str = "top_k"
     """How `next_token_logprobs` sees the candidates: `full` (the whole next-token distribution, every
     candidate returned) or `top_k` (servers that return only the top-k tokens: absent candidates are left out
@@ -194,6 +206,14 @@ class Engine:
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model (engines holding processes or GPU memory override this)."""
+
+    def step_state(self) -> tuple[int, bool]:
+        """A `stepped` engine's (calls waiting inside it, whether it is paused for the search)."""
+        return 0, True
+
+    def resume(self, drain: bool = False) -> None:  # noqa: B027 - optional hook
+        """A `stepped` engine: every strand waits; admit what has come and go on decoding. `drain`: the search
+        has ended (or failed): serve every call still inside without waiting for it any more."""
 
     # -- to implement --------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:

@@ -53,19 +53,28 @@ class CachedEngine(Engine):
     def __init__(self, load: Callable[[], Engine], cache: RequestCache, identity: dict[str, Any]) -> None:
         super().__init__(str(identity.get("model", "")))
         self.backend = str(identity.get("backend", "cached"))
+        self._stepped = False
         if self.backend in BACKENDS:  # known without importing the backend (a replay may never load it)
             self.logprob_method = BACKENDS[self.backend].logprob_method
             self.concurrent = BACKENDS[self.backend].concurrent
+            self._stepped = BACKENDS[self.backend].stepped
         self.cache = cache
         self.identity = identity
         self._load = load
         self._inner: Engine | None = None
 
     @property
+    def stepped(self) -> bool:  # type: ignore[override]
+        """The loaded engine's trait (a test may load another engine than the backend's), else the backend's."""
+        return self._inner.stepped if self._inner is not None else self._stepped
+
+    @property
     def inner(self) -> Engine:
-        """The wrapped engine, loaded on first use."""
+        """The wrapped engine, loaded on first use (once: the search's worker threads may ask at once)."""
         if self._inner is None:
-            self._inner = self._load()
+            with self._lock:
+                if self._inner is None:
+                    self._inner = self._load()
         return self._inner
 
     @property
@@ -96,6 +105,13 @@ class CachedEngine(Engine):
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()
+
+    def step_state(self) -> tuple[int, bool]:
+        return self._inner.step_state() if self._inner is not None else (0, True)
+
+    def resume(self, drain: bool = False) -> None:
+        if self._inner is not None:
+            self._inner.resume(drain)
 
     def _through(self, kind: str, payloads: list[dict[str, Any]], call: Callable[[list[int]], Sequence[Any]],
                  encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> list[Any]:

@@ -4,19 +4,23 @@
 the search needs per-request sampling parameters and per-request seeds in one batch: each row samples with its
 own `torch.Generator`, so a request gives the same text whatever else shares its batch. Requests are sorted by
 prompt length and cut into micro-batches of `max_batch_size` (less padding); rows that finish are dropped from
-the KV cache as the batch decodes, so long stragglers do not drag finished rows along.
+the KV cache as the batch decodes, so long stragglers do not drag finished rows along. In a pipelined search the
+calls go to a continuous batch instead (`idea_mcts.engines.continuous`): rows join and leave one running decode
+batch, admitted at the search's barriers so that results do not depend on timing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
+    STEP_HOOK,
     Engine,
     Generation,
     GenerationRequest,
@@ -27,6 +31,7 @@ from idea_mcts.engines.base import (
     candidate_ids,
     is_continuation,
 )
+from idea_mcts.engines.continuous import Call, ContinuousBatcher
 from idea_mcts.errors import UsageError
 from idea_mcts.models import resolve_model
 
@@ -113,6 +118,7 @@ class TransformersEngine(Engine):
 
     backend = "transformers"
     logprob_method = BACKENDS[backend].logprob_method
+    stepped = BACKENDS[backend].stepped
 
     def __init__(self, cfg: EngineConfig) -> None:
         from transformers import AutoModelForCausalLM
@@ -128,6 +134,8 @@ class TransformersEngine(Engine):
         eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = torch.tensor(sorted(i for i in eos_ids if i is not None), device=self.device)
         self._candidate_ids: dict[tuple[str, ...], dict[str, int]] = {}
+        self.batcher: ContinuousBatcher | None = None
+        """Serves the calls of a pipelined search (`Engine.stepped`), made on its first call."""
         self.decode_steps = 0
         """Batched one-token forward passes of generation run so far (benchmarks: on a CPU each costs about the
         same whatever its rows, so the steps, not the tokens, tell a search's generation time from a flat
@@ -150,10 +158,16 @@ class TransformersEngine(Engine):
             ids = ids[-limit:]
         return ids
 
-    def _prefill(self, seqs: list[list[int]]):  # noqa: ANN202
+    def solo_prefill(self, tokens: int) -> bool:
+        """Whether a prompt of `tokens` is prefilled alone and unpadded (see `SOLO_PREFILL_TOKENS`)."""
+        return self.device.type == "cpu" and tokens >= SOLO_PREFILL_TOKENS
+
+    def _prefill(self, seqs: list[list[int]], padded: bool = True):  # noqa: ANN202
+        """Logits of the next token, attention mask, last positions and KV cache of `seqs`, left-padded to their
+        bucket (`padded` off: one prompt as it is)."""
         from transformers import DynamicCache
 
-        width = _bucket(max(len(s) for s in seqs))
+        width = _bucket(max(len(s) for s in seqs)) if padded else len(seqs[0])
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
@@ -163,8 +177,30 @@ class TransformersEngine(Engine):
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), mask, positions[:, -1:], cache
 
+    # -- continuous batching (a pipelined search's calls) -----------------------------------------------
+    def _submit(self, call: Call) -> list[Any]:
+        if self.batcher is None:
+            with self._lock:
+                if self.batcher is None:
+                    self.batcher = ContinuousBatcher(self)
+        return self.batcher.submit(call)
+
+    def step_state(self) -> tuple[int, bool]:
+        return self.batcher.state() if self.batcher is not None else (0, True)
+
+    def resume(self, drain: bool = False) -> None:
+        if self.batcher is not None:
+            self.batcher.resume(drain)
+
     # -- generation ------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        hook = STEP_HOOK.get()
+        if hook is not None:  # a pipelined search's call: the continuous batch
+            seqs = [self._encode(r.prompt, r.params.max_new_tokens) for r in requests]
+            return self._submit(Call(hook, seqs, params=[r.params for r in requests]))
+        return self._generate_now(requests)
+
+    def _generate_now(self, requests: list[GenerationRequest]) -> list[Generation]:
         """Micro-batches mix prompt widths (each padded to the bucket of its longest): a barrier of the pipelined
         search holds a few requests of many widths, and one micro-batch per width would decode each width's few
         rows for as many steps as the whole batch (bench/search_throughput.py, transformers, 20 seeds: the
@@ -237,9 +273,16 @@ class TransformersEngine(Engine):
         return out
 
     # -- scoring ---------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int
                              ) -> list[TokenLogprobs]:
+        hook = STEP_HOOK.get()
+        if hook is not None:  # a pipelined search's call: served between the continuous batch's steps
+            seqs = [self._encode(p, 1) for p in prompts]
+            return self._submit(Call(hook, seqs, prompts=list(prompts), candidates=list(candidates), top_k=top_k))
+        return self._logprobs_now(prompts, candidates, top_k)
+
+    @torch.inference_mode()
+    def _logprobs_now(self, prompts: list[Prompt], candidates: list[str], top_k: int) -> list[TokenLogprobs]:
         """Every candidate's logprob from the full next-token distribution (`top_k` does not apply: this engine
         holds the whole distribution, so DEITA's softmax over all six digits is exact)."""
         key = tuple(candidates)
@@ -255,11 +298,10 @@ class TransformersEngine(Engine):
                 results[i] = TokenLogprobs(logprobs={c: float(logprobs[b, t]) for c, t in ids.items()},
                                            prompt_tokens=len(seqs[i]))
 
-        on_cpu = self.device.type == "cpu"
         solo: list[int] = []
         batched: list[int] = []
         for i, s in enumerate(seqs):
-            (solo if on_cpu and len(s) >= SOLO_PREFILL_TOKENS else batched).append(i)
+            (solo if self.solo_prefill(len(s)) else batched).append(i)
         for i in solo:  # alone, unpadded (see SOLO_PREFILL_TOKENS)
             out = self.model(input_ids=torch.tensor([seqs[i]], device=self.device), logits_to_keep=1)
             keep([i], out.logits[:, -1, :].float())

@@ -1,0 +1,315 @@
+"""Continuous batching for the in-process transformers engine, deterministic at the search's barriers.
+
+The pipelined search sends a `stepped` engine each strand's requests as they come (`Engine.stepped`). The calls
+enter `ContinuousBatcher.submit` from the dispatcher's worker threads and block there; one scheduler thread
+owns the model:
+
+    repeat:
+        pause until the search says that every strand waits (`resume`)
+        take every queued call, in an order fixed by the calls' contents (not by their arrival)
+        answer the scoring calls; admit the generation rows into the running decode batch
+        decode step after step until a step completes a call (all its rows ended); deliver it
+
+The decode batch runs on across pauses: admitted rows are prefilled and merged into its KV cache (left-padded to
+one length), finished rows leave it. Every admission happens at a pause the search reached with every strand
+waiting, so what is admitted, and at which step, is the same in every run whatever the threads' timing: results
+stay independent of scheduling, as the barrier engine's are, while a short request no longer waits for the
+longest row of its barrier (a tree's rewrite that ended early gets its response at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from idea_mcts.engines.base import Generation, Prompt, SamplingParams
+
+if TYPE_CHECKING:
+    from idea_mcts.engines.transformers import TransformersEngine
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    """One engine call waiting in the batcher: generations (`params` set) or scoring prompts (`prompts` set)."""
+
+    hook: Callable[[], None]
+    """The dispatcher's wake-up (`idea_mcts.engines.base.STEP_HOOK`)."""
+    seqs: list[list[int]]
+    params: list[SamplingParams] | None = None
+    prompts: list[Prompt] | None = None
+    candidates: list[str] = field(default_factory=list)
+    top_k: int = 0
+    results: list[Any] = field(default_factory=list)
+    left: int = 0
+    """Rows not yet finished (generation)."""
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def order(self) -> str:
+        """A key fixed by the call's contents: queued calls are served in this order, not in arrival order."""
+        params = [asdict(p) for p in self.params] if self.params is not None else None
+        return json.dumps([self.params is None, self.candidates, self.top_k, self.seqs, params], sort_keys=True)
+
+
+@dataclass
+class _Row:
+    """One generation in the decode batch."""
+
+    call: Call
+    index: int
+    prompt_tokens: int
+    params: SamplingParams
+    gen: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+    reason: str = "length"
+
+
+class ContinuousBatcher:
+    """The scheduler thread of a `TransformersEngine` in a pipelined search (see the module docstring)."""
+
+    def __init__(self, engine: TransformersEngine) -> None:
+        self.engine = engine
+        self.cond = threading.Condition()
+        self.queue: list[Call] = []
+        self.waiting = 0
+        """Calls inside the batcher, not yet answered."""
+        self.paused = True
+        self._go = False
+        self._drain = False
+        self._hook: Callable[[], None] | None = None
+        self._failed: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self.admissions: list[tuple[int, int, int]] = []
+        """(engine decode step, rows admitted, rows already decoding) of every admission: the schedule."""
+        self.backlog: list[tuple[_Row, list[int]]] = []
+        """Rows waiting for room in the decode batch (`max_batch_size`), with their prompt tokens."""
+        self.rows: list[_Row] = []
+        self.cache: Any = None
+        self.mask: torch.Tensor | None = None
+        self.position: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+
+    # -- the dispatcher's side ---------------------------------------------------------------------------
+    def submit(self, call: Call) -> list[Any]:
+        """Queue `call`, tell the dispatcher, block until it is answered."""
+        with self.cond:
+            if self._failed is not None:
+                raise self._failed
+            self.queue.append(call)
+            self.waiting += 1
+            self._hook = call.hook
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="continuous-batcher", daemon=True)
+                self._thread.start()
+        call.hook()
+        call.done.wait()
+        if call.error is not None:
+            raise call.error
+        return call.results
+
+    def state(self) -> tuple[int, bool]:
+        with self.cond:
+            return self.waiting, self.paused
+
+    def resume(self, drain: bool = False) -> None:
+        """Admit what has come (the search: every strand waits); `drain`: from now on until nothing is left
+        inside, do not pause for the search (it has ended)."""
+        with self.cond:
+            self._drain = self._drain or drain
+            if self.paused:
+                self._go = True
+                self.cond.notify_all()
+
+    # -- the scheduler thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            with torch.inference_mode():
+                while True:
+                    delivered = self._serve(self._pause())
+                    while self.rows and not delivered:
+                        delivered = self._step()
+        except BaseException as exc:  # handed to every waiting call, raised in its thread
+            logger.exception("continuous batcher failed")
+            with self.cond:
+                self._failed = exc
+                calls = {id(c): c for c in self.queue}
+                calls.update({id(r.call): r.call for r in self.rows})
+                calls.update({id(r.call): r.call for r, _ in self.backlog})
+                self.queue, self.rows, self.backlog, self.waiting = [], [], [], 0
+            for c in calls.values():
+                c.error = exc
+                c.done.set()
+
+    def _pause(self) -> list[Call]:
+        """Wait for `resume`, then take the queue in content order."""
+        with self.cond:
+            self.paused, self._go = True, False
+            busy = bool(self.queue or self.rows or self.backlog)
+            self._drain = self._drain and busy
+            hook = self._hook if busy and not self._drain else None
+        if hook is not None:
+            with contextlib.suppress(RuntimeError):  # the search that sent the work is gone
+                hook()
+        with self.cond:
+            while not (self._go or self._drain):
+                self.cond.wait()
+            self.paused = False
+            work, self.queue = self.queue, []
+        return sorted(work, key=Call.order)
+
+    def _deliver(self, call: Call) -> None:
+        with self.cond:
+            self.waiting -= 1
+        call.done.set()
+
+    def _serve(self, work: list[Call]) -> bool:
+        """Answer the scoring calls, admit the generations; whether a call was answered."""
+        scoring: dict[tuple[tuple[str, ...], int], list[Call]] = {}
+        for call in work:
+            if call.prompts is not None:
+                scoring.setdefault((tuple(call.candidates), call.top_k), []).append(call)
+            else:
+                assert call.params is not None
+                call.results = [None] * len(call.seqs)
+                call.left = len(call.seqs)
+                for i, (seq, p) in enumerate(zip(call.seqs, call.params, strict=True)):
+                    gen = torch.Generator().manual_seed(p.seed) if p.seed is not None else None
+                    self.backlog.append((_Row(call, i, len(seq), p, gen), seq))
+        for (cands, top_k), calls in scoring.items():
+            prompts = [p for c in calls for p in c.prompts or []]
+            try:
+                out = self.engine._logprobs_now(prompts, list(cands), top_k)
+            except Exception as exc:  # e.g. a candidate with no single token: these calls fail, not the batch
+                out = [None] * len(prompts)
+                for c in calls:
+                    c.error = exc
+            at = 0
+            for c in calls:
+                c.results, at = out[at : at + len(c.seqs)], at + len(c.seqs)
+                self._deliver(c)
+        self._admit()
+        return bool(scoring)
+
+    def _admit(self) -> None:
+        """Prefill the backlog's first rows (as many as there is room for) and merge them into the batch."""
+        from idea_mcts.engines.transformers import _chunks
+
+        live = sum(not r.done for r in self.rows)
+        room = max(self.engine.cfg.max_batch_size - live, 0)
+        take, self.backlog = self.backlog[:room], self.backlog[room:]
+        if not take:
+            return
+        self.admissions.append((self.engine.decode_steps, len(take), live))
+        # prefill as the engine's scoring does: long prompts alone and unpadded (on a CPU), the others in groups of
+        # one padded width; a group of mixed widths would pad a short response prompt to the evolver's long one
+        seqs = [s for _, s in take]
+        solo = [[i] for i, s in enumerate(seqs) if self.engine.solo_prefill(len(s))]
+        rest = [i for i, s in enumerate(seqs) if not self.engine.solo_prefill(len(s))]
+        groups = solo + [[rest[j] for j in chunk] for chunk in _chunks([seqs[i] for i in rest], len(rest) or 1)]
+        for group in groups:
+            self._merge([take[i][0] for i in group], [seqs[i] for i in group])
+        self._compact()
+
+    def _merge(self, rows: list[_Row], seqs: list[list[int]]) -> None:
+        """Prefill `seqs` and merge them into the batch. No filler rows (unlike the engine's barrier calls, see
+        `MIN_ROWS`): a batch's composition here follows the search's schedule, which is the same in every run, and
+        admissions are often of one or two short prompts, which fillers would make cost as much as four."""
+        alone = len(seqs) == 1 and self.engine.solo_prefill(len(seqs[0]))
+        logits, mask, position, cache = self.engine._prefill(seqs, padded=not alone)
+        if not self.rows:
+            self.rows, self.cache, self.mask, self.position, self.logits = rows, cache, mask, position, logits
+        else:
+            assert self.mask is not None and self.position is not None and self.logits is not None
+            width = max(self.mask.shape[1], mask.shape[1])
+            self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+            for old, new in zip(self.cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
+                old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
+            self.position = torch.cat([self.position, position])
+            self.logits = torch.cat([self.logits, logits])
+            self.rows += rows
+
+    def _step(self) -> bool:
+        """Sample one token for every row and run one forward pass; whether a call was completed (delivered)."""
+        assert self.logits is not None and self.mask is not None and self.position is not None
+        engine = self.engine
+        nxt = engine._sample(self.logits, [r.params for r in self.rows], [r.gen for r in self.rows])
+        completed = []
+        for b, row in enumerate(self.rows):
+            if row.done:
+                continue
+            tok = int(nxt[b])
+            if bool((engine.eos_ids == tok).any()):
+                row.reason, row.done = "stop", True
+            else:
+                row.tokens.append(tok)
+                row.done = len(row.tokens) >= row.params.max_new_tokens
+            if row.done:
+                row.call.results[row.index] = Generation(
+                    text=engine.tokenizer.decode(row.tokens, skip_special_tokens=True),
+                    prompt_tokens=row.prompt_tokens, completion_tokens=len(row.tokens), finish_reason=row.reason)
+                row.call.left -= 1
+                if row.call.left == 0:
+                    completed.append(row.call)
+        self.logits = None
+        keep = self._compact(nxt)
+        if keep is not None:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+            self.position = self.position + 1
+            engine.decode_steps += 1
+            out = engine.model(input_ids=keep[:, None], attention_mask=self.mask, position_ids=self.position,
+                               past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            self.logits = out.logits[:, -1, :].float()
+        for call in completed:
+            self._deliver(call)
+        return bool(completed)
+
+    def _compact(self, nxt: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Drop finished rows (finished ones ride along while fewer than `MIN_ROWS` are live) and the cache
+        columns no row attends to any more; `nxt` (this step's tokens) cut to the kept rows, None when no row is
+        live (the batch is then empty)."""
+        from idea_mcts.engines.transformers import MIN_ROWS
+
+        live = [b for b, r in enumerate(self.rows) if not r.done]
+        if not live:
+            self.rows, self.cache, self.mask, self.position, self.logits = [], None, None, None, None
+            return None
+        keep = live
+        if len(keep) < MIN_ROWS:
+            keep = sorted(keep + [b for b in range(len(self.rows)) if b not in live][: MIN_ROWS - len(keep)])
+        assert self.mask is not None and self.position is not None
+        if len(keep) < len(self.rows):
+            idx = torch.tensor(keep, device=self.mask.device)
+            self.cache.batch_select_indices(idx)
+            self.mask, self.position = self.mask[idx], self.position[idx]
+            if self.logits is not None:
+                self.logits = self.logits[idx]
+            if nxt is not None:
+                nxt = nxt[idx]
+            self.rows = [self.rows[b] for b in keep]
+        unused = int((self.mask.sum(0) == 0).long().cumprod(0).sum())  # leading columns masked in every row
+        if unused:
+            self.mask = self.mask[:, unused:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, unused:], layer.values[:, :, unused:]
+        return nxt
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    """`t` padded with zeros on the left of `dim` to `width`."""
+    short = width - t.shape[dim]
+    if not short:
+        return t
+    shape = list(t.shape)
+    shape[dim] = short
+    return torch.cat([t.new_zeros(shape), t], dim=dim)

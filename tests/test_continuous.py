@@ -1,0 +1,180 @@
+"""Continuous batching in the transformers engine (`Engine.stepped`): rows join a running decode batch, and a
+pipelined search's schedule, so its results, do not depend on the threads' timing."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+
+import pytest
+
+from idea_mcts import dispatch
+from idea_mcts.config import EngineConfig, RoleConfig
+from idea_mcts.dispatch import Dispatcher
+from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
+from idea_mcts.engines.base import STEP_HOOK
+from idea_mcts.roles import RoleClient
+from tests.search_helpers import two_seed_search
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=256))
+
+
+def chat(text):
+    return [{"role": "user", "content": text}]
+
+
+def _until(cond, what):
+    deadline = time.monotonic() + 60
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def test_a_row_admitted_mid_decode_generates_what_it_generates_alone(engine):
+    """A call that arrives while another call's rows are decoding joins that batch (its KV cache merged, left-
+    padded), and every text is what the same request gives on its own (greedy, and seeded sampling)."""
+    _join_mid_decode(engine)
+
+
+@pytest.mark.smollm2
+def test_smollm2_row_admitted_mid_decode_generates_what_it_generates_alone(smollm2_dir):
+    """The same on the real model, whose next token depends on the whole context (the tiny random model's
+    hardly does: a row attending to the wrong cache columns could still give the same text there)."""
+    _join_mid_decode(build_engine(EngineConfig(model=str(smollm2_dir), dtype="float32", max_model_len=1024,
+                                               max_batch_size=8)))
+
+
+def _join_mid_decode(engine):
+    short = GenerationRequest(chat("Say hi."), SamplingParams(2, 0.0))
+    long = GenerationRequest(chat("Write a long story about the sea and the wind."), SamplingParams(14, 0.0))
+    # the late prompt is long: on SmolLM2 (1,024-token context) it is prefilled alone and unpadded, then merged
+    late = GenerationRequest(chat("The sea is wide and blue, the wind is strong. " * 30 + "List colours, please."),
+                             SamplingParams(6, 1.0, seed=5))
+    alone = [engine.generate([r])[0] for r in (short, long, late)]
+    results: dict[str, object] = {}
+
+    def submit(name, req):
+        STEP_HOOK.set(lambda: None)  # the search's wake-up; this test resumes the engine itself
+        results[name] = engine.generate([req])[0]
+
+    threads = [threading.Thread(target=submit, args=a) for a in (("short", short), ("long", long))]
+    for t in threads:
+        t.start()
+    _until(lambda: engine.step_state() == (2, True), "both calls inside, engine paused")
+    first = len(engine.batcher.admissions)
+    engine.resume()
+    _until(lambda: "short" in results and engine.step_state() == (1, True), "the short call answered")
+    threads.append(threading.Thread(target=submit, args=("late", late)))
+    threads[-1].start()
+    _until(lambda: engine.step_state() == (2, True), "the late call inside")
+    while any(t.is_alive() for t in threads):
+        engine.resume()
+        time.sleep(0.005)
+    step, admitted, live = engine.batcher.admissions[first + 1]
+    assert admitted == 1 and live == 1  # the late row joined the long row's running batch
+    assert [results[k].text for k in ("short", "long", "late")] == [g.text for g in alone]
+    assert [results[k].finish_reason for k in ("short", "long", "late")] == [g.finish_reason for g in alone]
+
+
+def _jittered(monkeypatch, seed):
+    """Every engine call of the dispatcher starts after a random delay (its worker thread sleeps first)."""
+    real, rng, lock = dispatch._call, random.Random(seed), threading.Lock()
+
+    def call(g):
+        with lock:
+            delay = rng.random() * 0.03
+        time.sleep(delay)
+        return real(g)
+
+    monkeypatch.setattr(dispatch, "_call", call)
+
+
+def _schedule(engine, first, start):
+    return [(s - start, n, live) for s, n, live in engine.batcher.admissions[first:]]
+
+
+def test_strands_join_a_running_batch_at_the_same_steps_whatever_the_timing(engine, monkeypatch):
+    """Three strands on one engine through the dispatcher: a short generation then a second one, a long
+    generation, a judge prompt then a generation. Run twice with different random delays in the worker threads:
+    the later requests join the long row's running batch, at the same steps in both runs, with the same texts."""
+    roles = {"short": RoleConfig(max_new_tokens=2, temperature=0.0), "mid": RoleConfig(max_new_tokens=5),
+             "long": RoleConfig(max_new_tokens=16, temperature=0.0), "judge": RoleConfig()}
+    clients = {r: RoleClient(r, engine, c, 11) for r, c in roles.items()}
+
+    async def scenario():
+        d = Dispatcher()
+
+        async def quick_then_more():
+            a = await d.call(clients["short"], "generate", [(chat("Say hi."), "a")])
+            return a + await d.call(clients["mid"], "generate", [(chat("Now say more, please."), "b")])
+
+        async def long():
+            return await d.call(clients["long"], "generate", [(chat("Write a long story about the sea."), "c")])
+
+        async def judged_then_more():
+            await d.call(clients["judge"], "next_token_logprobs", [chat("Rate: 1 or 2?")], ("1", "2"), 20)
+            return await d.call(clients["mid"], "generate", [(chat("Explain the rating."), "d")])
+
+        try:
+            return await d.run_strands([quick_then_more(), long(), judged_then_more()])
+        finally:
+            d.close()
+
+    runs = []
+    for seed in (1, 2):
+        _jittered(monkeypatch, seed)
+        start, first = engine.decode_steps, len(engine.batcher.admissions) if engine.batcher else 0
+        out = asyncio.run(scenario())
+        runs.append(([g.text for gens in out for g in gens], _schedule(engine, first, start)))
+    (texts_a, schedule_a), (texts_b, schedule_b) = runs
+    assert any(live for _, _, live in schedule_a), f"no request joined a running batch: {schedule_a}"
+    assert schedule_a == schedule_b
+    assert texts_a == texts_b
+
+
+def test_search_schedule_and_trees_do_not_depend_on_thread_timing(engine, monkeypatch):
+    """The same search twice, each engine call delayed at random in its worker thread (differently each run):
+    rows are admitted at the same steps, in the same numbers, and the trees are identical."""
+    runs = []
+    for seed in (1, 2):
+        _jittered(monkeypatch, seed)
+        start, first = engine.decode_steps, len(engine.batcher.admissions) if engine.batcher else 0
+        _, trees = two_seed_search(engine)
+        runs.append(([n.to_record() for t in trees for n in t], _schedule(engine, first, start)))
+    assert runs[0][1] and runs[0] == runs[1]
+
+
+def test_a_failing_judge_call_fails_alone(engine):
+    """A judge call the engine cannot serve (a candidate that is no single token) raises in its own thread; the
+    batch goes on serving the next calls."""
+    from idea_mcts.errors import UsageError
+
+    outcome: dict[str, object] = {}
+
+    def submit(name, call):
+        STEP_HOOK.set(lambda: None)
+        try:
+            outcome[name] = call()
+        except UsageError as exc:
+            outcome[name] = exc
+
+    bad = threading.Thread(target=submit, args=("bad", lambda: engine.next_token_logprobs(
+        [chat("Rate it.")], ["no single token here"])))
+    bad.start()
+    _until(lambda: engine.step_state() == (1, True), "the bad call inside")
+    while bad.is_alive():
+        engine.resume()
+        time.sleep(0.005)
+    assert isinstance(outcome["bad"], UsageError)
+    good = threading.Thread(target=submit, args=("good", lambda: engine.generate(
+        [GenerationRequest(chat("Say hi."), SamplingParams(3, 0.0))])))
+    good.start()
+    while good.is_alive():
+        engine.resume()
+        time.sleep(0.005)
+    assert outcome["good"][0].completion_tokens >= 1
