@@ -35,7 +35,8 @@ from idea_mcts.engines import EnginePool
 from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import build_reward
-from idea_mcts.search import IdeaMCTS
+from idea_mcts.search import EvolveJob, IdeaMCTS
+from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger("bench")
 
@@ -56,6 +57,7 @@ class Recorder(Engine):
     def __post_init__(self) -> None:
         super().__init__(self.inner.model_id)
         self.concurrent = self.inner.concurrent  # vLLM's async engine: the search keeps requests in flight
+        self.stepped = self.inner.stepped  # the transformers engine's continuous batch
         self.backend = self.inner.backend
 
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
@@ -65,6 +67,12 @@ class Recorder(Engine):
         self.gen_rows.append(len(requests))
         self.generations += list(zip(requests, out, strict=True))
         return out
+
+    def step_state(self) -> tuple[int, bool]:
+        return self.inner.step_state()
+
+    def resume(self, drain: bool = False) -> None:
+        self.inner.resume(drain)
 
     def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int) -> list[TokenLogprobs]:
         t0 = time.perf_counter()
@@ -82,30 +90,57 @@ class Recorder(Engine):
 
 
 class KeyedClient(RoleClient):
-    """A role client that notes, for each generation call, every request's key (its node id) and generated tokens:
-    from them `critical_path_steps` rebuilds each tree's chain of dependent generation rounds."""
+    """A role client that notes, for each generation, its role, key (the node id) and generated tokens: with the
+    rounds `RoundsSearch` notes, `critical_path_steps` rebuilds each tree's chain of dependent generations."""
 
-    calls: list[list[tuple[str, int]]] = []
+    tokens: dict[tuple[str, str], int] = {}
 
     def generate(self, prompts: Sequence[Prompt], keys: Sequence[str]) -> list[Generation]:
         out = super().generate(prompts, keys)
-        KeyedClient.calls.append([(k, g.completion_tokens) for k, g in zip(keys, out, strict=True)])
+        for k, g in zip(keys, out, strict=True):
+            KeyedClient.tokens[(self.role, k)] = g.completion_tokens
         return out
 
 
-def critical_path_steps(calls: list[list[tuple[str, int]]]) -> tuple[int, float]:
-    """The decode steps of the longest chain of dependent generation rounds, and the mean over trees: a tree waits
-    for each of its rounds (its requests in one generation call) before its next, so no scheduler can finish it in
-    fewer steps than the sum over its rounds of the round's longest generation. Keys are node ids,
-    "<seed id>/<n>"."""
+class RoundsSearch(IdeaMCTS):
+    """The search, noting each tree's rounds of dependent work: an expansion's node ids (each child's rewrite,
+    response and scorers run in a strand of its own) and each simulation step's (rollouts advance together)."""
+
+    rounds: list[tuple[str, str, list[str]]] = []
+
+    async def expand(self, tree: Tree, leaf: Node) -> list[Node]:
+        first = tree.ids_issued
+        try:
+            return await super().expand(tree, leaf)
+        finally:
+            ids = [f"{tree.seed_id}/{i}" for i in range(first, tree.ids_issued)]
+            RoundsSearch.rounds.append((tree.seed_id, "each", ids))
+
+    async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
+        RoundsSearch.rounds.append((tree.seed_id, "together", [j.node_id for j in jobs]))
+        return await super().evolve(tree, jobs)
+
+
+def critical_path_steps(rounds: list[tuple[str, str, list[str]]], tokens: dict[tuple[str, str], int]
+                        ) -> tuple[int, float]:
+    """The decode steps of the longest chain of dependent generations, and the mean over trees: no scheduler can
+    finish a tree in fewer steps than its root's evaluation plus, round after round, the round's longest chain
+    (an expansion: the longest child's rewrite + its evaluation's generations; a simulation step: the longest
+    rewrite + the longest evaluation). A node's evaluation generates its response, then its tags if tagged."""
+    def evo(key: str) -> int:
+        return tokens.get(("evolver", key), 0)
+
+    def ev(key: str) -> int:
+        return tokens.get(("responder", key), 0) + tokens.get(("tagger", key), 0)
+
     per_tree: dict[str, int] = {}
-    for call in calls:
-        longest: dict[str, int] = {}
-        for key, tokens in call:
-            tree = key.rsplit("/", 1)[0]
-            longest[tree] = max(longest.get(tree, 0), tokens)
-        for tree, tokens in longest.items():
-            per_tree[tree] = per_tree.get(tree, 0) + tokens
+    for tree, kind, ids in rounds:
+        if tree not in per_tree:
+            per_tree[tree] = ev(f"{tree}/0")
+        if kind == "each":
+            per_tree[tree] += max((evo(i) + ev(i) for i in ids), default=0)
+        else:
+            per_tree[tree] += max(map(evo, ids), default=0) + max(map(ev, ids), default=0)
     if not per_tree:
         return 0, 0.0
     return max(per_tree.values()), sum(per_tree.values()) / len(per_tree)
@@ -179,7 +214,7 @@ def main() -> int:
         return KeyedClient(role, recorder(cfg.role_engine(role)), getattr(cfg.roles, role), cfg.search.seed)
 
     reward = build_reward(cfg, client)
-    search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
+    search = RoundsSearch(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
     engine = rec.inner
     logger.info("search: %d seeds on %s (%s)", args.seeds, engine.backend, cfg.engines[key].model)
     steps0 = getattr(engine, "decode_steps", None)  # engines that count their decode steps (transformers)
@@ -221,7 +256,7 @@ def main() -> int:
     seq_tokens = sum(engine.generate([r])[0].completion_tokens for r in sample)
     seq_s = time.perf_counter() - t0
     pool.close()
-    cp_steps, mean_chain = critical_path_steps(KeyedClient.calls)
+    cp_steps, mean_chain = critical_path_steps(RoundsSearch.rounds, KeyedClient.tokens)
 
     search_gen_tps = gen_tokens / gen_s
     flat_tps = flat_tokens / flat_gen_s
