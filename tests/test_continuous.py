@@ -178,3 +178,32 @@ def test_a_failing_judge_call_fails_alone(engine):
         engine.resume()
         time.sleep(0.005)
     assert outcome["good"][0].completion_tokens >= 1
+
+
+def test_a_row_has_the_same_bits_however_many_rows_are_admitted_with_it(engine):
+    """A resumed run's cached requests leave its batches, so a row may be admitted alone where the uninterrupted
+    run admitted it with others: its first logits and its KV cache must have the same bits either way (on a CPU a
+    prefill of 1-2 rows runs other kernels than one of 3+). (Its decode steps are not covered: their bits move with
+    the batch's width, i.e. with the left padding, see docs/method.md.)"""
+    import torch
+
+    from idea_mcts.engines.continuous import Call, ContinuousBatcher
+
+    torch.manual_seed(0)
+    vocab = engine.tokenizer.vocab_size
+    a, *others = [torch.randint(5, vocab - 1, (n,)).tolist() for n in (30, 33, 41, 70, 29, 52)]
+    greedy = SamplingParams(8, 0.0)
+
+    def admitted_with(rest):
+        batcher = ContinuousBatcher(engine)
+        with torch.inference_mode():
+            batcher._serve([Call(lambda: None, [a, *rest], params=[greedy] * (1 + len(rest)))])
+            row = next(b for b, r in enumerate(batcher.rows) if r.index == 0 and not r.done)
+            first = batcher.logits[row].clone()
+            return first, batcher.cache.layers[0].keys[row][:, -len(a):].clone()
+
+    alone = admitted_with([])
+    for rest in (others[:1], others[:2], others):
+        together = admitted_with(rest)
+        assert torch.equal(alone[0], together[0]), f"first logits differ with {len(rest)} other rows"
+        assert torch.equal(alone[1], together[1]), f"KV cache differs with {len(rest)} other rows"

@@ -153,7 +153,7 @@ class ContinuousBatcher:
     def _pause(self) -> list[Call]:
         """Wait for `resume`, then take the queue in content order."""
         with self.cond:
-            self.paused, self._go = True, False
+            self.paused = True  # `_go` is kept: a resume sent before the thread's first pause admits what is queued
             busy = bool(self.queue or self.rows or self.backlog)
             self._drain = self._drain and busy
             hook = self._hook if busy and not self._drain else None
@@ -163,7 +163,7 @@ class ContinuousBatcher:
         with self.cond:
             while not (self._go or self._drain):
                 self.cond.wait()
-            self.paused = False
+            self.paused, self._go = False, False
             work, self.queue = self.queue, []
         return sorted(work, key=Call.order)
 
@@ -210,25 +210,47 @@ class ContinuousBatcher:
         if not take:
             return
         self.admissions.append((self.engine.decode_steps, len(take), live))
-        # prefill as the engine's scoring does: long prompts alone and unpadded (on a CPU), the others in groups of
-        # one padded width; a group of mixed widths would pad a short response prompt to the evolver's long one
         seqs = [s for _, s in take]
-        solo = [[i] for i, s in enumerate(seqs) if self.engine.solo_prefill(len(s))]
-        rest = [i for i, s in enumerate(seqs) if not self.engine.solo_prefill(len(s))]
-        groups = solo + [[rest[j] for j in chunk] for chunk in _chunks([seqs[i] for i in rest], len(rest) or 1)]
+        # on a CPU every row alone and unpadded (see `_merge`); on a GPU in groups of one padded width (mixed widths
+        # would pad a short response prompt to a long evolver's)
+        cpu = self.engine.device.type == "cpu"
+        groups = [[i] for i in range(len(seqs))] if cpu else list(_chunks(seqs, len(seqs)))
         for group in groups:
             self._merge([take[i][0] for i in group], [seqs[i] for i in group])
+        self._fill()
         self._compact()
 
-    def _merge(self, rows: list[_Row], seqs: list[list[int]]) -> None:
-        """Prefill `seqs` (filler rows up to `MIN_ROWS` unless one long prompt alone, as in the engine's barrier
-        calls: a resumed run, whose cached requests leave its batches, then computes the rest with the same
-        bits) and merge them into the batch. Without fillers the demo search ran faster (bench: 0.92 vs 0.84 of
-        the flat batch), but a kill -9 / resume test then differed from the uninterrupted run in one full
-        suite: kept."""
+    def _fill(self) -> None:
+        """Give the batch at least `MIN_ROWS` rows: copies of its first row's cache, riding along as finished rows
+        (a decode step's kernels, hence a row's last bits, differ between 1-2 rows and more)."""
         from idea_mcts.engines.transformers import MIN_ROWS
 
-        alone = len(seqs) == 1 and self.engine.solo_prefill(len(seqs[0]))
+        short = MIN_ROWS - len(self.rows)
+        if short <= 0:
+            return
+        assert self.mask is not None and self.position is not None and self.logits is not None
+        idx = torch.tensor(list(range(len(self.rows))) + [0] * short, device=self.mask.device)
+        self.cache.batch_select_indices(idx)
+        self.mask, self.position, self.logits = self.mask[idx], self.position[idx], self.logits[idx]
+        self.rows += [_Row(self.rows[0].call, 0, 0, SamplingParams(temperature=0.0), None, done=True)] * short
+
+    def _merge(self, rows: list[_Row], seqs: list[list[int]]) -> None:
+        """Prefill `seqs` and merge them into the batch (left-padded to one width).
+
+        On a CPU each admitted row is prefilled alone and unpadded, so its KV cache and first logits have the same
+        bits whatever else is admitted with it: a resumed run, whose cached requests leave its batches, admits
+        fewer rows at a time and must still compute the rest as the uninterrupted run did. In a batch they would
+        not: a row's first logits differ in the last bits between batches of 1-2 rows and of 3+ (the final
+        projection's kernels change with the rows; tests/test_continuous.py), and SmolLM2's KV cache between 1
+        row and 4 (measured at 40-230 tokens). Filler rows up to `MIN_ROWS` fixed that at a cost; alone costs
+        what batches without fillers cost (bench/admission_prefill.py, a 20-seed demo search's 67 admissions:
+        45 s alone, 45 s by padded width, 56 s with fillers). On a GPU, groups of one padded width, with filler
+        rows as in the engine's barrier calls. A row's decode steps still depend on the batch's width
+        (docs/method.md)."""
+        from idea_mcts.engines.transformers import MIN_ROWS
+
+        alone = self.engine.device.type == "cpu"
+        assert not alone or len(seqs) == 1
         fillers = 0 if alone else max(0, MIN_ROWS - len(seqs))
         logits, mask, position, cache = self.engine._prefill(seqs + [seqs[0]] * fillers, padded=not alone)
         # fillers ride along as finished rows (never sampled into a result) until the batch has enough live ones
