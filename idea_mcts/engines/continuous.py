@@ -243,10 +243,10 @@ class ContinuousBatcher:
         not: a row's first logits differ in the last bits between batches of 1-2 rows and of 3+ (the final
         projection's kernels change with the rows; tests/test_continuous.py), and SmolLM2's KV cache between 1
         row and 4 (measured at 40-230 tokens). Filler rows up to `MIN_ROWS` fixed that at a cost; alone costs
-        what batches without fillers cost (bench/admission_prefill.py, a 20-seed demo search's 67 admissions:
-        45 s alone, 45 s by padded width, 56 s with fillers). On a GPU, groups of one padded width, with filler
-        rows as in the engine's barrier calls. A row's decode steps still depend on the batch's width
-        (docs/method.md)."""
+        about what batches without fillers cost (bench/admission_prefill.py, a 20-seed demo search's 67
+        admissions: 57 s alone, 55 s by padded width, 65 s with fillers). On a GPU, groups of one padded width,
+        with filler rows as in the engine's barrier calls. A row's decode steps still depend on the batch's
+        width (docs/method.md)."""
         from idea_mcts.engines.transformers import MIN_ROWS
 
         alone = self.engine.device.type == "cpu"
