@@ -17,6 +17,7 @@ import json
 import logging
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -90,10 +91,10 @@ def main() -> int:
         "seconds": {k: round(v / args.repeats, 2) for k, v in seconds.items()},
         "ratio_to_alone": {k: round(v / seconds["alone"], 3) for k, v in seconds.items()},
     }
-    print(json.dumps(figures, indent=2))
+    text = json.dumps(figures, indent=2)
+    print(text)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+        Path(args.json).write_text(text + "\n")
     return 0
 
 
