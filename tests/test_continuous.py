@@ -207,3 +207,30 @@ def test_a_row_has_the_same_bits_however_many_rows_are_admitted_with_it(engine):
         together = admitted_with(rest)
         assert torch.equal(alone[0], together[0]), f"first logits differ with {len(rest)} other rows"
         assert torch.equal(alone[1], together[1]), f"KV cache differs with {len(rest)} other rows"
+
+
+def test_a_resume_sent_before_the_scheduler_first_pauses_is_kept(tiny_model_dir, monkeypatch):
+    """The dispatcher may resume the engine (every strand waits, the call is inside) before the scheduler thread
+    has reached its first pause: that resume admits the call instead of being lost (the call then hung)."""
+    from idea_mcts.engines.continuous import ContinuousBatcher
+
+    real = ContinuousBatcher._run
+
+    def late_start(self):
+        time.sleep(0.3)
+        real(self)
+
+    monkeypatch.setattr(ContinuousBatcher, "_run", late_start)
+    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=256))
+    results = {}
+
+    def submit():
+        STEP_HOOK.set(lambda: None)
+        results["hi"] = engine.generate([GenerationRequest(chat("Say hi."), SamplingParams(3, 0.0))])[0]
+
+    thread = threading.Thread(target=submit, daemon=True)
+    thread.start()
+    _until(lambda: engine.step_state() == (1, True), "the call inside")
+    engine.resume()  # once, as the dispatcher does when its barrier holds
+    thread.join(timeout=30)
+    assert "hi" in results, "the resume was lost: the call was never admitted"
