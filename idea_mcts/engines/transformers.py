@@ -32,6 +32,7 @@ from idea_mcts.engines.base import (
     is_continuation,
 )
 from idea_mcts.engines.continuous import Call, ContinuousBatcher
+from idea_mcts.engines.cpu_decode import roomy_cache, share_kv_heads
 from idea_mcts.errors import UsageError
 from idea_mcts.models import resolve_model
 
@@ -129,6 +130,8 @@ class TransformersEngine(Engine):
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
         self.device = _device(cfg.device)
         self.tokenizer, self.model = _load(cfg, AutoModelForCausalLM, "model", dtype=DTYPES[cfg.dtype])
+        if self.device.type == "cpu":
+            share_kv_heads(self.model)
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         eos_ids.add(self.tokenizer.eos_token_id)
@@ -164,15 +167,13 @@ class TransformersEngine(Engine):
 
     def _prefill(self, seqs: list[list[int]], padded: bool = True):  # noqa: ANN202
         """Logits of the next token, attention mask, last positions and KV cache of `seqs`, left-padded to their
-        bucket (`padded` off: one prompt as it is)."""
-        from transformers import DynamicCache
-
+        bucket (`padded` off: one prompt as it is). The cache grows in place as the batch decodes (`roomy_cache`)."""
         width = _bucket(max(len(s) for s in seqs)) if padded else len(seqs[0])
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
+        cache = roomy_cache()
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), mask, positions[:, -1:], cache
