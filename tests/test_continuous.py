@@ -234,3 +234,29 @@ def test_a_resume_sent_before_the_scheduler_first_pauses_is_kept(tiny_model_dir,
     engine.resume()  # once, as the dispatcher does when its barrier holds
     thread.join(timeout=30)
     assert "hi" in results, "the resume was lost: the call was never admitted"
+
+
+def test_a_search_whose_batcher_fails_ends_with_the_error(tiny_model_dir, monkeypatch):
+    """When the scheduler thread fails (here: sampling raises), every call inside gets the error and the search
+    ends with it. The dispatcher hands answers out only once the engine is paused: a failed batcher that still
+    said "running" held them back forever (the search hung)."""
+    from idea_mcts.engines.transformers import TransformersEngine
+
+    def broken_sampler(*args, **kwargs):
+        raise RuntimeError("sampler broke")
+
+    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=256))
+    monkeypatch.setattr(TransformersEngine, "_sample", staticmethod(broken_sampler))
+    outcome: dict[str, BaseException] = {}
+
+    def search():
+        try:
+            two_seed_search(engine)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at whatever ends the search
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=search, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the search hung after its engine's batcher failed"
+    assert "sampler broke" in str(outcome.get("error"))

@@ -142,6 +142,7 @@ class ContinuousBatcher:
             logger.exception("continuous batcher failed")
             with self.cond:
                 self._failed = exc
+                self.paused = True  # for good: the dispatcher hands out answers (these errors) only to a paused engine
                 calls = {id(c): c for c in self.queue}
                 calls.update({id(r.call): r.call for r in self.rows})
                 calls.update({id(r.call): r.call for r, _ in self.backlog})
