@@ -74,6 +74,17 @@ class _Row:
     reason: str = "length"
 
 
+@dataclass
+class _Batch:
+    """Prefilled rows waiting to join the decode batch (`ContinuousBatcher._prefilled`)."""
+
+    rows: list[_Row]
+    logits: torch.Tensor
+    mask: torch.Tensor
+    position: torch.Tensor
+    cache: Any
+
+
 class ContinuousBatcher:
     """The scheduler thread of a `TransformersEngine` in a pipelined search (see the module docstring)."""
 
@@ -212,12 +223,11 @@ class ContinuousBatcher:
             return
         self.admissions.append((self.engine.decode_steps, len(take), live))
         seqs = [s for _, s in take]
-        # on a CPU every row alone and unpadded (see `_merge`); on a GPU in groups of one padded width (mixed widths
-        # would pad a short response prompt to a long evolver's)
+        # on a CPU every row alone and unpadded (see `_prefilled`); on a GPU in groups of one padded width (mixed
+        # widths would pad a short response prompt to a long evolver's)
         cpu = self.engine.device.type == "cpu"
         groups = [[i] for i in range(len(seqs))] if cpu else list(_chunks(seqs, len(seqs)))
-        for group in groups:
-            self._merge([take[i][0] for i in group], [seqs[i] for i in group])
+        self._merge([self._prefilled([take[i][0] for i in group], [seqs[i] for i in group]) for group in groups])
         self._fill()
         self._compact()
 
@@ -235,8 +245,8 @@ class ContinuousBatcher:
         self.mask, self.position, self.logits = self.mask[idx], self.position[idx], self.logits[idx]
         self.rows += [_Row(self.rows[0].call, 0, 0, SamplingParams(temperature=0.0), None, done=True)] * short
 
-    def _merge(self, rows: list[_Row], seqs: list[list[int]]) -> None:
-        """Prefill `seqs` and merge them into the batch (left-padded to one width).
+    def _prefilled(self, rows: list[_Row], seqs: list[list[int]]) -> _Batch:
+        """`seqs` prefilled: their rows (with filler rows), next-token logits, attention mask, positions, KV cache.
 
         On a CPU each admitted row is prefilled alone and unpadded, so its KV cache and first logits have the same
         bits whatever else is admitted with it: a resumed run, whose cached requests leave its batches, admits
@@ -256,18 +266,29 @@ class ContinuousBatcher:
         logits, mask, position, cache = self.engine._prefill(seqs + [seqs[0]] * fillers, padded=not alone)
         # fillers ride along as finished rows (never sampled into a result) until the batch has enough live ones
         rows = rows + [_Row(rows[0].call, 0, 0, SamplingParams(temperature=0.0), None, done=True)] * fillers
+        return _Batch(rows, logits, mask, position, cache)
+
+    def _merge(self, parts: list[_Batch]) -> None:
+        """Join the prefilled `parts` to the decode batch, left-padded to one width, in one copy of the cache
+        (a copy per admitted row cost a 20-seed demo search ~11 s of its ~240)."""
         if not self.rows:
-            self.rows, self.cache, self.mask, self.position, self.logits = rows, cache, mask, position, logits
-        else:
-            assert self.mask is not None and self.position is not None and self.logits is not None
-            width = max(self.mask.shape[1], mask.shape[1])
-            self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
-            for old, new in zip(self.cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)])
-                old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)])
-            self.position = torch.cat([self.position, position])
-            self.logits = torch.cat([self.logits, logits])
-            self.rows += rows
+            first, parts = parts[0], parts[1:]
+            self.rows, self.logits, self.mask = first.rows, first.logits, first.mask
+            self.position, self.cache = first.position, first.cache
+            if not parts:
+                return
+        assert self.mask is not None and self.position is not None and self.logits is not None
+        masks = [self.mask, *(p.mask for p in parts)]
+        width = max(m.shape[1] for m in masks)
+        self.mask = torch.cat([_left_pad(m, width, 1) for m in masks])
+        for i, layer in enumerate(self.cache.layers):
+            layer.keys = torch.cat([_left_pad(layer.keys, width, 2),
+                                    *(_left_pad(p.cache.layers[i].keys, width, 2) for p in parts)])
+            layer.values = torch.cat([_left_pad(layer.values, width, 2),
+                                      *(_left_pad(p.cache.layers[i].values, width, 2) for p in parts)])
+        self.position = torch.cat([self.position, *(p.position for p in parts)])
+        self.logits = torch.cat([self.logits, *(p.logits for p in parts)])
+        self.rows += [r for p in parts for r in p.rows]
 
     def _step(self) -> bool:
         """Sample one token for every row and run one forward pass; whether a call was completed (delivered)."""
