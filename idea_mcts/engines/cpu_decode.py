@@ -3,7 +3,7 @@ that grows in place.
 
 Profiled on SmolLM2-135M (2 cores, 64 rows, a 448-token cache), 77 % of a decode step was copying memory, not
 computing: transformers' `sdpa` attention copies every layer's keys and values to the query heads' count
-(`repeat_kv`, 3 -> 9 heads: PyTorch's SDPA shares grouped heads only without a mask on a CPU or CUDA), and its
+(`repeat_kv`, 3 -> 9 heads: transformers lets SDPA share grouped heads only when there is no mask), and its
 `DynamicLayer` appends a step's token by concatenating the whole cache (`torch.cat`). The matmuls of the model were
 6.5 % of the step. Both copies grow with rows x cache width, so the continuous batch, whose cache is as wide as its
 longest row, paid them most. The two replacements below give the same bits as `sdpa` + `DynamicLayer`
