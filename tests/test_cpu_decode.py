@@ -91,3 +91,21 @@ def test_the_cpu_engine_shares_kv_heads_and_grows_its_cache_in_place(tiny_model_
     assert engine.model.config._attn_implementation == GQA_SDPA
     *_, cache = engine._prefill([[5, 6, 7], [8, 9]])
     assert all(isinstance(layer, RoomyLayer) for layer in cache.layers)
+
+
+def test_a_position_bias_goes_to_the_stock_attention():
+    """What the shared-heads attention does not implement (an additive position bias) is computed by
+    transformers' own `sdpa`, not dropped."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from idea_mcts.engines.cpu_decode import gqa_sdpa_attention
+
+    g = torch.Generator().manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups, module.is_causal = 2, True
+    q, k, v = (torch.randn(2, h, 5, 8, generator=g) for h in (4, 2, 2))
+    bias = torch.randn(1, 4, 5, 5, generator=g)
+    want, _ = sdpa_attention_forward(module, q, k, v, None, position_bias=bias)
+    got, _ = gqa_sdpa_attention(module, q, k, v, None, position_bias=bias)
+    without, _ = gqa_sdpa_attention(module, q, k, v, None)
+    assert torch.equal(got, want) and not torch.equal(got, without)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
 
 GQA_SDPA = "idea_mcts_gqa_sdpa"
@@ -28,7 +29,11 @@ def gqa_sdpa_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.
                        is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' `sdpa` attention, with grouped key/value heads shared by SDPA (`enable_gqa`) instead of
     copied to every query head first. On a CPU SDPA takes grouped heads with a mask; on CUDA a mask would send
-    `enable_gqa` to the math kernel, so `TransformersEngine` uses this only on a CPU."""
+    `enable_gqa` to the math kernel, so `TransformersEngine` uses this only on a CPU. What this does not cover (a
+    position bias, transformers' paged cache) goes to transformers' own `sdpa`."""
+    if kwargs.get("position_bias") is not None or kwargs.get("cache") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     out = torch.nn.functional.scaled_dot_product_attention(
         query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling,
