@@ -260,3 +260,25 @@ def test_a_search_whose_batcher_fails_ends_with_the_error(tiny_model_dir, monkey
     thread.join(timeout=60)
     assert not thread.is_alive(), "the search hung after its engine's batcher failed"
     assert "sampler broke" in str(outcome.get("error"))
+
+
+def test_a_search_ends_when_the_batcher_pauses_after_the_dispatcher_looked(tiny_model_dir, monkeypatch):
+    """The last answer's thread can reach the dispatcher before the scheduler thread has paused again; the
+    dispatcher then finds the engine running and holds the answer. The scheduler's pause must wake it even with
+    nothing left inside (it hung: `tests/test_resume.py`'s kill-late run, once in a full suite)."""
+    from idea_mcts.engines.continuous import ContinuousBatcher
+
+    real = ContinuousBatcher._pause
+
+    def late_pause(self):
+        time.sleep(0.05)  # the dispatcher looks first
+        return real(self)
+
+    monkeypatch.setattr(ContinuousBatcher, "_pause", late_pause)
+    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=256))
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.setdefault("trees", two_seed_search(engine)[1]), daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the search hung: an answer held for a pause the dispatcher never heard of"
+    assert len(outcome["trees"]) == 2

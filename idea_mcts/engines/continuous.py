@@ -98,6 +98,8 @@ class ContinuousBatcher:
         self._go = False
         self._drain = False
         self._hook: Callable[[], None] | None = None
+        self._delivered = False
+        """A call was answered since the last pause: the dispatcher must hear of the pause (see `_pause`)."""
         self._failed: BaseException | None = None
         self._thread: threading.Thread | None = None
         self.admissions: list[tuple[int, int, int]] = []
@@ -168,7 +170,10 @@ class ContinuousBatcher:
             self.paused = True  # `_go` is kept: a resume sent before the thread's first pause admits what is queued
             busy = bool(self.queue or self.rows or self.backlog)
             self._drain = self._drain and busy
-            hook = self._hook if busy and not self._drain else None
+            # after answering a call, wake the dispatcher even with nothing left inside: it hands the answers out
+            # only to a paused engine, and may have looked (and found it running) before this pause
+            delivered, self._delivered = self._delivered, False
+            hook = self._hook if (busy or delivered) and not self._drain else None
         if hook is not None:
             with contextlib.suppress(RuntimeError):  # the search that sent the work is gone
                 hook()
@@ -182,6 +187,7 @@ class ContinuousBatcher:
     def _deliver(self, call: Call) -> None:
         with self.cond:
             self.waiting -= 1
+            self._delivered = True
         call.done.set()
 
     def _serve(self, work: list[Call]) -> bool:
