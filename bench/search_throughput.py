@@ -71,8 +71,11 @@ class Recorder(Engine):
     def step_state(self) -> tuple[int, bool]:
         return self.inner.step_state()
 
-    def resume(self, drain: bool = False) -> None:
-        self.inner.resume(drain)
+    def resume(self) -> None:
+        self.inner.resume()
+
+    def cancel(self, on: bool = True) -> None:
+        self.inner.cancel(on)
 
     def _next_token_logprobs(self, prompts: list[Prompt], candidates: list[str], top_k: int) -> list[TokenLogprobs]:
         t0 = time.perf_counter()

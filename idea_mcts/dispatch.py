@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -98,6 +98,10 @@ class Dispatcher:
         self._step_pool = ThreadPoolExecutor(max_workers=STEPPED_THREADS, thread_name_prefix="stepped")
         """A thread per call in flight on a stepped engine: the engine resumes only when every call sent to it is
         inside it, so a call must never wait for a free thread (a capped pool could deadlock)."""
+        self._step_jobs: list[Future[None]] = []
+        """The threads of calls sent to stepped engines, the ended ones pruned at each send (`close` waits for
+        the others)."""
+        self._closed = False
 
     # -- strands ---------------------------------------------------------------------------------------
     async def run_strands(self, coros: Sequence[Awaitable[T]]) -> list[T]:
@@ -185,8 +189,22 @@ class Dispatcher:
         return await self.wait([self.submit(client, method, item, *args) for item in items])
 
     def close(self) -> None:
-        for engine in self.stepped.values():  # calls still inside (a strand failed): served, so threads end
-            engine.resume(drain=True)
+        """End the search's engine work (idempotent). Calls still inside a stepped engine (a strand failed, or
+        Ctrl-C/SIGTERM stopped the search) are dropped, as are those of a thread that reaches the engine only
+        now: nothing the stopped search did not see is cached, so a resume redoes what an uninterrupted run
+        would. When this returns no worker thread is left, and the caller may close what they write to (the
+        request cache's SQLite index: closed under a live thread, it crashed the process)."""
+        if self._closed:
+            return
+        self._closed = True
+        if [job for job in self._step_jobs if not job.done()]:
+            for engine in self.stepped.values():
+                engine.cancel()
+            try:
+                wait(self._step_jobs)
+            finally:
+                for engine in self.stepped.values():
+                    engine.cancel(False)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._step_pool.shutdown(wait=True, cancel_futures=True)
 
@@ -288,7 +306,11 @@ class Dispatcher:
             else:
                 self.loop.call_soon_threadsafe(self._finish, done, engine_id, engine_id is None)
 
-        (self._step_pool if stepped else self._pool).submit(work)
+        if not stepped:
+            self._pool.submit(work)
+            return
+        self._step_jobs = [job for job in self._step_jobs if not job.done()]
+        self._step_jobs.append(self._step_pool.submit(work))
 
     def _returned(self, engine_id: int, order: int,
                   done: list[tuple[_Group, list[Any] | None, BaseException | None]]) -> None:

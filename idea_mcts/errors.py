@@ -7,6 +7,11 @@ class UsageError(Exception):
     """Bad input from the user (config, seed file, paths, model names): one line, exit code 2."""
 
 
+class SearchStopped(RuntimeError):
+    """A call dropped from a `stepped` engine because the search that sent it has stopped (Ctrl-C, SIGTERM, a
+    failure): its work is not cached, and a resume sends it again."""
+
+
 class EngineError(RuntimeError):
     """An engine cannot serve requests (server unreachable after retries, model failed to load): one line,
     exit code 1; the run's completed work stays on disk."""

@@ -95,7 +95,11 @@ class IdeaMCTS:
     def run(self, seeds: Sequence[Seed]) -> list[Tree]:
         """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off)."""
         t0 = time.perf_counter()
-        trees = asyncio.run(self._run(seeds))
+        try:
+            trees = asyncio.run(self._run(seeds))
+        finally:  # an interrupt can leave `_run` unfinished: asyncio re-raises a KeyboardInterrupt from the tasks
+            if self.dispatcher is not None:  # it cancels, so `_run`'s own `finally` may not have closed it
+                self.dispatcher.close()
         self.seconds = time.perf_counter() - t0
         if self.stopped:
             logger.warning("stopped early: the next requests would exceed max_calls=%s", self.max_calls)

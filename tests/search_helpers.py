@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from idea_mcts.actions import GENERAL
 from idea_mcts.config import RewardConfig, RoleConfig, SearchConfig
 from idea_mcts.data import Seed
@@ -14,7 +16,8 @@ from idea_mcts.tree import Tree
 SEEDS = [Seed("s0", "Give three tips for staying healthy."), Seed("s1", "Explain why the sky is blue.")]
 
 
-def two_seed_search(engine: Engine) -> tuple[IdeaMCTS, list[Tree]]:
+def two_seed_search(engine: Engine, **kwargs: Any) -> tuple[IdeaMCTS, list[Tree]]:
+    """`kwargs` go to `IdeaMCTS` (e.g. `on_nodes`)."""
     cfg = SearchConfig(iterations=1, expand_width=2, max_depth=1, seed=3)
     roles = {"evolver": RoleConfig(max_new_tokens=32), "responder": RoleConfig(max_new_tokens=32),
              "quality": RoleConfig(max_new_tokens=1, temperature=0.0),
@@ -23,7 +26,7 @@ def two_seed_search(engine: Engine) -> tuple[IdeaMCTS, list[Tree]]:
     clients = {r: RoleClient(r, engine, c, cfg.seed) for r, c in roles.items()}
     reward = Reward(RewardConfig(), quality=clients["quality"], complexity=clients["complexity"],
                     tagger=clients["tagger"])
-    search = IdeaMCTS(cfg, GENERAL, clients["evolver"], clients["responder"], reward)
+    search = IdeaMCTS(cfg, GENERAL, clients["evolver"], clients["responder"], reward, **kwargs)
     return search, search.run(SEEDS)
 
 

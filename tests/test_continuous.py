@@ -282,3 +282,54 @@ def test_a_search_ends_when_the_batcher_pauses_after_the_dispatcher_looked(tiny_
     thread.join(timeout=120)
     assert not thread.is_alive(), "the search hung: an answer held for a pause the dispatcher never heard of"
     assert len(outcome["trees"]) == 2
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
+def test_a_stopped_search_returns_only_once_no_call_is_left_running(engine, monkeypatch, error):
+    """The node log fails: Ctrl-C or SIGTERM in it (as `idea-mcts evolve` gets them), or a full disk. asyncio
+    re-raises a KeyboardInterrupt from the tasks it cancels, so the search's own clean-up did not run and engine
+    calls went on in their threads after `run` had raised; the caller then closed the request cache's SQLite index
+    under them and the process crashed (CI: a segfault in `tests/test_resume.py`'s SIGTERM test). Calls still on
+    their way into the engine when it stops must end too (not wait for a search that is gone)."""
+    lock, running, entered = threading.Lock(), [0], [0]
+
+    def counted(method):
+        def call(*args, **kwargs):
+            with lock:
+                running[0] += 1
+                entered[0] += 1
+                late = 0.1 + 0.15 * running[0]
+            try:
+                time.sleep(late)  # calls are still on their way in when the search stops, one after the other
+                return method(*args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+        return call
+
+    monkeypatch.setattr(engine, "generate", counted(engine.generate))
+    monkeypatch.setattr(engine, "next_token_logprobs", counted(engine.next_token_logprobs))
+
+    def fail(nodes):
+        raise error("stopped")
+
+    outcome: dict[str, BaseException] = {}
+
+    def search():
+        try:
+            two_seed_search(engine, on_nodes=fail)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at whatever ends the search
+            outcome["error"] = exc
+        with lock:
+            outcome["left"], outcome["seen"] = running[0], entered[0]
+
+    thread = threading.Thread(target=search, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the stopped search hung"
+    assert isinstance(outcome["error"], error)
+    assert outcome["left"] == 0, f"{outcome['left']} engine calls still running after the stopped search returned"
+    time.sleep(0.5)
+    assert entered[0] == outcome["seen"], "engine calls began after the stopped search returned"
+    monkeypatch.undo()
+    assert len(two_seed_search(engine)[1]) == 2  # the engine serves the next search

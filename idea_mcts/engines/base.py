@@ -211,9 +211,12 @@ class Engine:
         """A `stepped` engine's (calls waiting inside it, whether it is paused for the search)."""
         return 0, True
 
-    def resume(self, drain: bool = False) -> None:  # noqa: B027 - optional hook
-        """A `stepped` engine: every strand waits; admit what has come and go on decoding. `drain`: the search
-        has ended (or failed): serve every call still inside without waiting for it any more."""
+    def resume(self) -> None:  # noqa: B027 - optional hook
+        """A `stepped` engine: every strand waits; admit what has come and go on decoding."""
+
+    def cancel(self, on: bool = True) -> None:  # noqa: B027 - optional hook
+        """A `stepped` engine: the search has stopped; every call inside, and every call that comes until
+        `cancel(False)`, fails at once with `SearchStopped` (its work is dropped: a resume redoes it)."""
 
     # -- to implement --------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:

@@ -109,9 +109,13 @@ class CachedEngine(Engine):
     def step_state(self) -> tuple[int, bool]:
         return self._inner.step_state() if self._inner is not None else (0, True)
 
-    def resume(self, drain: bool = False) -> None:
+    def resume(self) -> None:
         if self._inner is not None:
-            self._inner.resume(drain)
+            self._inner.resume()
+
+    def cancel(self, on: bool = True) -> None:
+        if self._inner is not None:
+            self._inner.cancel(on)
 
     def _through(self, kind: str, payloads: list[dict[str, Any]], call: Callable[[list[int]], Sequence[Any]],
                  encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> list[Any]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from idea_mcts.engines.base import Generation, Prompt, SamplingParams
+from idea_mcts.errors import SearchStopped
 
 if TYPE_CHECKING:
     from idea_mcts.engines.transformers import TransformersEngine
@@ -96,7 +97,8 @@ class ContinuousBatcher:
         """Calls inside the batcher, not yet answered."""
         self.paused = True
         self._go = False
-        self._drain = False
+        self._cancelled = False
+        """The search has stopped (`cancel`): calls fail with `SearchStopped` instead of being served."""
         self._hook: Callable[[], None] | None = None
         self._delivered = False
         """A call was answered since the last pause: the dispatcher must hear of the pause (see `_pause`)."""
@@ -118,6 +120,8 @@ class ContinuousBatcher:
         with self.cond:
             if self._failed is not None:
                 raise self._failed
+            if self._cancelled:
+                raise SearchStopped("the search stopped before this call reached the engine")
             self.queue.append(call)
             self.waiting += 1
             self._hook = call.hook
@@ -134,14 +138,18 @@ class ContinuousBatcher:
         with self.cond:
             return self.waiting, self.paused
 
-    def resume(self, drain: bool = False) -> None:
-        """Admit what has come (the search: every strand waits); `drain`: from now on until nothing is left
-        inside, do not pause for the search (it has ended)."""
+    def resume(self) -> None:
+        """Admit what has come (the search: every strand waits)."""
         with self.cond:
-            self._drain = self._drain or drain
             if self.paused:
                 self._go = True
                 self.cond.notify_all()
+
+    def cancel(self, on: bool = True) -> None:
+        """The search has stopped: fail every call inside, and every call that comes until `cancel(False)`."""
+        with self.cond:
+            self._cancelled = on
+            self.cond.notify_all()
 
     # -- the scheduler thread ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -149,39 +157,49 @@ class ContinuousBatcher:
             with torch.inference_mode():
                 while True:
                     delivered = self._serve(self._pause())
-                    while self.rows and not delivered:
+                    while self.rows and not delivered and not self._cancelled:
                         delivered = self._step()
         except BaseException as exc:  # handed to every waiting call, raised in its thread
             logger.exception("continuous batcher failed")
             with self.cond:
                 self._failed = exc
                 self.paused = True  # for good: the dispatcher hands out answers (these errors) only to a paused engine
-                calls = {id(c): c for c in self.queue}
-                calls.update({id(r.call): r.call for r in self.rows})
-                calls.update({id(r.call): r.call for r, _ in self.backlog})
-                self.queue, self.rows, self.backlog, self.waiting = [], [], [], 0
-            for c in calls.values():
-                c.error = exc
-                c.done.set()
+            self._fail_all(exc)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        """Every call inside gets `exc`; the decode batch is emptied."""
+        with self.cond:
+            calls = {id(c): c for c in self.queue}
+            calls.update({id(r.call): r.call for r in self.rows})
+            calls.update({id(r.call): r.call for r, _ in self.backlog})
+            self.queue, self.rows, self.backlog, self.waiting = [], [], [], 0
+            self.cache = self.mask = self.position = self.logits = None
+        for c in calls.values():
+            c.error = exc
+            c.done.set()
 
     def _pause(self) -> list[Call]:
         """Wait for `resume`, then take the queue in content order."""
         with self.cond:
             self.paused = True  # `_go` is kept: a resume sent before the thread's first pause admits what is queued
             busy = bool(self.queue or self.rows or self.backlog)
-            self._drain = self._drain and busy
             # after answering a call, wake the dispatcher even with nothing left inside: it hands the answers out
             # only to a paused engine, and may have looked (and found it running) before this pause
             delivered, self._delivered = self._delivered, False
-            hook = self._hook if (busy or delivered) and not self._drain else None
+            hook = self._hook if (busy or delivered) and not self._cancelled else None
         if hook is not None:
             with contextlib.suppress(RuntimeError):  # the search that sent the work is gone
                 hook()
         with self.cond:
-            while not (self._go or self._drain):
+            while not (self._go or self._cancelled and (self.queue or self.rows or self.backlog)):
                 self.cond.wait()
-            self.paused, self._go = False, False
-            work, self.queue = self.queue, []
+            if self._cancelled:
+                work = []
+            else:
+                self.paused, self._go = False, False
+                work, self.queue = self.queue, []
+        if self._cancelled:
+            self._fail_all(SearchStopped("the search stopped: this call's work was dropped"))
         return sorted(work, key=Call.order)
 
     def _deliver(self, call: Call) -> None:

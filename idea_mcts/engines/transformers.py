@@ -191,9 +191,13 @@ class TransformersEngine(Engine):
     def step_state(self) -> tuple[int, bool]:
         return self.batcher.state() if self.batcher is not None else (0, True)
 
-    def resume(self, drain: bool = False) -> None:
+    def resume(self) -> None:
         if self.batcher is not None:
-            self.batcher.resume(drain)
+            self.batcher.resume()
+
+    def cancel(self, on: bool = True) -> None:
+        if self.batcher is not None:
+            self.batcher.cancel(on)
 
     # -- generation ------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
