@@ -4,7 +4,10 @@ Runs `idea-mcts evolve` in process on `--config` (a transformers engine) with th
 judge prompts (`TransformersEngine._logprobs_now`), prefill of admitted generation rows (`_prefill`, which the
 continuous batch calls per row on a CPU; judge prompts under `SOLO_PREFILL_TOKENS` go through it too, inside
 `_logprobs_now`), joining them to the decode batch's cache (`ContinuousBatcher._merge`), decode
-steps (`_step`), dropping finished rows and unused columns (`_compact`). Prints calls and seconds per part.
+steps (`_step`), dropping finished rows and unused columns (`_compact`), everything between decode steps
+(`_serve`: judge prompts and admissions); and the embedding engine's calls (`EmbeddingEngine._embed`, the
+novelty term's MiniLM), which run in another thread, with the seconds during which they overlapped the engine
+thread's work (two torch computations then share the CPU's cores). Prints calls and seconds per part.
 
     python bench/engine_parts.py --config configs/demo-transformers.yaml --seeds 20
     python bench/engine_parts.py --seeds 60 data.seeds=../shared/data/seeds/self_instruct_seed_tasks.jsonl
@@ -30,18 +33,24 @@ logger = logging.getLogger("bench.engine_parts")
 
 PARTS = [(tf_engine.TransformersEngine, "_logprobs_now"), (tf_engine.TransformersEngine, "_prefill"),
          (continuous.ContinuousBatcher, "_merge"), (continuous.ContinuousBatcher, "_step"),
-         (continuous.ContinuousBatcher, "_compact")]
+         (continuous.ContinuousBatcher, "_compact"), (continuous.ContinuousBatcher, "_serve"),
+         (tf_engine.EmbeddingEngine, "_embed")]
+ENGINE_THREAD = ("_serve", "_step")
+"""The engine thread's work, in spans that do not nest: `_serve` (judge prompts, admissions: prefill, join,
+compaction) and `_step` (a decode step, its compaction), for the overlap with the embedder."""
 
 
-def timed(seconds: collections.Counter, calls: collections.Counter, name: str, real: Callable[..., Any]
-          ) -> Callable[..., Any]:
+def timed(seconds: collections.Counter, calls: collections.Counter, spans: dict[str, list[tuple[float, float]]],
+          name: str, real: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
             return real(*args, **kwargs)
         finally:
-            seconds[name] += time.perf_counter() - start
+            end = time.perf_counter()
+            seconds[name] += end - start
             calls[name] += 1
+            spans.setdefault(name, []).append((start, end))
 
     return wrapper
 
@@ -57,9 +66,10 @@ def main() -> int:
 
     seconds: collections.Counter = collections.Counter()
     calls: collections.Counter = collections.Counter()
+    spans: dict[str, list[tuple[float, float]]] = {}
     originals = [(cls, name, getattr(cls, name)) for cls, name in PARTS]
     for cls, name, real in originals:
-        setattr(cls, name, timed(seconds, calls, name, real))
+        setattr(cls, name, timed(seconds, calls, spans, name, real))
     start = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory() as out:
@@ -73,11 +83,20 @@ def main() -> int:
     figures = {"config": args.config, "seeds": args.seeds, "overrides": args.overrides,
                "wall_s": round(time.perf_counter() - start, 1),
                "parts": {name: {"calls": calls[name], "seconds": round(seconds[name], 1)} for _, name in PARTS}}
+    engine_spans = [sp for name in ENGINE_THREAD for sp in spans.get(name, [])]
+    figures["embed_overlap_s"] = round(overlap(spans.get("_embed", []), engine_spans), 1)
     for name, part in figures["parts"].items():
         logger.info("%-15s %5d calls %8.1f s", name, part["calls"], part["seconds"])
+    logger.info("the embedder's calls overlapped the engine thread's parts for %.1f s", figures["embed_overlap_s"])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+def overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    """Seconds during which a span of `a` and a span of `b` both ran (the spans within each list do not
+    overlap one another)."""
+    return sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in a for s2, e2 in b)
 
 
 if __name__ == "__main__":
