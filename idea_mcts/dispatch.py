@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -98,10 +98,9 @@ class Dispatcher:
         self._step_pool = ThreadPoolExecutor(max_workers=STEPPED_THREADS, thread_name_prefix="stepped")
         """A thread per call in flight on a stepped engine: the engine resumes only when every call sent to it is
         inside it, so a call must never wait for a free thread (a capped pool could deadlock)."""
-        self._step_jobs: list[Future[None]] = []
-        """The threads of calls sent to stepped engines, the ended ones pruned at each send (`close` waits for
-        the others)."""
         self._closed = False
+        """`close` ran (it runs again when an interrupted search's coroutine is collected, maybe during the next
+        search on the same engines: that must not cancel its calls)."""
 
     # -- strands ---------------------------------------------------------------------------------------
     async def run_strands(self, coros: Sequence[Awaitable[T]]) -> list[T]:
@@ -197,16 +196,14 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
-        if [job for job in self._step_jobs if not job.done()]:
+        for engine in self.stepped.values():
+            engine.cancel()
+        try:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._step_pool.shutdown(wait=True, cancel_futures=True)
+        finally:
             for engine in self.stepped.values():
-                engine.cancel()
-            try:
-                wait(self._step_jobs)
-            finally:
-                for engine in self.stepped.values():
-                    engine.cancel(False)
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self._step_pool.shutdown(wait=True, cancel_futures=True)
+                engine.cancel(False)
 
     # -- batching --------------------------------------------------------------------------------------
     def _send_concurrent(self) -> None:
@@ -306,11 +303,7 @@ class Dispatcher:
             else:
                 self.loop.call_soon_threadsafe(self._finish, done, engine_id, engine_id is None)
 
-        if not stepped:
-            self._pool.submit(work)
-            return
-        self._step_jobs = [job for job in self._step_jobs if not job.done()]
-        self._step_jobs.append(self._step_pool.submit(work))
+        (self._step_pool if stepped else self._pool).submit(work)
 
     def _returned(self, engine_id: int, order: int,
                   done: list[tuple[_Group, list[Any] | None, BaseException | None]]) -> None:

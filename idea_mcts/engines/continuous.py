@@ -193,12 +193,13 @@ class ContinuousBatcher:
         with self.cond:
             while not (self._go or self._cancelled and (self.queue or self.rows or self.backlog)):
                 self.cond.wait()
-            if self._cancelled:
+            cancelled = self._cancelled
+            if cancelled:
                 work = []
             else:
                 self.paused, self._go = False, False
                 work, self.queue = self.queue, []
-        if self._cancelled:
+        if cancelled:
             self._fail_all(SearchStopped("the search stopped: this call's work was dropped"))
         return sorted(work, key=Call.order)
 
