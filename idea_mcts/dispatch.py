@@ -82,6 +82,8 @@ class Dispatcher:
         """Most roles with requests in flight at the same moment."""
         self.server_calls = 0
         """Groups in flight on `concurrent` engines."""
+        self.servers: dict[int, Engine] = {}
+        """The `concurrent` engines (by id) that have had calls."""
         self.stepped: dict[int, Engine] = {}
         """The `stepped` engines (by id) that have had calls."""
         self.unreturned: dict[int, int] = {}
@@ -188,21 +190,23 @@ class Dispatcher:
         return await self.wait([self.submit(client, method, item, *args) for item in items])
 
     def close(self) -> None:
-        """End the search's engine work (idempotent). Calls still inside a stepped engine (a strand failed, or
-        Ctrl-C/SIGTERM stopped the search) are dropped, as are those of a thread that reaches the engine only
-        now: nothing the stopped search did not see is cached, so a resume redoes what an uninterrupted run
-        would. When this returns no worker thread is left, and the caller may close what they write to (the
-        request cache's SQLite index: closed under a live thread, it crashed the process)."""
+        """End the search's engine work (idempotent). Calls still inside a stepped or concurrent engine (a strand
+        failed, or Ctrl-C/SIGTERM stopped the search) are dropped (a server's requests aborted), as are those of a
+        thread that reaches the engine only now: nothing the stopped search did not see is cached, so a resume
+        redoes what an uninterrupted run would, and a stop does not wait for the longest generation in flight.
+        When this returns no worker thread is left, and the caller may close what they write to (the request
+        cache's SQLite index: closed under a live thread, it crashed the process)."""
         if self._closed:
             return
         self._closed = True
-        for engine in self.stepped.values():
+        engines = [*self.stepped.values(), *self.servers.values()]
+        for engine in engines:
             engine.cancel()
         try:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._step_pool.shutdown(wait=True, cancel_futures=True)
         finally:
-            for engine in self.stepped.values():
+            for engine in engines:
                 engine.cancel(False)
 
     # -- batching --------------------------------------------------------------------------------------
@@ -279,6 +283,7 @@ class Dispatcher:
             self.stepped.setdefault(id(engine), engine)
             self.unreturned[id(engine)] = self.unreturned.get(id(engine), 0) + len(groups)
         elif engine_id is None:
+            self.servers.setdefault(id(engine), engine)
             self.server_calls += 1
         self._sent += 1
         order = self._sent

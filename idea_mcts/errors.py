@@ -8,8 +8,8 @@ class UsageError(Exception):
 
 
 class SearchStopped(RuntimeError):
-    """A call dropped from a `stepped` engine because the search that sent it has stopped (Ctrl-C, SIGTERM, a
-    failure): its work is not cached, and a resume sends it again."""
+    """A call dropped from a `stepped` or `concurrent` engine (its requests aborted) because the search that sent
+    it has stopped (Ctrl-C, SIGTERM, a failure): its work is not cached, and a resume sends it again."""
 
 
 class EngineError(RuntimeError):

@@ -10,6 +10,7 @@ import logging
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from tests.vllm_fixtures import (
     SCORE_CHAT,
     SCORE_RAW,
     VLLMServer,
+    check_cancel_aborts,
     check_digit_logprobs,
     check_mixed_batch,
     check_seed_reproducible,
@@ -72,6 +74,20 @@ def test_seed_reproducible_across_batches(engine: Engine) -> None:
 
 def test_digit_logprobs(engine: Engine) -> None:
     check_digit_logprobs(engine)
+
+
+def running_on(server: VLLMServer) -> int:
+    """Requests the server holds (running or waiting), from its Prometheus metrics."""
+    with urllib.request.urlopen(server.base_url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return round(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(("vllm:num_requests_running{", "vllm:num_requests_waiting{"))))
+
+
+def test_a_stopped_search_aborts_the_requests_in_flight(vllm_server: VLLMServer, engine: Engine) -> None:
+    """What `Dispatcher.close` does when Ctrl-C or SIGTERM stops a search: the client closes the requests'
+    connections and `vllm serve` aborts them."""
+    check_cancel_aborts(engine, lambda: running_on(vllm_server))
 
 
 # -- faults -----------------------------------------------------------------------------------------------

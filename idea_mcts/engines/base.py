@@ -8,10 +8,9 @@ assistant message are continued (the assistant turn is prefilled), not answered.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
@@ -215,8 +214,8 @@ class Engine:
         """A `stepped` engine: every strand waits; admit what has come and go on decoding."""
 
     def cancel(self, on: bool = True) -> None:  # noqa: B027 - optional hook
-        """A `stepped` engine: the search has stopped; every call inside, and every call that comes until
-        `cancel(False)`, fails at once with `SearchStopped` (its work is dropped: a resume redoes it)."""
+        """The search has stopped: every call inside a `stepped` or `concurrent` engine, and every call that comes
+        until `cancel(False)`, fails at once with `SearchStopped` (its work is dropped: a resume redoes it)."""
 
     # -- to implement --------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
@@ -244,18 +243,6 @@ class Engine:
         sink = _USAGE_SINK.get(None)
         if sink is not None and sink[0] is self:
             sink[1].add(usage)
-
-
-async def gather_or_cancel(coros: Sequence[Awaitable[T]]) -> list[T]:
-    """`asyncio.gather` that cancels the rest of the batch when one request fails (engines with their own event
-    loop: the OpenAI client, vLLM's async engine)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:
-            t.cancel()
-        raise
 
 
 class EngineProtocolError(RuntimeError):

