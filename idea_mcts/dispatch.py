@@ -221,7 +221,7 @@ class Dispatcher:
     def _barrier(self) -> None:
         """When every live strand waits, every free one-call-at-a-time engine gets its queue, and stepped engines
         resume when nothing else can answer."""
-        if self.stopped:
+        if self.stopped or self._closed:
             return
         if self._held and self._stepped_settled():
             held, self._held = sorted(self._held, key=lambda h: h[0]), []
@@ -313,6 +313,8 @@ class Dispatcher:
     def _returned(self, engine_id: int, order: int,
                   done: list[tuple[_Group, list[Any] | None, BaseException | None]]) -> None:
         """A stepped engine's call returned: held until the engine pauses (see `_barrier`)."""
+        if self._closed:  # the search is being torn down: nobody waits for it
+            return
         self.unreturned[engine_id] -= len(done)
         self._held.append((order, done))
         self._barrier()
@@ -320,6 +322,8 @@ class Dispatcher:
     def _finish(self, done: list[tuple[_Group, list[Any] | None, BaseException | None]],
                 engine_id: int | None, server: bool = False) -> None:
         """Hand answers to their strands (`server`: the call went to a `concurrent` engine)."""
+        if self._closed:  # the search is being torn down: nobody waits for them
+            return
         if server:
             self.server_calls -= 1
         for group, result, error in done:

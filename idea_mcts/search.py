@@ -95,10 +95,17 @@ class IdeaMCTS:
     def run(self, seeds: Sequence[Seed]) -> list[Tree]:
         """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off)."""
         t0 = time.perf_counter()
+        runner = asyncio.Runner()
         try:
-            trees = asyncio.run(self._run(seeds))
-        finally:  # an interrupt can leave `_run` unfinished: asyncio re-raises a KeyboardInterrupt from the tasks
-            if self.dispatcher is not None:  # it cancels, so `_run`'s own `finally` may not have closed it
+            trees = runner.run(self._run(seeds))
+        except BaseException:
+            if self.dispatcher is not None:  # first: no engine call may go on, or start, while the strands end
+                self.dispatcher.close()
+            _end_tasks(runner.get_loop())
+            raise
+        finally:
+            runner.close()
+            if self.dispatcher is not None:
                 self.dispatcher.close()
         self.seconds = time.perf_counter() - t0
         if self.stopped:
@@ -371,3 +378,22 @@ def estimate(cfg: SearchConfig, n_seeds: int, n_scorers: int, max_new_tokens: di
     tokens = (evolutions * max_new_tokens.get("evolver", 0)
               + nodes * (max_new_tokens.get("responder", 0) + max_new_tokens.get("tagger", 0)))
     return {"nodes": nodes, "calls": calls, "generated_tokens": tokens}
+
+
+def _end_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks an interrupted search left and run them to their end. A Ctrl-C or SIGTERM raised inside
+    a strand (`KeyboardInterrupt`) leaves the loop at once, and asyncio's own clean-up re-raises it from the
+    tasks it cancels, leaving the rest pending (their `finally` blocks never run, asyncio reports them destroyed):
+    here the cancelling goes on until every task has ended, and their outcomes are read."""
+    for _ in range(100):
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        if not tasks:
+            return
+        for t in tasks:
+            t.cancel()
+        try:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        except (KeyboardInterrupt, SystemExit):
+            for t in tasks:
+                if t.done() and not t.cancelled():
+                    t.exception()  # read: the interrupt is the caller's, already on its way

@@ -4,6 +4,7 @@ pipelined search's schedule, so its results, do not depend on the threads' timin
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import threading
 import time
@@ -285,7 +286,7 @@ def test_a_search_ends_when_the_batcher_pauses_after_the_dispatcher_looked(tiny_
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, OSError])
-def test_a_stopped_search_returns_only_once_no_call_is_left_running(engine, monkeypatch, error):
+def test_a_stopped_search_returns_only_once_no_call_is_left_running(engine, monkeypatch, caplog, error):
     """The node log fails: Ctrl-C or SIGTERM in it (as `idea-mcts evolve` gets them), or a full disk. asyncio
     re-raises a KeyboardInterrupt from the tasks it cancels, so the search's own clean-up did not run and engine
     calls went on in their threads after `run` had raised; the caller then closed the request cache's SQLite index
@@ -329,6 +330,10 @@ def test_a_stopped_search_returns_only_once_no_call_is_left_running(engine, monk
     assert not thread.is_alive(), "the stopped search hung"
     assert isinstance(outcome["error"], error)
     assert outcome["left"] == 0, f"{outcome['left']} engine calls still running after the stopped search returned"
+    del outcome["error"]  # its traceback holds the search's frames
+    gc.collect()
+    left = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert not left, left  # every task of the search ended: none destroyed while pending, no exception unread
     time.sleep(0.5)
     assert entered[0] == outcome["seen"], "engine calls began after the stopped search returned"
     monkeypatch.undo()
