@@ -88,11 +88,9 @@ def test_cancel_aborts_the_calls_in_flight_and_refuses_new_ones_until_lifted(ser
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
     _until(lambda: server.started == 3, "the requests to start")
-    t0 = time.monotonic()
     server.cancel()
-    thread.join(timeout=10)
+    thread.join(timeout=10)  # the server would hold the requests for 60 s
     assert not thread.is_alive(), "the call went on waiting for its answers after cancel"
-    assert time.monotonic() - t0 < 5
     assert isinstance(outcome["error"], SearchStopped)
     _until(lambda: server.running == 0, "the requests to be aborted")
     assert server.cancelled == 3
@@ -113,22 +111,19 @@ def test_a_stopped_search_aborts_its_server_requests_instead_of_waiting_for_them
         _until(lambda: server.started > 0, "a rewrite to reach the server")  # sent before this barrier fired
         raise KeyboardInterrupt
 
-    outcome: dict[str, object] = {}
+    outcome: dict[str, BaseException] = {}
 
     def search() -> None:
-        t0 = time.monotonic()
         try:
             two_seed_search(server, on_nodes=interrupt)
         except BaseException as exc:  # noqa: BLE001 - the test looks at whatever ends the search
             outcome["error"] = exc
-        outcome["seconds"] = time.monotonic() - t0
 
     thread = threading.Thread(target=search, daemon=True)
     thread.start()
-    thread.join(timeout=30)
+    thread.join(timeout=30)  # the server would hold the rewrites for 60 s
     assert not thread.is_alive(), "the stopped search waited for the server's requests in flight"
     assert isinstance(outcome["error"], KeyboardInterrupt)
-    assert outcome["seconds"] < 15
     outcome.clear()  # the exception's traceback holds the search's frames
     gc.collect()
     left = [r.getMessage() for r in caplog.records if r.name == "asyncio"]

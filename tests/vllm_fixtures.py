@@ -115,7 +115,7 @@ def check_cancel_aborts(engine: Engine, unfinished: Callable[[], int]) -> None:
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), SearchStopped), outcome
-    _until(lambda: unfinished() == 0, "vLLM to drop the aborted requests", timeout=2.0)
+    _until(lambda: unfinished() == 0, "vLLM to drop the aborted requests", timeout=3.0)
     with pytest.raises(SearchStopped):
         engine.generate(mixed_batch()[:1])
     engine.cancel(False)
