@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from idea_mcts.actions import GENERAL
@@ -44,3 +46,11 @@ def check_search(search: IdeaMCTS, trees: list[Tree]) -> None:
     missing = sum(n.scores[k] is None for n in judged for k in ("quality", "complexity", "diversity"))
     assert missing == sum(search.reward.failures.values())
     assert all(t.root.visits >= 1 for t in trees)
+
+
+def until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Wait (polling) until `cond()` holds; a test failure naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)

@@ -17,7 +17,7 @@ from idea_mcts.dispatch import Dispatcher
 from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
 from idea_mcts.engines.base import STEP_HOOK
 from idea_mcts.roles import RoleClient
-from tests.search_helpers import two_seed_search
+from tests.search_helpers import two_seed_search, until
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +27,6 @@ def engine(tiny_model_dir):
 
 def chat(text):
     return [{"role": "user", "content": text}]
-
-
-def _until(cond, what):
-    deadline = time.monotonic() + 60
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
 
 
 def test_a_row_admitted_mid_decode_generates_what_it_generates_alone(engine):
@@ -66,13 +59,13 @@ def _join_mid_decode(engine):
     threads = [threading.Thread(target=submit, args=a) for a in (("short", short), ("long", long))]
     for t in threads:
         t.start()
-    _until(lambda: engine.step_state() == (2, True), "both calls inside, engine paused")
+    until(lambda: engine.step_state() == (2, True), "both calls inside, engine paused")
     first = len(engine.batcher.admissions)
     engine.resume()
-    _until(lambda: "short" in results and engine.step_state() == (1, True), "the short call answered")
+    until(lambda: "short" in results and engine.step_state() == (1, True), "the short call answered")
     threads.append(threading.Thread(target=submit, args=("late", late)))
     threads[-1].start()
-    _until(lambda: engine.step_state() == (2, True), "the late call inside")
+    until(lambda: engine.step_state() == (2, True), "the late call inside")
     while any(t.is_alive() for t in threads):
         engine.resume()
         time.sleep(0.005)
@@ -167,7 +160,7 @@ def test_a_failing_judge_call_fails_alone(engine):
     bad = threading.Thread(target=submit, args=("bad", lambda: engine.next_token_logprobs(
         [chat("Rate it.")], ["no single token here"])))
     bad.start()
-    _until(lambda: engine.step_state() == (1, True), "the bad call inside")
+    until(lambda: engine.step_state() == (1, True), "the bad call inside")
     while bad.is_alive():
         engine.resume()
         time.sleep(0.005)
@@ -231,7 +224,7 @@ def test_a_resume_sent_before_the_scheduler_first_pauses_is_kept(tiny_model_dir,
 
     thread = threading.Thread(target=submit, daemon=True)
     thread.start()
-    _until(lambda: engine.step_state() == (1, True), "the call inside")
+    until(lambda: engine.step_state() == (1, True), "the call inside")
     engine.resume()  # once, as the dispatcher does when its barrier holds
     thread.join(timeout=30)
     assert "hi" in results, "the resume was lost: the call was never admitted"

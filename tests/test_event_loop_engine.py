@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import threading
-import time
 
 import pytest
 
@@ -16,7 +15,7 @@ from idea_mcts.engines.base import Generation, GenerationRequest, Prompt, TokenL
 from idea_mcts.engines.event_loop import EventLoopEngine
 from idea_mcts.errors import SearchStopped
 from tests.scripted import ScriptedEngine
-from tests.search_helpers import two_seed_search
+from tests.search_helpers import two_seed_search, until
 
 EVOLVE = "Reply with the new instruction only"
 """Words of the evolver's prompts (idea_mcts/actions.py): the scripted server holds those requests."""
@@ -69,13 +68,6 @@ def server():
     engine.close()
 
 
-def _until(cond, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def test_cancel_aborts_the_calls_in_flight_and_refuses_new_ones_until_lifted(server):
     outcome: dict[str, BaseException] = {}
 
@@ -87,12 +79,12 @@ def test_cancel_aborts_the_calls_in_flight_and_refuses_new_ones_until_lifted(ser
 
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    _until(lambda: server.started == 3, "the requests to start")
+    until(lambda: server.started == 3, "the requests to start")
     server.cancel()
     thread.join(timeout=10)  # the server would hold the requests for 60 s
     assert not thread.is_alive(), "the call went on waiting for its answers after cancel"
     assert isinstance(outcome["error"], SearchStopped)
-    _until(lambda: server.running == 0, "the requests to be aborted")
+    until(lambda: server.running == 0, "the requests to be aborted")
     assert server.cancelled == 3
     with pytest.raises(SearchStopped):  # a call that comes while the search stops is refused
         server.generate([GenerationRequest("Say hi.")])
@@ -108,7 +100,7 @@ def test_a_stopped_search_aborts_its_server_requests_instead_of_waiting_for_them
     next search."""
 
     def interrupt(nodes):
-        _until(lambda: server.started > 0, "a rewrite to reach the server")  # sent before this barrier fired
+        until(lambda: server.started > 0, "a rewrite to reach the server")  # sent before this barrier fired
         raise KeyboardInterrupt
 
     outcome: dict[str, BaseException] = {}
@@ -128,7 +120,7 @@ def test_a_stopped_search_aborts_its_server_requests_instead_of_waiting_for_them
     gc.collect()
     left = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
     assert not left, left
-    _until(lambda: server.running == 0, "the held requests to be aborted")
+    until(lambda: server.running == 0, "the held requests to be aborted")
     assert server.cancelled == server.started
     server.hold = 0.0
     assert len(two_seed_search(server)[1]) == 2

@@ -31,6 +31,7 @@ from idea_mcts.config import EngineConfig
 from idea_mcts.engines import Engine, GenerationRequest, SamplingParams
 from idea_mcts.errors import SearchStopped
 from idea_mcts.models import resolve_model
+from tests.search_helpers import until
 
 logger = logging.getLogger(__name__)
 
@@ -110,23 +111,16 @@ def check_cancel_aborts(engine: Engine, unfinished: Callable[[], int]) -> None:
 
     thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    _until(lambda: unfinished() == 4, "the 4 long requests to run")
+    until(lambda: unfinished() == 4, "the 4 long requests to run")
     engine.cancel()
     thread.join(timeout=60)
     assert not thread.is_alive()
     assert isinstance(outcome.get("error"), SearchStopped), outcome
-    _until(lambda: unfinished() == 0, "vLLM to drop the aborted requests", timeout=3.0)
+    until(lambda: unfinished() == 0, "vLLM to drop the aborted requests", timeout=3.0)
     with pytest.raises(SearchStopped):
         engine.generate(mixed_batch()[:1])
     engine.cancel(False)
     assert engine.generate(mixed_batch()[:1])[0].text.strip()
-
-
-def _until(cond: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def require_vllm() -> None:
