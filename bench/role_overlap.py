@@ -10,13 +10,16 @@ of slots, the other requests queue; a per-token service time), one per model of 
     complexity  DEITA complexity scorer (prefill-only)
     tagger      InsTagger (generation)
 
-The same search (configs/demo.yaml's settings: 1 iteration, 2 children, depth > 2 terminal; 48/48/24 new
-tokens) runs twice against them, every role on `backend: openai`:
+The same search (the demo config's search settings as they are, `configs/demo-transformers.yaml`; the paper's
+reward, InsTag diversity) runs twice against them, every role on `backend: openai`:
 
 - **pipelined**: this checkout's search (idea_mcts/search.py + dispatch.py);
 - **waves**: the landed wave search, the library as it was at `--waves_ref` (the last commit before the
   pipelined search), extracted with `git archive` and run in its own process: the real algorithm, not an
   emulation (every tree evolves, then every tree responds, then each scorer in turn, ...).
+
+`--slots N` gives every server N slots (a GPU server batches far more than 4): then the search process's own
+CPU per request can bound the servers' busy fraction (bench/client_cost.py).
 
 Each server reports the seconds during which at least one request was in service (`busy`), divided by the
 search's wall time (between a reset right before `search.run` and a read right after). Also printed: mean slots
@@ -146,6 +149,9 @@ def run_mode(src: Path, ports: dict[str, int], n_seeds: int, timeout: int, threa
     if p.returncode or line is None:
         raise RuntimeError(f"search in {src} failed (exit {p.returncode}):\n{p.stderr[-3000:]}")
     res = json.loads(line[7:])
+    if res["nodes"] <= n_seeds:  # it broke silently twice: the servers' replies no longer read as rewrites
+        raise RuntimeError(f"search in {src}: {res['nodes']} nodes for {n_seeds} seeds, every evolution was "
+                           "dropped (do bench/sim_server.py's replies still match the evolver's prompts?)")
     for s in res["servers"].values():
         s["busy_fraction"] = round(s["busy_s"] / res["search_s"], 3)
         s["occupancy"] = round(s["slot_s"] / res["search_s"], 2)
@@ -160,15 +166,18 @@ def main() -> int:
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--dispatch_threads", type=int, default=0,
                     help="diagnosis: the pipelined search's dispatcher threads (default: the library's, 16)")
+    ap.add_argument("--slots", type=int, default=0,
+                    help="slots of every server (default: the 4 of SERVERS): a GPU server batches far more")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    servers = [{**s, "slots": args.slots or s["slots"]} for s in SERVERS]
     if args.child:
         print("RESULT " + json.dumps(search_child(json.loads(args.child), args.seeds, args.dispatch_threads)))
         return 0
     server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sim_server.py"),
-                               "--spec", json.dumps(SERVERS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               "--spec", json.dumps(servers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
-    results: dict[str, Any] = {"servers": SERVERS, "role_server": ROLE_SERVER, "seeds": args.seeds}
+    results: dict[str, Any] = {"servers": servers, "role_server": ROLE_SERVER, "seeds": args.seeds}
     try:
         assert server.stdout is not None
         line = server.stdout.readline()

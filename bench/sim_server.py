@@ -39,9 +39,18 @@ def is_evolution(prompt: str) -> bool:
     return "Reply with the new instruction only" in prompt or "#New Instruction#:" in prompt
 
 
-def reply_text(prompt: str, n_tokens: int) -> str:
-    """A rewrite for evolver prompts, tags for the tagger, otherwise an answer; `n_tokens` long (4 chars each)."""
+def continues(body: dict[str, Any]) -> bool:
+    """The chat ends with the start of the assistant's reply (the evolver's prefilled parent, `prefill_parent`)."""
+    messages = body.get("messages") or []
+    return bool(messages) and messages[-1].get("role") == "assistant"
+
+
+def reply_text(prompt: str, n_tokens: int, cont: bool = False) -> str:
+    """A rewrite for evolver prompts (the rest of it when `cont`: the reply's start was written for the model),
+    tags for the tagger, otherwise an answer; `n_tokens` long (4 chars each)."""
     if is_evolution(prompt):
+        if cont:
+            return ", in exactly three parts."
         if "#New Instruction#:" in prompt:  # the wave search's templates (16f9262)
             return prompt.split("#Instruction#:\n", 1)[1].split("\n\n#New Instruction#:")[0] + " +1"
         return prompt.rsplit("\n\nInstruction: ", 1)[1] + " +1"  # the action templates in use
@@ -99,7 +108,7 @@ class SimGPU:
             choice = {"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "4"},
                       "logprobs": {"content": [{"token": "4", "logprob": -0.1, "bytes": None, "top_logprobs": top}]}}
             return self.answer("chat.completion", [choice], p_tok, 1)
-        text = reply_text(prompt, max_tokens)
+        text = reply_text(prompt, max_tokens, continues(body))
         g_tok = tokens(text) if is_evolution(prompt) or "tags of user" in prompt else max_tokens
         await self.serve(p_tok * self.prefill_s + g_tok * self.decode_s)
         choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text},
