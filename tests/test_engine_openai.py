@@ -21,6 +21,7 @@ from idea_mcts.config import EngineConfig
 from idea_mcts.engines import GenerationRequest, SamplingParams, build_engine
 from idea_mcts.engines.base import Engine
 from idea_mcts.errors import EngineError
+from idea_mcts.models import resolve_model
 from tests.search_helpers import check_search, two_seed_search
 from tests.vllm_fixtures import (
     DIGITS,
@@ -66,6 +67,23 @@ def test_identity_and_no_key(vllm_server: VLLMServer, monkeypatch: pytest.Monkey
 
 def test_mixed_batch(engine: Engine) -> None:
     check_mixed_batch(engine)
+
+
+def test_a_prefilled_reply_is_continued(engine: Engine) -> None:
+    """A chat ending with the assistant's prefilled words (the evolver's `prefill_parent`) is continued, not closed
+    and answered anew: the server renders exactly the tokens of the continued template (a closed turn plus a
+    new generation prompt would be longer), and the judges' prefilled "Score: " is continued too."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("embedded:smollm2"))
+    haiku = mixed_batch()[2].prompt
+    for prompt in (haiku, SCORE_CHAT):
+        continued = tok.apply_chat_template(prompt, tokenize=True, continue_final_message=True,
+                                            add_generation_prompt=False, return_dict=False)
+        g = engine.generate([GenerationRequest(prompt, SamplingParams(4, 0.0))])[0]
+        assert g.prompt_tokens == len(continued)
+        (lp,) = engine.next_token_logprobs([prompt], DIGITS, 20)
+        assert lp.prompt_tokens == len(continued)
 
 
 def test_seed_reproducible_across_batches(engine: Engine) -> None:
