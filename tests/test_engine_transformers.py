@@ -97,3 +97,41 @@ def test_decode_steps_count_the_batched_forward_passes(engine):
     for r in reqs:
         engine.generate([r])
     assert engine.decode_steps - before == sum(need)
+
+
+def test_scoring_prompts_reuse_the_kv_cache_of_their_shared_turns(tiny_model_dir):
+    """Long chat scoring prompts (run alone on a CPU) that share their earlier turns (a judge's scored examples)
+    compute those turns once: every prompt's logprobs equal a whole forward pass of it (to rounding), and are the
+    same bits whichever prompt came first and whatever was scored before."""
+    import torch
+
+    from idea_mcts.engines.transformers import PREFIX_CACHE_TOKENS, SOLO_PREFILL_TOKENS
+
+    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_model_len=1024))
+    shots = []
+    for i in range(6):
+        shots += [chat(f"Rate the sea poem number {i} about the sky and the rain, why it is blue " * 3)[0],
+                  {"role": "assistant", "content": f"Score: {i % 6 + 1}"}]
+    prompts = [[*shots, *chat(f"Rate this: {w} " * 4), {"role": "assistant", "content": "Score: "}]
+               for w in ("a fruit", "the sky", "x")]
+    shared = len(engine._encode(shots, 0))
+    assert shared >= PREFIX_CACHE_TOKENS and all(len(engine._encode(p, 1)) >= SOLO_PREFILL_TOKENS for p in prompts)
+    digits = [str(d) for d in range(1, 7)]
+    passes = []
+    hook = engine.model.register_forward_pre_hook(lambda _m, _a, kw: passes.append(kw["input_ids"].shape[1]),
+                                                  with_kwargs=True)
+    try:
+        first = engine.next_token_logprobs(prompts, digits)
+        again = engine.next_token_logprobs(prompts[::-1], digits)[::-1]
+    finally:
+        hook.remove()
+    # the shared turns once, alone; then only each prompt's own tokens
+    assert passes[0] >= PREFIX_CACHE_TOKENS and max(passes[1:]) < passes[0] and len(passes) == 1 + 2 * len(prompts)
+    assert [r.logprobs for r in again] == [r.logprobs for r in first]
+    ids = engine._candidate_ids[tuple(digits)]
+    with torch.inference_mode():
+        for p, r in zip(prompts, first, strict=True):
+            seq = engine._encode(p, 1)
+            whole = torch.log_softmax(engine.model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
+            assert r.prompt_tokens == len(seq)
+            assert r.logprobs == pytest.approx({c: float(whole[t]) for c, t in ids.items()}, abs=1e-4)

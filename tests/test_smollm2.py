@@ -58,3 +58,32 @@ def test_scoring_prompts_give_the_same_bits_whatever_their_batch(smollm2_dir):
     for i in (0, 5):
         pair = engine.next_token_logprobs([prompts[i], prompts[i + 1]], digits)
         assert pair[0].logprobs == many[i].logprobs and pair[1].logprobs == many[i + 1].logprobs
+
+
+def test_judge_prompts_compute_their_scored_examples_once(smollm2_dir):
+    """The `general` judges' prompts (five scored examples as earlier chat turns, ~700 tokens) reuse the KV cache
+    of those turns: the expected scores are a whole forward pass's to rounding, the same bits in any order."""
+    import torch
+
+    from idea_mcts.config import EngineConfig
+    from idea_mcts.engines import build_engine
+    from idea_mcts.scoring import DIGITS, complexity_prompt, expected_score, quality_prompt
+
+    engine = build_engine(EngineConfig(model=str(smollm2_dir), dtype="float32", max_model_len=1024))
+    tasks = ["Say hi.", "Write a Python function that reverses a string using recursion and handles unicode.",
+             "Plan a one-day sightseeing trip in a city of your choice on a budget of 50 euros."]
+    prompts = [complexity_prompt("general", t) for t in tasks] + [
+        quality_prompt("general", t, "Here is my answer: " + t.lower()) for t in tasks]
+    digits = list(DIGITS)
+    first = engine.next_token_logprobs(prompts, digits)
+    again = engine.next_token_logprobs(prompts[::-1], digits)[::-1]
+    assert [r.logprobs for r in again] == [r.logprobs for r in first]
+    assert len(engine._prefixes) == 2  # the complexity judge's examples and the quality judge's
+    ids = engine._candidate_ids[tuple(digits)]
+    with torch.inference_mode():
+        for p, r in zip(prompts, first, strict=True):
+            seq = engine._encode(p, 1)
+            whole = torch.log_softmax(engine.model(input_ids=torch.tensor([seq])).logits[0, -1].float(), -1)
+            want = {c: float(whole[t]) for c, t in ids.items()}
+            assert r.logprobs == pytest.approx(want, abs=1e-4)
+            assert expected_score(r.logprobs) == pytest.approx(expected_score(want), abs=1e-4)

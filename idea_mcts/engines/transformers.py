@@ -14,10 +14,13 @@ own, a CPU decode step up to 5.5x cheaper).
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from idea_mcts.config import EngineConfig
 from idea_mcts.engines import BACKENDS
@@ -97,6 +100,17 @@ prompts of ~455 tokens 6.4 s one by one, 8.1 s in one batch; ~123 tokens 2.0 s v
 (no filler rows). On a GPU batches win and every prompt goes through the buckets."""
 
 
+PREFIX_CACHE_TOKENS = 128
+"""On a CPU, a chat scoring prompt that runs alone (`SOLO_PREFILL_TOKENS`) and whose turns before its last user
+message render to this many tokens or more (the `general` judges' scored examples: ~650 of their ~700) keeps the
+KV cache of those turns and computes only the rest: the judges' prompts of a run share them. A prompt's bits then
+depend on where its turns split, never on what was scored before it or beside it (the shared turns are always
+computed alone, first)."""
+
+PREFIX_CACHE_SIZE = 8
+"""Shared turns whose KV cache is kept (least recently used dropped): one per judge prompt in use."""
+
+
 def _bucket(n: int) -> int:
     return (n // PAD_MULTIPLE + 1) * PAD_MULTIPLE
 
@@ -141,6 +155,9 @@ class TransformersEngine(Engine):
         self._candidate_ids: dict[tuple[str, ...], dict[str, int]] = {}
         self.batcher: ContinuousBatcher | None = None
         """Serves the calls of a pipelined search (`Engine.stepped`), made on its first call."""
+        self._prefixes: OrderedDict[str, tuple[list[int], Any]] = OrderedDict()
+        """Rendered shared turns -> (their token ids, their KV cache), for `PREFIX_CACHE_TOKENS`."""
+        self._prefix_lock = threading.Lock()
         self.decode_steps = 0
         """Batched one-token forward passes of generation run so far (benchmarks: on a CPU each costs about the
         same whatever its rows, so the steps, not the tokens, tell a search's generation time from a flat
@@ -309,14 +326,59 @@ class TransformersEngine(Engine):
         batched: list[int] = []
         for i, s in enumerate(seqs):
             (solo if self.solo_prefill(len(s)) else batched).append(i)
-        for i in solo:  # alone, unpadded (see SOLO_PREFILL_TOKENS)
-            out = self.model(input_ids=torch.tensor([seqs[i]], device=self.device), logits_to_keep=1)
-            keep([i], out.logits[:, -1, :].float())
+        for i in solo:  # alone, unpadded (see SOLO_PREFILL_TOKENS), after the KV cache of shared turns if any
+            keep([i], self._solo_logits(prompts[i], seqs[i]))
         for chunk in _chunks([seqs[i] for i in batched], self.cfg.max_batch_size):
             rows = [seqs[batched[j]] for j in chunk]
             logits, *_ = self._prefill(rows + [rows[0]] * (MIN_ROWS - len(rows)))
             keep([batched[j] for j in chunk], logits)
         return [r for r in results if r is not None]
+
+
+    def _solo_logits(self, prompt: Prompt, seq: list[int]) -> torch.Tensor:
+        """Next-token logits of one prompt run alone: the part after its shared turns (`PREFIX_CACHE_TOKENS`)
+        on their kept KV cache, or the whole prompt."""
+        with self._prefix_lock:
+            shared = self._shared_turns(prompt, seq)
+            if shared is None:
+                out = self.model(input_ids=torch.tensor([seq], device=self.device), logits_to_keep=1)
+                return out.logits[:, -1, :].float()
+            n, cache = shared
+            try:
+                out = self.model(input_ids=torch.tensor([seq[n:]], device=self.device), past_key_values=cache,
+                                 use_cache=True, logits_to_keep=1)
+            finally:  # back to the shared turns alone, for the next prompt
+                extra = cache.get_seq_length() - n
+                if extra > 0:
+                    cache.crop(-extra)
+            return out.logits[:, -1, :].float()
+
+    def _shared_turns(self, prompt: Prompt, seq: list[int]) -> tuple[int, Any] | None:
+        """(tokens, KV cache) of the prompt's turns before its last user message when they begin `seq` and are
+        long enough to keep (`PREFIX_CACHE_TOKENS`); computed alone the first time, then kept."""
+        if isinstance(prompt, str) or self.device.type != "cpu":
+            return None
+        last_user = max((i for i, m in enumerate(prompt) if m["role"] == "user"), default=0)
+        if last_user == 0:
+            return None
+        text = self.tokenizer.apply_chat_template(list(prompt[:last_user]), tokenize=False,
+                                                  add_generation_prompt=False)
+        kept = self._prefixes.get(text)
+        if kept is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) < PREFIX_CACHE_TOKENS:
+                return None
+            cache = DynamicCache()
+            self.model(input_ids=torch.tensor([ids], device=self.device), past_key_values=cache, use_cache=True,
+                       logits_to_keep=1)
+            kept = self._prefixes[text] = (ids, cache)
+            while len(self._prefixes) > PREFIX_CACHE_SIZE:
+                self._prefixes.popitem(last=False)
+        self._prefixes.move_to_end(text)
+        ids, cache = kept
+        if len(ids) >= len(seq) or seq[:len(ids)] != ids:  # e.g. cut from the left to fit max_model_len
+            return None
+        return len(ids), cache
 
 
 class EmbeddingEngine(Engine):
