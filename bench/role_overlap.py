@@ -165,7 +165,7 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per search before it is stopped")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--dispatch_threads", type=int, default=0,
-                    help="diagnosis: the pipelined search's dispatcher threads (default: the library's, 16)")
+                    help="diagnosis: the pipelined search's dispatcher threads (default: the library's, 256)")
     ap.add_argument("--slots", type=int, default=0,
                     help="slots of every server (default: the 4 of SERVERS): a GPU server batches far more")
     ap.add_argument("--child", help=argparse.SUPPRESS)

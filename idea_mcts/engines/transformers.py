@@ -334,7 +334,6 @@ class TransformersEngine(Engine):
             keep([batched[j] for j in chunk], logits)
         return [r for r in results if r is not None]
 
-
     def _solo_logits(self, prompt: Prompt, seq: list[int]) -> torch.Tensor:
         """Next-token logits of one prompt run alone: the part after its shared turns (`PREFIX_CACHE_TOKENS`)
         on their kept KV cache, or the whole prompt."""
