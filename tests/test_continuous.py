@@ -331,3 +331,30 @@ def test_a_stopped_search_returns_only_once_no_call_is_left_running(engine, monk
     assert entered[0] == outcome["seen"], "engine calls began after the stopped search returned"
     monkeypatch.undo()
     assert len(two_seed_search(engine)[1]) == 2  # the engine serves the next search
+
+
+def test_evolver_rows_start_from_the_kept_kv_cache_of_their_example_turns(tiny_model_dir):
+    """An evolver prompt's example exchange (the turns before its last user message) is prefilled once and kept:
+    an admitted row starts from a copy of it and computes only its own tokens, with the first logits, attention
+    mask, position and cache length of a whole prefill (to rounding), and a search's admissions use it."""
+    import torch
+
+    from idea_mcts.actions import EXAMPLE_INSTRUCTION, GENERAL
+    from idea_mcts.engines.transformers import PREFIX_CACHE_TOKENS
+
+    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=1024))
+    prompt = GENERAL[0].messages("Give three tips for staying healthy.", prefill=True)
+    seq = engine._encode(prompt, 32)
+    with torch.inference_mode():
+        whole = engine._prefill([seq], padded=False)
+        split = engine._prefill_alone(prompt, seq)
+        again = engine._prefill_alone(prompt, seq)
+    ((ids, _),) = engine._prefixes.values()
+    assert PREFIX_CACHE_TOKENS <= len(ids) < len(seq) and seq[:len(ids)] == ids
+    assert torch.allclose(split[0], whole[0], atol=1e-4) and torch.equal(split[0], again[0])
+    assert torch.equal(split[1], whole[1]) and torch.equal(split[2], whole[2])
+    assert split[3].get_seq_length() == whole[3].get_seq_length() == len(seq)
+    engine._prefixes.clear()
+    search, trees = two_seed_search(engine)
+    assert any(n.depth > 0 for t in trees for n in t)
+    assert any(EXAMPLE_INSTRUCTION in text for text in engine._prefixes)  # the admissions kept the example turns

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Call:
-    """One engine call waiting in the batcher: generations (`params` set) or scoring prompts (`prompts` set)."""
+    """One engine call waiting in the batcher: generations (`params` set) or scoring prompts (`params` None);
+    `prompts` are the calls' prompts before tokenisation (`seqs`), for their shared turns' kept KV cache."""
 
     hook: Callable[[], None]
     """The dispatcher's wake-up (`idea_mcts.engines.base.STEP_HOOK`)."""
@@ -213,7 +214,7 @@ class ContinuousBatcher:
         """Answer the scoring calls, admit the generations; whether a call was answered."""
         scoring: dict[tuple[tuple[str, ...], int], list[Call]] = {}
         for call in work:
-            if call.prompts is not None:
+            if call.params is None:
                 scoring.setdefault((tuple(call.candidates), call.top_k), []).append(call)
             else:
                 assert call.params is not None
@@ -288,7 +289,12 @@ class ContinuousBatcher:
         alone = self.engine.device.type == "cpu"
         assert not alone or len(seqs) == 1
         fillers = 0 if alone else max(0, MIN_ROWS - len(seqs))
-        logits, mask, position, cache = self.engine._prefill(seqs + [seqs[0]] * fillers, padded=not alone)
+        if alone:  # after the kept KV cache of the prompt's shared turns, if it has them (the evolver's example)
+            prompts = rows[0].call.prompts
+            logits, mask, position, cache = self.engine._prefill_alone(
+                prompts[rows[0].index] if prompts is not None else None, seqs[0])
+        else:
+            logits, mask, position, cache = self.engine._prefill(seqs + [seqs[0]] * fillers)
         # fillers ride along as finished rows (never sampled into a result) until the batch has enough live ones
         rows = rows + [_Row(rows[0].call, 0, 0, SamplingParams(temperature=0.0), None, done=True)] * fillers
         return _Batch(rows, logits, mask, position, cache)

@@ -107,8 +107,9 @@ KV cache of those turns and computes only the rest: the judges' prompts of a run
 depend on where its turns split, never on what was scored before it or beside it (the shared turns are always
 computed alone, first)."""
 
-PREFIX_CACHE_SIZE = 8
-"""Shared turns whose KV cache is kept (least recently used dropped): one per judge prompt in use."""
+PREFIX_CACHE_SIZE = 16
+"""Shared turns whose KV cache is kept (least recently used dropped): one per judge prompt and evolver action in
+use (the general actions: 12)."""
 
 
 def _bucket(n: int) -> int:
@@ -197,6 +198,23 @@ class TransformersEngine(Engine):
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1, :].float(), mask, positions[:, -1:], cache
 
+    def _prefill_alone(self, prompt: Prompt | None, seq: list[int]):  # noqa: ANN202 - as `_prefill`
+        """`_prefill` of one prompt, unpadded (a CPU admission): after a copy of its shared turns' kept KV cache
+        (`PREFIX_CACHE_TOKENS`: the evolver's example exchange) when it has them, else the whole prompt."""
+        with self._prefix_lock:
+            shared = self._shared_turns(prompt, seq) if prompt is not None else None
+            if shared is None:
+                return self._prefill([seq], padded=False)
+            n, kept = shared
+            cache = roomy_cache()
+            for i, layer in enumerate(kept.layers):
+                cache.update(layer.keys, layer.values, i)  # copied into the row's own buffers
+        mask = torch.ones(1, len(seq), dtype=torch.long, device=self.device)
+        positions = torch.arange(n, len(seq), device=self.device)[None, :]
+        out = self.model(input_ids=torch.tensor([seq[n:]], device=self.device), attention_mask=mask,
+                         position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float(), mask, positions[:, -1:], cache
+
     # -- continuous batching (a pipelined search's calls) -----------------------------------------------
     def _submit(self, call: Call) -> list[Any]:
         if self.batcher is None:
@@ -221,7 +239,8 @@ class TransformersEngine(Engine):
         hook = STEP_HOOK.get()
         if hook is not None:  # a pipelined search's call: the continuous batch
             seqs = [self._encode(r.prompt, r.params.max_new_tokens) for r in requests]
-            return self._submit(Call(hook, seqs, params=[r.params for r in requests]))
+            return self._submit(Call(hook, seqs, params=[r.params for r in requests],
+                                     prompts=[r.prompt for r in requests]))
         return self._generate_now(requests)
 
     def _generate_now(self, requests: list[GenerationRequest]) -> list[Generation]:
