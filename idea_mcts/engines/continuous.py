@@ -217,7 +217,6 @@ class ContinuousBatcher:
             if call.params is None:
                 scoring.setdefault((tuple(call.candidates), call.top_k), []).append(call)
             else:
-                assert call.params is not None
                 call.results = [None] * len(call.seqs)
                 call.left = len(call.seqs)
                 for i, (seq, p) in enumerate(zip(call.seqs, call.params, strict=True)):
