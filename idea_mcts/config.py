@@ -24,6 +24,7 @@ LLM_ROLES = ("evolver", "responder", "quality", "complexity", "tagger")
 GENERATING_ROLES = ("evolver", "responder", "tagger")
 """Roles whose answer is generated text: they need `max_new_tokens >= 1`."""
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+HTTP_BACKENDS = ("aiohttp", "httpx")
 PROMPT_PRESETS = ("general", "deita", "instag")
 VALUE_MODES = ("mean", "max")
 SIMULATE_FROM = ("best", "random", "all")
@@ -147,13 +148,17 @@ class EngineConfig:
     """openai: retries with exponential backoff and jitter on 429/5xx/timeouts/connection errors."""
     timeout: float = 120.0
     """openai: seconds before one request times out (then retried)."""
+    http_backend: str = "aiohttp"
+    """openai: the openai client's HTTP transport: `aiohttp` (its aiohttp backend, `openai[aiohttp]`: about half
+    the client CPU per request with hundreds in flight, where httpx's connection pool scans every connection per
+    request; bench/role_overlap.py) or `httpx` (the client's default transport)."""
 
     def __post_init__(self) -> None:
         check_fields(self, {"max_batch_size": POSITIVE_INT, "max_model_len": POSITIVE_INT,
                             "tensor_parallel_size": POSITIVE_INT, "data_parallel_size": POSITIVE_INT,
                             "gpu_memory_utilization": Range(0, 1, lo_open=True), "max_concurrency": POSITIVE_INT,
                             "max_retries": NON_NEGATIVE_INT, "timeout": Range(0, lo_open=True)},
-                     {"backend": ENGINE_BACKENDS, "dtype": DTYPES})
+                     {"backend": ENGINE_BACKENDS, "dtype": DTYPES, "http_backend": HTTP_BACKENDS})
         if self.env and self.backend != "vllm":
             raise ConfigValueError("env", "empty unless backend is vllm (it sets the vLLM processes' environment)",
                                    self.env)

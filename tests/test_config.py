@@ -1,7 +1,8 @@
 import pytest
 
 from idea_mcts.cli import main
-from idea_mcts.config import EvolveConfig, load_config
+from idea_mcts.config import EngineConfig, EvolveConfig, load_config
+from idea_mcts.engines import build_engine
 from idea_mcts.errors import UsageError
 
 
@@ -42,6 +43,8 @@ def test_engine_env_values_are_strings(tmp_path):
     ("search: [unclosed\n", [], "cannot parse"),
     ("", ["reward.quality=0", "reward.complexity=0", "search.validity_gate=0.5"], "search.validity_gate"),
     ("engines:\n  default: {env: {VLLM_CPU_NUM_OF_RESERVED_CPU: '0'}}\n", [], "engines.default.env"),
+    ("engines:\n  default: {backend: openai, base_url: 'http://h/v1', http_backend: requests}\n", [],
+     "engines.default.http_backend"),
 ])
 def test_config_errors_are_one_line_naming_the_key(tmp_path, yaml_text, overrides, needle):
     p = tmp_path / "c.yaml"
@@ -70,3 +73,21 @@ def test_yaml_engines_replace_the_builtin_default(tmp_path):
     p.write_text("engines:\n  a: {model: x/y}\n")  # roles still name the default engine, which is gone
     with pytest.raises(UsageError, match="roles.evolver.engine names 'default'"):
         load_config(p)
+
+
+def test_the_aiohttp_backend_without_aiohttp_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the aiohttp extra the client's aiohttp class refuses to start: a one-line UsageError naming the
+    fix, not a traceback (no server needed: nothing is sent)."""
+    import openai
+
+    class Missing:  # what openai defines when aiohttp is not installed
+        def __init__(self, **_kwargs: object) -> None:
+            raise RuntimeError("To use the aiohttp client you must have installed the package with the `aiohttp` "
+                               "extra")
+
+    monkeypatch.setattr(openai, "DefaultAioHttpClient", Missing)
+    cfg = EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(UsageError, match=r"pip install 'openai\[aiohttp\]' \(or set http_backend: httpx\)"):
+        build_engine(cfg)
+    build_engine(EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
+                              http_backend="httpx")).close()

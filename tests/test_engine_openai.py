@@ -86,6 +86,26 @@ def test_a_prefilled_reply_is_continued(engine: Engine) -> None:
         assert lp.prompt_tokens == len(continued)
 
 
+def test_both_http_backends_send_the_same_requests(vllm_server: VLLMServer, engine: Engine) -> None:
+    """The client's aiohttp backend (the default) and its httpx transport: the same seeded texts and counts,
+    and the same digit logprobs, from the same server."""
+    import openai
+
+    assert isinstance(engine.http_client, openai.DefaultAioHttpClient)  # type: ignore[attr-defined]
+    httpx_engine = build_engine(vllm_server.engine_config(http_backend="httpx", max_retries=2, timeout=60))
+    try:
+        assert not isinstance(httpx_engine.http_client, openai.DefaultAioHttpClient)  # type: ignore[attr-defined]
+        seeded = [r for r in mixed_batch() if r.params.seed is not None or r.params.temperature == 0.0]
+        for a, b in zip(engine.generate(seeded), httpx_engine.generate(seeded), strict=True):
+            assert (a.text, a.prompt_tokens, a.completion_tokens, a.finish_reason) == \
+                (b.text, b.prompt_tokens, b.completion_tokens, b.finish_reason)
+        (a_lp,), (b_lp,) = (e.next_token_logprobs([SCORE_CHAT], DIGITS, 20) for e in (engine, httpx_engine))
+        assert a_lp.logprobs.keys() == b_lp.logprobs.keys() and a_lp.prompt_tokens == b_lp.prompt_tokens
+        assert all(abs(a_lp.logprobs[d] - b_lp.logprobs[d]) < 1e-4 for d in a_lp.logprobs)
+    finally:
+        httpx_engine.close()
+
+
 def test_seed_reproducible_across_batches(engine: Engine) -> None:
     check_seed_reproducible(engine)
 

@@ -4,6 +4,8 @@ A whole batch is sent concurrently (at most `max_concurrency` requests in flight
 continuous batching stays full. Retries are the openai client's own: exponential backoff with jitter on
 connection errors, timeouts, 408/409/429 and 5xx, `max_retries` times; each retried HTTP attempt is counted
 in `stats.retries`. A server still unreachable or failing after that raises `EngineError` naming the URL.
+HTTP goes through the client's aiohttp backend unless `http_backend: httpx`: with hundreds of requests in flight
+httpx's connection pool costs about as much CPU as the rest of the client (docs/benchmarks.md).
 
 The API key is read from the environment variable named by `api_key_env` (default `OPENAI_API_KEY`; local
 servers take any key, "EMPTY" when unset) and handed to the client only: it is never logged, stored on the
@@ -59,10 +61,17 @@ class OpenAIEngine(EventLoopEngine):
         self.model = cfg.model
         self._start_loop("openai-engine")
         self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
+        transport = openai.DefaultAioHttpClient if cfg.http_backend == "aiohttp" else openai.DefaultAsyncHttpxClient
+        try:
+            self.http_client = transport(event_hooks={"request": [self._count_retry]})
+            """The openai client's HTTP client (`EngineConfig.http_backend`), with the client's own defaults."""
+        except RuntimeError:  # the client's aiohttp backend without aiohttp installed
+            self._stop_loop()
+            raise UsageError("http_backend 'aiohttp' needs the openai client's aiohttp extra: pip install "
+                             "'openai[aiohttp]' (or set http_backend: httpx)") from None
         self.client = openai.AsyncOpenAI(
             base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
-            max_retries=cfg.max_retries, timeout=cfg.timeout,
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"request": [self._count_retry]}))
+            max_retries=cfg.max_retries, timeout=cfg.timeout, http_client=self.http_client)
 
     def __repr__(self) -> str:
         return f"OpenAIEngine({self.model_id!r})"
