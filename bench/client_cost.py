@@ -6,9 +6,10 @@ One loopback server (bench/sim_server.py with no service time: it answers at onc
 client process's own) and the demo's judge prompts (`general` presets: the scored examples as earlier chat turns,
 11-12 messages) and a one-message evolver-size chat. For each: the client's typed `chat.completions.create`, its
 `post` with the same JSON body, and `OpenAIEngine.next_token_logprobs` (one batch of every request; the search
-sends the same requests a few at a time from its dispatcher threads). Figures: CPU ms per request of this process
-(all its threads), and engine ÷ raw `create`. With a pool of GPU servers a search process that needs more CPU per
-request than the servers leave it becomes the bound: see docs/benchmarks.md, "Role overlap".
+sends the same requests a few at a time from its dispatcher threads), on the client's httpx transport and on its
+aiohttp backend (the engine's default, `http_backend`). Figures: CPU ms per request of this process (all its
+threads), engine ÷ raw `create`, and aiohttp ÷ httpx. With a pool of GPU servers a search process that needs more
+CPU per request than the servers leave it becomes the bound: see docs/benchmarks.md, "Role overlap".
 """
 
 from __future__ import annotations
@@ -78,26 +79,34 @@ def main() -> int:
     assert server.stdin is not None and server.stdout is not None
     try:
         port = json.loads(server.stdout.readline()[6:])["sim"]
-        engine = OpenAIEngine(EngineConfig(backend="openai", model="sim", base_url=f"http://127.0.0.1:{port}/v1",
-                                           max_concurrency=128))
-        client = engine.client
+        def engine_on(http_backend: str) -> OpenAIEngine:
+            return OpenAIEngine(EngineConfig(backend="openai", model="sim", base_url=f"http://127.0.0.1:{port}/v1",
+                                             max_concurrency=128, http_backend=http_backend))
+
+        httpx_engine, engine = engine_on("httpx"), engine_on("aiohttp")
+        client = httpx_engine.client  # the raw client as most code makes it: httpx, its default transport
         results: dict[str, Any] = {"requests": args.requests, "in_flight": 128}
         for name, prompt in prompts().items():
             row = {
                 "messages": len(prompt),
-                "create_ms": cpu_per_request(lambda n, p=prompt: engine._on_loop(many(client, p, n, True)),
+                "create_ms": cpu_per_request(lambda n, p=prompt: httpx_engine._on_loop(many(client, p, n, True)),
                                              args.requests),
-                "post_ms": cpu_per_request(lambda n, p=prompt: engine._on_loop(many(client, p, n, False)),
+                "post_ms": cpu_per_request(lambda n, p=prompt: httpx_engine._on_loop(many(client, p, n, False)),
                                            args.requests),
+                "engine_httpx_ms": cpu_per_request(
+                    lambda n, p=prompt: httpx_engine.next_token_logprobs([p] * n, CANDIDATES, 20), args.requests),
                 "engine_ms": cpu_per_request(
                     lambda n, p=prompt: engine.next_token_logprobs([p] * n, CANDIDATES, 20), args.requests),
             }
             row["engine_over_create"] = row["engine_ms"] / row["create_ms"]
+            row["engine_over_engine_httpx"] = row["engine_ms"] / row["engine_httpx_ms"]
             results[name] = row
             print(f"{name} ({row['messages']} messages): create {row['create_ms']:.2f} ms, post "
-                  f"{row['post_ms']:.2f} ms, engine {row['engine_ms']:.2f} ms per request "
-                  f"(engine / create {row['engine_over_create']:.2f})")
+                  f"{row['post_ms']:.2f} ms, engine on httpx {row['engine_httpx_ms']:.2f} ms, engine (aiohttp) "
+                  f"{row['engine_ms']:.2f} ms per request (engine / create {row['engine_over_create']:.2f}, "
+                  f"aiohttp / httpx {row['engine_over_engine_httpx']:.2f})")
         engine.close()
+        httpx_engine.close()
     finally:
         server.stdin.close()
         server.wait(timeout=10)

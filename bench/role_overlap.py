@@ -19,7 +19,9 @@ reward, InsTag diversity) runs twice against them, every role on `backend: opena
   emulation (every tree evolves, then every tree responds, then each scorer in turn, ...).
 
 `--slots N` gives every server N slots (a GPU server batches far more than 4): then the search process's own
-CPU per request can bound the servers' busy fraction (bench/client_cost.py).
+CPU per request can bound the servers' busy fraction (bench/client_cost.py). `--httpx` runs the pipelined search a
+second time with the OpenAI engine's httpx transport instead of the client's aiohttp backend (the default):
+requests/s of the default ÷ httpx, and each one's CPU ms per request.
 
 Each server reports the seconds during which at least one request was in service (`busy`), divided by the
 search's wall time (between a reset right before `search.run` and a read right after). Also printed: mean slots
@@ -71,8 +73,9 @@ def http(url: str, post: bool = False) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> dict[str, Any]:
-    """Run the search of whichever idea_mcts is on the path (this checkout or the wave one) on the servers."""
+def search_child(ports: dict[str, int], n_seeds: int, threads: int | None, http_backend: str = "") -> dict[str, Any]:
+    """Run the search of whichever idea_mcts is on the path (this checkout or the wave one) on the servers
+    (`http_backend`: the OpenAI engine's HTTP transport, '' for the library's default)."""
     import logging
 
     if threads:  # diagnosis: the dispatcher's worker threads (each batch sent to a server holds one until answered)
@@ -98,6 +101,8 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> di
     for name, port in ports.items():
         overrides += [f"engines.{name}.backend=openai", f"engines.{name}.model={name}",
                       f"engines.{name}.base_url=http://127.0.0.1:{port}/v1", f"engines.{name}.max_concurrency=256"]
+        if http_backend:
+            overrides.append(f"engines.{name}.http_backend={http_backend}")
     overrides += [f"roles.{role}.engine={server}" for role, server in ROLE_SERVER.items()]
     from idea_mcts.config import RewardConfig
 
@@ -128,6 +133,8 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None) -> di
     stats = {name: http(f"http://127.0.0.1:{port}/stats") for name, port in ports.items()}
     pool.close()
     return {"search_s": wall, "search_cpu_s": cpu, "dispatch_threads": threads or "default",
+            "http_backend": http_backend or "default", "requests_per_s": search.calls / wall,
+            "cpu_ms_per_request": 1000 * cpu / max(1, search.calls),
             "nodes": sum(len(t.nodes) for t in trees), "requests": search.calls,
             "pipelined": hasattr(search, "dispatcher"),
             "peak_overlap": getattr(getattr(search, "dispatcher", None), "peak_overlap", None), "servers": stats}
@@ -139,11 +146,12 @@ def extract(ref: str, dest: Path) -> None:
     subprocess.run(["tar", "-x", "-C", str(dest)], input=tar.stdout, check=True)
 
 
-def run_mode(src: Path, ports: dict[str, int], n_seeds: int, timeout: int, threads: int = 0) -> dict[str, Any]:
+def run_mode(src: Path, ports: dict[str, int], n_seeds: int, timeout: int, threads: int = 0,
+             http_backend: str = "") -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(src), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
            "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(ports), "--seeds", str(n_seeds),
-           "--dispatch_threads", str(threads)]
+           "--dispatch_threads", str(threads), *(["--http_backend", http_backend] if http_backend else [])]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=src)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if p.returncode or line is None:
@@ -168,11 +176,16 @@ def main() -> int:
                     help="diagnosis: the pipelined search's dispatcher threads (default: the library's, 256)")
     ap.add_argument("--slots", type=int, default=0,
                     help="slots of every server (default: the 4 of SERVERS): a GPU server batches far more")
+    ap.add_argument("--httpx", action="store_true",
+                    help="also run the pipelined search with the OpenAI engine's httpx transport (the default is "
+                         "the client's aiohttp backend): same servers, ratio of requests/s")
+    ap.add_argument("--http_backend", default="", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     servers = [{**s, "slots": args.slots or s["slots"]} for s in SERVERS]
     if args.child:
-        print("RESULT " + json.dumps(search_child(json.loads(args.child), args.seeds, args.dispatch_threads)))
+        print("RESULT " + json.dumps(search_child(json.loads(args.child), args.seeds, args.dispatch_threads,
+                                                  args.http_backend)))
         return 0
     server = subprocess.Popen([sys.executable, str(Path(__file__).parent / "sim_server.py"),
                                "--spec", json.dumps(servers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -185,6 +198,11 @@ def main() -> int:
             raise RuntimeError("the simulated servers did not start")
         ports = json.loads(line[6:])
         results["pipelined"] = run_mode(REPO, ports, args.seeds, args.timeout, args.dispatch_threads)
+        if args.httpx:
+            results["pipelined_httpx"] = run_mode(REPO, ports, args.seeds, args.timeout, args.dispatch_threads,
+                                                  "httpx")
+            results["ratio_requests_per_s_default_vs_httpx"] = round(
+                results["pipelined"]["requests_per_s"] / results["pipelined_httpx"]["requests_per_s"], 3)
         if args.waves_ref:
             with tempfile.TemporaryDirectory(prefix="waves-") as tmp:
                 extract(args.waves_ref, Path(tmp))
@@ -198,13 +216,15 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             server.kill()
     print(json.dumps(results, indent=2))
-    print("| mode | search s | nodes | " + " | ".join(f"{s['name']} busy (occ.)" for s in SERVERS) + " |")
-    for mode in ("pipelined", "waves"):
+    print("| mode | search s | nodes | requests/s | CPU ms/request | "
+          + " | ".join(f"{s['name']} busy (occ.)" for s in SERVERS) + " |")
+    for mode in ("pipelined", "pipelined_httpx", "waves"):
         if mode in results:
             r = results[mode]
             cells = [f"{r['servers'][s['name']]['busy_fraction']} ({r['servers'][s['name']]['occupancy']})"
                      for s in SERVERS]
-            print(f"| {mode} | {r['search_s']:.1f} | {r['nodes']} | " + " | ".join(cells) + " |")
+            rate = f"{r['requests_per_s']:.0f} | {r['cpu_ms_per_request']:.2f}" if "requests_per_s" in r else "- | -"
+            print(f"| {mode} | {r['search_s']:.1f} | {r['nodes']} | {rate} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
