@@ -79,6 +79,7 @@ def main() -> int:
     assert server.stdin is not None and server.stdout is not None
     try:
         port = json.loads(server.stdout.readline()[6:])["sim"]
+
         def engine_on(http_backend: str) -> OpenAIEngine:
             return OpenAIEngine(EngineConfig(backend="openai", model="sim", base_url=f"http://127.0.0.1:{port}/v1",
                                              max_concurrency=128, http_backend=http_backend))

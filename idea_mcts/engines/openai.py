@@ -54,7 +54,7 @@ class OpenAIEngine(EventLoopEngine):
         try:
             import openai
         except ImportError:  # optional extra
-            raise UsageError("backend 'openai' needs the openai client: pip install openai") from None
+            raise UsageError("backend 'openai' needs the openai client: pip install 'idea-mcts[openai]'") from None
         self._openai = openai
         self.cfg = cfg
         self.base_url = cfg.base_url
