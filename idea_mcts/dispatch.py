@@ -11,8 +11,9 @@ call, in a worker thread, so the event loop keeps the other trees moving while a
   point, and a run's batches — so its results — do not depend on timing. An engine that is still busy takes its
   queue at the next barrier after it is free. Roles on different engines overlap.
 - engines with continuous batching (in-process vLLM's async engine, OpenAI-compatible servers: `concurrent`
-  true) get each strand's requests as soon as it waits (each group blocks one of `max_threads` worker threads
-  while in flight); the engine's scheduler batches whatever is in flight.
+  true) get each strand's requests as soon as it waits (each group blocks a worker thread while in flight: each
+  engine has `Engine.max_in_flight` threads of its own, so a busy engine never holds back another's calls); the
+  engine's scheduler batches whatever is in flight.
 - `stepped` engines (the transformers engine: continuous batching kept deterministic) get each strand's requests
   as soon as it waits too, but admit them into their decode batch only when the dispatcher `resume`s them: at a
   barrier where nothing else can answer (no other engine busy, every call sent to them inside them, every one of
@@ -64,7 +65,7 @@ class _Group:
 class Dispatcher:
     """Collects requests from the strands of a running search and batches them onto their engines."""
 
-    def __init__(self, on_barrier: Callable[[], None] | None = None, max_threads: int = 256) -> None:
+    def __init__(self, on_barrier: Callable[[], None] | None = None, max_threads: int = 64) -> None:
         self.loop = asyncio.get_running_loop()
         self.on_barrier = on_barrier
         """Called at every barrier (every strand waits), before batches go out: the search writes the nodes
@@ -97,6 +98,10 @@ class Dispatcher:
         self._tickets: dict[asyncio.Future[Any], _Ticket] = {}
         self._parked: list[asyncio.Future[bool]] = []
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="engine")
+        """The jobs of one-call-at-a-time engines (one job per engine at a time)."""
+        self._server_pools: dict[int, ThreadPoolExecutor] = {}
+        """A pool per `concurrent` engine (by id), of its `max_in_flight` threads: calls to one engine never wait
+        for a thread that a call to another holds (one shared pool let a saturated server starve the others)."""
         self._step_pool = ThreadPoolExecutor(max_workers=STEPPED_THREADS, thread_name_prefix="stepped")
         """A thread per call in flight on a stepped engine: the engine resumes only when every call sent to it is
         inside it, so a call must never wait for a free thread (a capped pool could deadlock)."""
@@ -203,8 +208,8 @@ class Dispatcher:
         for engine in engines:
             engine.cancel()
         try:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._step_pool.shutdown(wait=True, cancel_futures=True)
+            for pool in [self._pool, self._step_pool, *self._server_pools.values()]:
+                pool.shutdown(wait=True, cancel_futures=True)
         finally:
             for engine in engines:
                 engine.cancel(False)
@@ -274,6 +279,8 @@ class Dispatcher:
         """Run the groups' batched calls one after the other in a worker thread. A one-call-at-a-time engine's
         answers are all delivered together when its job ends, in group order: strands then resume in the same
         order in every run, whatever the threads' timing."""
+        if self._closed:  # as the pools' own `submit` refuses after `close` shut them down
+            raise RuntimeError("the search's dispatcher is closed: no engine call may start")
         for g in groups:
             self.in_flight[g.client.role] = self.in_flight.get(g.client.role, 0) + len(g.items)
         self.peak_overlap = max(self.peak_overlap, sum(1 for n in self.in_flight.values() if n))
@@ -308,7 +315,16 @@ class Dispatcher:
             else:
                 self.loop.call_soon_threadsafe(self._finish, done, engine_id, engine_id is None)
 
-        (self._step_pool if stepped else self._pool).submit(work)
+        if stepped:
+            pool = self._step_pool
+        elif engine_id is None:  # a concurrent engine: its own threads
+            pool = self._server_pools.get(id(engine))
+            if pool is None:
+                pool = self._server_pools[id(engine)] = ThreadPoolExecutor(
+                    max_workers=max(1, engine.max_in_flight), thread_name_prefix=f"server-{len(self._server_pools)}")
+        else:
+            pool = self._pool
+        pool.submit(work)
 
     def _returned(self, engine_id: int, order: int,
                   done: list[tuple[_Group, list[Any] | None, BaseException | None]]) -> None:

@@ -27,7 +27,7 @@ from idea_mcts import __version__
 from idea_mcts.actions import Action, load_actions, meta_prompt, parse_task_methods, task_actions
 from idea_mcts.config import EngineConfig, EvolveConfig, to_yaml
 from idea_mcts.data import Seed, load_seeds, shard_of
-from idea_mcts.engines import EnginePool, UsageStats
+from idea_mcts.engines import EnginePool, UsageStats, max_in_flight
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
 from idea_mcts.export import REPORT_FILE, TREES_FILE, TreeWriter, iter_tree_records, stream_dataset, write_report
@@ -179,8 +179,9 @@ class EvolveRun:
             key = self.cfg.role_engine(role)
             assert key is not None and self.store.cache is not None
             if key not in self.engines:
-                self.engines[key] = CachedEngine(partial(self.pool.get, key), self.store.cache,
-                                                 engine_identity(self.cfg.engines[key]))
+                cfg = self.cfg.engines[key]
+                self.engines[key] = CachedEngine(partial(self.pool.get, key), self.store.cache, engine_identity(cfg),
+                                                 max_in_flight(cfg))
             role_cfg = getattr(self.cfg.roles, role)
             self.clients[role] = RoleClient(role, self.engines[key], role_cfg, self.cfg.search.seed)
         return self.clients[role]

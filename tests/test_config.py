@@ -91,3 +91,25 @@ def test_the_aiohttp_backend_without_aiohttp_is_a_usage_error(monkeypatch: pytes
         build_engine(cfg)
     build_engine(EngineConfig(backend="openai", model="m", base_url="http://127.0.0.1:9/v1",
                               http_backend="httpx")).close()
+
+
+def test_an_openai_engine_keeps_its_max_concurrency_of_calls_in_flight(tmp_path):
+    """The pipelined search gives each server engine `max_in_flight` threads: an OpenAI-compatible server's
+    `max_concurrency`, known to the run's cached engine before the engine loads (nothing is sent here)."""
+    from idea_mcts.engines import Engine, max_in_flight
+    from idea_mcts.pipeline import EvolveRun
+
+    server = {"backend": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1", "max_concurrency": 7}
+    assert max_in_flight(EngineConfig(**server)) == 7
+    assert max_in_flight(EngineConfig(backend="vllm", model="m")) == Engine.max_in_flight
+    engine = build_engine(EngineConfig(**server))
+    assert engine.max_in_flight == 7
+    engine.close()
+    cfg = load_config(None, [f"output_dir={tmp_path / 'out'}", "data.seeds=builtin:demo", "data.max_seeds=2",
+                             *(f"engines.default.{k}={v}" for k, v in server.items())])
+    run = EvolveRun(cfg)
+    run.store.open(run.fingerprint())
+    try:
+        assert run.client("evolver").engine.max_in_flight == 7
+    finally:
+        run.store.close()

@@ -3,6 +3,7 @@ batched, and the request cache survives a kill."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -56,6 +57,66 @@ def test_roles_on_two_engines_overlap():
     assert len(trees) == 6 and sum(len(t.nodes) for t in trees) > 6
     overlapping = [(a, b) for a in gen.intervals for b in judge.intervals if a[0] < b[1] and b[0] < a[1]]
     assert overlapping, "no call of one engine ever ran while the other engine had a call in flight"
+
+
+class HeldServer(ScriptedEngine):
+    """A `concurrent` engine taking at most two calls at once, each held until `release` is set (or 5 s pass)."""
+
+    concurrent = True
+    max_in_flight = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.inside = self.most_inside = self.timed_out = 0
+        self._lock = threading.Lock()
+
+    def _generate(self, requests):
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        released = self.release.wait(timeout=5.0)
+        with self._lock:
+            self.inside -= 1
+            self.timed_out += not released
+        return ScriptedEngine._generate(self, requests)
+
+
+def test_a_saturated_server_does_not_hold_back_another_servers_calls():
+    """Three calls held by a server that takes two at once, then a call to a second server: the second is
+    answered while the first server's calls are still held (its answer releases them), and the first server never
+    had more than its `max_in_flight` calls inside. (With one thread pool for all servers, sized like the first
+    server's, the second call waited for a thread until the held calls timed out.)"""
+    from idea_mcts.dispatch import Dispatcher
+
+    held, free = HeldServer(), ScriptedEngine()
+    free.concurrent = True
+    slow = RoleClient("evolver", held, RoleConfig(), 0)
+    judge = RoleClient("responder", free, RoleConfig(), 0)
+
+    async def main() -> list[list[object]]:
+        d = Dispatcher(max_threads=HeldServer.max_in_flight)
+
+        async def to_held(i: int) -> list[object]:
+            return await d.call(slow, "generate", [(f"Rewrite {i}.", f"k{i}")])
+
+        async def to_free() -> list[object]:
+            while held.inside < HeldServer.max_in_flight:  # the held server is full
+                await asyncio.sleep(0.01)
+            out = await d.call(judge, "generate", [("Answer this.", "j")])
+            held.release.set()
+            return out
+
+        try:
+            return await d.run_strands([to_held(0), to_held(1), to_held(2), to_free()])
+        finally:
+            d.close()
+
+    out = asyncio.run(main())
+    assert [g[0].text for g in out] == ["answer to: Rewrite 0.", "answer to: Rewrite 1.", "answer to: Rewrite 2.",
+                                        "answer to: Answer this."]
+    assert held.timed_out == 0, "the second server's call waited for the first server's held calls"
+    assert held.most_inside == HeldServer.max_in_flight
 
 
 def test_transformers_same_dataset_whatever_the_batching(tiny_model_dir, tmp_path):

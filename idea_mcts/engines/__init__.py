@@ -63,6 +63,12 @@ def build_engine(cfg: EngineConfig) -> Engine:
     return engine_class(cfg.backend)(cfg)  # type: ignore[call-arg]
 
 
+def max_in_flight(cfg: EngineConfig) -> int:
+    """`Engine.max_in_flight` of the engine `cfg` builds, known without building it (`max_concurrency` for an
+    OpenAI-compatible server)."""
+    return cfg.max_concurrency if cfg.backend == "openai" else Engine.max_in_flight
+
+
 class EnginePool:
     """Engines by config key, built on first use: roles naming the same key share one loaded model."""
 

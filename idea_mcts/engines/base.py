@@ -154,6 +154,10 @@ class Engine:
     again after every step that finished a call. Admissions then happen at the same steps whatever the threads'
     timing, so results stay independent of scheduling, and a short request no longer waits for the longest row
     of its barrier."""
+    max_in_flight: int = 256
+    """A `concurrent` engine: the calls the pipelined search keeps in flight on it at once (each holds one of the
+    dispatcher's threads for this engine until it is answered; an OpenAI-compatible server's: its
+    `max_concurrency`). Each engine has threads of its own, so calls to one never wait for another's."""
     logprob_method: str = "top_k"
     """How `next_token_logprobs` sees the candidates: `full` (the whole next-token distribution, every
     candidate returned) or `top_k` (servers that return only the top-k tokens: absent candidates are left out

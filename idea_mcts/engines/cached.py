@@ -50,8 +50,10 @@ class CachedEngine(Engine):
     cache answered (or that repeated another request of the batch); tokens, retries and engine work are the
     inner engine's only."""
 
-    def __init__(self, load: Callable[[], Engine], cache: RequestCache, identity: dict[str, Any]) -> None:
+    def __init__(self, load: Callable[[], Engine], cache: RequestCache, identity: dict[str, Any],
+                 max_in_flight: int = Engine.max_in_flight) -> None:
         super().__init__(str(identity.get("model", "")))
+        self.max_in_flight = max_in_flight  # the dispatcher sizes this engine's threads before it is loaded
         self.backend = str(identity.get("backend", "cached"))
         self._stepped = False
         if self.backend in BACKENDS:  # known without importing the backend (a replay may never load it)

@@ -21,7 +21,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from idea_mcts.config import EngineConfig
-from idea_mcts.engines import BACKENDS
+from idea_mcts.engines import BACKENDS, max_in_flight
 from idea_mcts.engines.base import (
     Generation,
     GenerationRequest,
@@ -61,6 +61,7 @@ class OpenAIEngine(EventLoopEngine):
         self.model = cfg.model
         self._start_loop("openai-engine")
         self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
+        self.max_in_flight = max_in_flight(cfg)
         transport = openai.DefaultAioHttpClient if cfg.http_backend == "aiohttp" else openai.DefaultAsyncHttpxClient
         try:
             self.http_client = transport(event_hooks={"request": [self._count_retry]})
