@@ -78,16 +78,6 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None, http_
     (`http_backend`: the OpenAI engine's HTTP transport, '' for the library's default)."""
     import logging
 
-    if threads:  # diagnosis: the dispatcher's worker threads (each batch sent to a server holds one until answered)
-        import idea_mcts.dispatch as dispatch
-
-        init = dispatch.Dispatcher.__init__
-
-        def patched(self: Any, on_barrier: Any = None, max_threads: int = 16) -> None:
-            init(self, on_barrier, threads)
-
-        dispatch.Dispatcher.__init__ = patched  # type: ignore[method-assign]
-
     logging.basicConfig(level=logging.WARNING)
     from idea_mcts.actions import load_actions
     from idea_mcts.config import load_config
@@ -124,7 +114,9 @@ def search_child(ports: dict[str, int], n_seeds: int, threads: int | None, http_
     search = IdeaMCTS(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"),
                       build_reward(cfg, client))
     for name in ports:  # connect every client before the clock starts
-        pool.get(name)
+        engine = pool.get(name)
+        if threads:  # diagnosis: the calls the dispatcher keeps in flight on each server (each holds a thread)
+            engine.max_in_flight = threads
     for port in ports.values():
         http(f"http://127.0.0.1:{port}/reset", post=True)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -173,7 +165,8 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per search before it is stopped")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--dispatch_threads", type=int, default=0,
-                    help="diagnosis: the pipelined search's dispatcher threads (default: the library's, 256)")
+                    help="diagnosis: the pipelined search's dispatcher threads per server, i.e. its calls in flight "
+                         "there (default: the engine's max_in_flight, its max_concurrency: 256 here)")
     ap.add_argument("--slots", type=int, default=0,
                     help="slots of every server (default: the 4 of SERVERS): a GPU server batches far more")
     ap.add_argument("--httpx", action="store_true",

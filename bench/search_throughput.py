@@ -58,6 +58,7 @@ class Recorder(Engine):
         super().__init__(self.inner.model_id)
         self.concurrent = self.inner.concurrent  # vLLM's async engine: the search keeps requests in flight
         self.stepped = self.inner.stepped  # the transformers engine's continuous batch
+        self.max_in_flight = self.inner.max_in_flight
         self.backend = self.inner.backend
 
     def _generate(self, requests: list[GenerationRequest]) -> list[Generation]:
