@@ -64,12 +64,13 @@ class OpenAIEngine(EventLoopEngine):
         self.max_in_flight = max_in_flight(cfg)
         transport = openai.DefaultAioHttpClient if cfg.http_backend == "aiohttp" else openai.DefaultAsyncHttpxClient
         try:
-            self.http_client = transport(event_hooks={"request": [self._count_retry]})
-            """The openai client's HTTP client (`EngineConfig.http_backend`), with the client's own defaults."""
+            http_client = transport(event_hooks={"request": [self._count_retry]})
         except RuntimeError:  # the client's aiohttp backend without aiohttp installed
             self._stop_loop()
             raise UsageError("http_backend 'aiohttp' needs the openai client's aiohttp extra: pip install "
                              "'openai[aiohttp]' (or set http_backend: httpx)") from None
+        self.http_client = http_client
+        """The openai client's HTTP client (`EngineConfig.http_backend`), with the client's own defaults."""
         self.client = openai.AsyncOpenAI(
             base_url=cfg.base_url, api_key=os.environ.get(cfg.api_key_env) or "EMPTY",
             max_retries=cfg.max_retries, timeout=cfg.timeout, http_client=self.http_client)
