@@ -123,11 +123,15 @@ def test_scoring_prompts_reuse_the_kv_cache_of_their_shared_turns(tiny_model_dir
     try:
         first = engine.next_token_logprobs(prompts, digits)
         again = engine.next_token_logprobs(prompts[::-1], digits)[::-1]
+        engine.reset_prefix_cache()  # forgotten: computed again by the next call
+        fresh = engine.next_token_logprobs(prompts, digits)
     finally:
         hook.remove()
-    # the shared turns once, alone; then only each prompt's own tokens
-    assert passes[0] >= PREFIX_CACHE_TOKENS and max(passes[1:]) < passes[0] and len(passes) == 1 + 2 * len(prompts)
-    assert [r.logprobs for r in again] == [r.logprobs for r in first]
+    # the shared turns once, alone; then only each prompt's own tokens; again once after the reset
+    n = len(prompts)
+    assert passes[0] >= PREFIX_CACHE_TOKENS and len(passes) == 2 + 3 * n
+    assert passes[1 + 2 * n] == passes[0] and max(passes[1:1 + 2 * n] + passes[2 + 2 * n:]) < passes[0]
+    assert [r.logprobs for r in again] == [r.logprobs for r in first] == [r.logprobs for r in fresh]
     ids = engine._candidate_ids[tuple(digits)]
     with torch.inference_mode():
         for p, r in zip(prompts, first, strict=True):

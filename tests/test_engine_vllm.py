@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +56,28 @@ def test_digit_logprobs(engine: Engine) -> None:
 def test_logprob_candidates_must_be_single_tokens(engine: Engine) -> None:
     with pytest.raises(UsageError, match="no single token for .hello world."):
         engine.next_token_logprobs([SCORE_RAW], ["1", "hello world"])
+
+
+def test_reset_prefix_cache_makes_a_repeated_prompt_compute_again(engine: Engine) -> None:
+    """A prompt seen before is served from vLLM's prefix cache; after `reset_prefix_cache` it is computed afresh
+    (bench/search_throughput.py replays the search's requests from an empty cache, as the search started)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    ids = list(range(1000, 1400))  # 400 tokens: at least three whole KV blocks (128 tokens on a CPU, 16 on a GPU)
+
+    async def one() -> int:
+        final = None
+        async for out in engine.llm.generate(TokensPrompt(prompt_token_ids=ids), SamplingParams(max_tokens=1),
+                                             request_id=uuid.uuid4().hex):
+            final = out
+        assert final is not None
+        return final.num_cached_tokens or 0
+
+    engine._on_loop(one())
+    assert engine._on_loop(one()) >= 256
+    engine.reset_prefix_cache()
+    assert engine._on_loop(one()) == 0
 
 
 def test_two_seed_search(engine: Engine) -> None:

@@ -210,6 +210,11 @@ class Engine:
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free the model (engines holding processes or GPU memory override this)."""
 
+    def reset_prefix_cache(self) -> None:  # noqa: B027 - optional hook
+        """Forget the prompt prefixes (their KV cache) kept from earlier calls, so that the next calls compute
+        their prompts afresh: a benchmark replaying the same requests must not find them already computed. Call
+        it with no call in flight. Engines that keep none (and servers, whose cache is theirs) do nothing."""
+
     def step_state(self) -> tuple[int, bool]:
         """A `stepped` engine's (calls waiting inside it, whether it is paused for the search)."""
         return 0, True

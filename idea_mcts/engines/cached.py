@@ -108,6 +108,10 @@ class CachedEngine(Engine):
         if self._inner is not None:
             self._inner.close()
 
+    def reset_prefix_cache(self) -> None:
+        if self._inner is not None:
+            self._inner.reset_prefix_cache()
+
     def step_state(self) -> tuple[int, bool]:
         return self._inner.step_state() if self._inner is not None else (0, True)
 

@@ -223,6 +223,11 @@ class TransformersEngine(Engine):
                     self.batcher = ContinuousBatcher(self)
         return self.batcher.submit(call)
 
+    def reset_prefix_cache(self) -> None:
+        """Drop the kept shared turns (`PREFIX_CACHE_TOKENS`)."""
+        with self._prefix_lock:
+            self._prefixes.clear()
+
     def step_state(self) -> tuple[int, bool]:
         return self.batcher.state() if self.batcher is not None else (0, True)
 

@@ -123,6 +123,11 @@ class VLLMEngine(EventLoopEngine):
                                         prompt_tokens=len(o.prompt_token_ids or ())))
         return result
 
+    def reset_prefix_cache(self) -> None:
+        """Empty vLLM's prefix cache (`AsyncLLM.reset_prefix_cache`)."""
+        if not self._on_loop(self.llm.reset_prefix_cache()):
+            raise EngineError("vLLM did not reset its prefix cache: calls were still in flight")
+
     def close(self) -> None:
         """Shut the engine core down (its processes and their GPU memory), stop the loop, drop the model."""
         llm, self.llm = getattr(self, "llm", None), None
