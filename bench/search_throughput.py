@@ -6,7 +6,8 @@
 2. Replay the very same requests on the same engine as ONE flat batch per kind (all generations in one call,
    all next-token-logprob prompts in one call), and those of the roles on other engines (the novelty term's
    embedder) as one call each: they ran beside the search on the same cores. Per-request seeds make the replay
-   generate the same tokens, so both sides produce identical work.
+   generate the same tokens, so both sides produce identical work. Every replay starts from an empty prefix cache
+   (`Engine.reset_prefix_cache`), as the search did.
 3. Replay a sample of the generation requests one at a time (the one-tree-one-request loop that most MCTS
    code runs).
 
@@ -32,7 +33,7 @@ from idea_mcts.actions import load_actions
 from idea_mcts.config import load_config
 from idea_mcts.data import load_seeds
 from idea_mcts.engines import EnginePool
-from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
+from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, SamplingParams, TokenLogprobs
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import build_reward
 from idea_mcts.search import EvolveJob, IdeaMCTS
@@ -173,6 +174,16 @@ def streamed(engine: Engine, requests: list[GenerationRequest], scorer: list[tup
     return time.perf_counter() - t0
 
 
+def warm_up(engine: Engine, top_k: int) -> None:
+    """One short generation and one scored prompt before anything is timed, then an empty prefix cache: both sides
+    run on a warm engine (vLLM compiles its logprob ranking on the first call that asks for logprobs: ~3 s here,
+    which `idea-mcts evolve` spends in its judge check before the search)."""
+    prompt: Prompt = [{"role": "user", "content": "Say hello."}]
+    engine.generate([GenerationRequest(prompt, SamplingParams(max_new_tokens=4, seed=0))])
+    engine.next_token_logprobs([[*prompt, {"role": "assistant", "content": "Score: "}]], list("123456"), top_k)
+    engine.reset_prefix_cache()
+
+
 def busy_seconds(spans: list[tuple[float, float]]) -> float:
     """Wall time during which at least one of the calls was in flight (the union of the spans): on a concurrent
     engine calls overlap, and summing them would count the same second several times."""
@@ -220,6 +231,7 @@ def main() -> int:
     reward = build_reward(cfg, client)
     search = RoundsSearch(cfg.search, load_actions(cfg.search.actions), client("evolver"), client("responder"), reward)
     engine = rec.inner
+    warm_up(engine, cfg.reward.top_logprobs)
     logger.info("search: %d seeds on %s (%s)", args.seeds, engine.backend, cfg.engines[key].model)
     steps0 = getattr(engine, "decode_steps", None)  # engines that count their decode steps (transformers)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -234,6 +246,10 @@ def main() -> int:
 
     logger.info("flat replay of %d generations and %d scorer prompts", len(rec.generations), n_scorer)
     requests = [r for r, _ in rec.generations]
+    # each replay starts from an empty prefix cache: the search has computed these very prompts, and a replay that
+    # found them cached (vLLM) would skip most of its prefill (the search's own cache sharing is of one prompt's
+    # shared turns with another's, which the flat batch gets too)
+    engine.reset_prefix_cache()
     t0, c0 = time.perf_counter(), time.process_time()
     flat = engine.generate(requests)
     flat_gen_s = time.perf_counter() - t0
@@ -254,8 +270,11 @@ def main() -> int:
     flat_other_s = time.perf_counter() - t0
     flat_cpu = time.process_time() - c0
 
+    if args.in_flight:
+        engine.reset_prefix_cache()
     streamed_s = streamed(engine, requests, rec.logprob_calls, args.in_flight) if args.in_flight else None
     sample = random.Random(0).sample(requests, min(args.sequential_sample, len(requests)))
+    engine.reset_prefix_cache()
     t0 = time.perf_counter()
     seq_tokens = sum(engine.generate([r])[0].completion_tokens for r in sample)
     seq_s = time.perf_counter() - t0
