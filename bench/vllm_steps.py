@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import time
 from typing import Any
@@ -27,8 +26,6 @@ from vllm.v1.metrics.loggers import StatLoggerBase
 
 import bench.search_throughput as throughput
 from idea_mcts.engines.vllm import VLLMEngine
-
-logger = logging.getLogger("bench.vllm_steps")
 
 STEPS: list[tuple[float, int, int, int, int]] = []
 """(time, requests running, prompt tokens computed, prompt tokens cached, tokens generated) per engine step."""
