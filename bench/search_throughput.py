@@ -20,6 +20,7 @@ work) is less sensitive to other jobs on the machine (for in-process engines; vL
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import random
@@ -113,10 +114,10 @@ class RoundsSearch(IdeaMCTS):
 
     rounds: list[tuple[str, str, list[str]]] = []
 
-    async def expand(self, tree: Tree, leaf: Node) -> list[Node]:
+    async def expand(self, tree: Tree, leaf: Node, after: asyncio.Future[bool] | None = None) -> list[Node]:
         first = tree.ids_issued
         try:
-            return await super().expand(tree, leaf)
+            return await super().expand(tree, leaf, after)
         finally:
             ids = [f"{tree.seed_id}/{i}" for i in range(first, tree.ids_issued)]
             RoundsSearch.rounds.append((tree.seed_id, "each", ids))
@@ -126,12 +127,14 @@ class RoundsSearch(IdeaMCTS):
         return await super().evolve(tree, jobs)
 
 
-def critical_path_steps(rounds: list[tuple[str, str, list[str]]], tokens: dict[tuple[str, str], int]
-                        ) -> tuple[int, float]:
+def critical_path_steps(rounds: list[tuple[str, str, list[str]]], tokens: dict[tuple[str, str], int],
+                        overlap_root: bool = False) -> tuple[int, float]:
     """The decode steps of the longest chain of dependent generations, and the mean over trees: no scheduler can
     finish a tree in fewer steps than its root's evaluation plus, round after round, the round's longest chain
     (an expansion: the longest child's rewrite + its evaluation's generations; a simulation step: the longest
-    rewrite + the longest evaluation). A node's evaluation generates its response, then its tags if tagged."""
+    rewrite + the longest evaluation). A node's evaluation generates its response, then its tags if tagged.
+    With `overlap_root` the first expansion's rewrites run beside the root's evaluation, and each child's
+    evaluation starts when both its rewrite and the root's evaluation are done."""
     def evo(key: str) -> int:
         return tokens.get(("evolver", key), 0)
 
@@ -140,10 +143,14 @@ def critical_path_steps(rounds: list[tuple[str, str, list[str]]], tokens: dict[t
 
     per_tree: dict[str, int] = {}
     for tree, kind, ids in rounds:
+        beside = 0  # the root's evaluation, when it runs beside this round's rewrites
         if tree not in per_tree:
-            per_tree[tree] = ev(f"{tree}/0")
+            if overlap_root and kind == "each":
+                per_tree[tree], beside = 0, ev(f"{tree}/0")
+            else:
+                per_tree[tree] = ev(f"{tree}/0")
         if kind == "each":
-            per_tree[tree] += max((evo(i) + ev(i) for i in ids), default=0)
+            per_tree[tree] += max((max(evo(i), beside) + ev(i) for i in ids), default=beside)
         else:
             per_tree[tree] += max(map(evo, ids), default=0) + max(map(ev, ids), default=0)
     if not per_tree:
@@ -279,7 +286,7 @@ def main() -> int:
     seq_tokens = sum(engine.generate([r])[0].completion_tokens for r in sample)
     seq_s = time.perf_counter() - t0
     pool.close()
-    cp_steps, mean_chain = critical_path_steps(RoundsSearch.rounds, KeyedClient.tokens)
+    cp_steps, mean_chain = critical_path_steps(RoundsSearch.rounds, KeyedClient.tokens, cfg.search.overlap_root)
 
     search_gen_tps = gen_tokens / gen_s
     flat_tps = flat_tokens / flat_gen_s

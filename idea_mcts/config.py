@@ -293,6 +293,13 @@ class SearchConfig:
     dropped), so that the evolver continues it with the new requirement instead of answering it or chatting.
     For small evolvers (the embedded demo); it restricts depth rewrites to extensions of the parent, so it is
     off by default. Breadth (`create_new`) and user `prompt` actions are never prefilled."""
+    overlap_root: bool = False
+    """Make the first Expansion's rewrites while the root is being evaluated (its response and scores) instead of
+    after: the root is then the only node, so the first Selection picks it whatever its evaluation says. The
+    trees are the same, except that a root whose evaluation makes it terminal (a reward above `reward_threshold`)
+    has had its rewrites made for nothing: they are discarded (run.json `counts.discarded_rewrites`, requests
+    sent and counted). Each tree's chain of dependent requests loses the root's response: worth it when the
+    trees are few next to what the engine batches (the demo's 20 seeds on vLLM); off by default."""
     validity_gate: float | None = None
     """Optional judge-based validity gate: the complexity judge (else the quality judge) is asked whether each
     evolution that passed the filter is a self-contained instruction that keeps its parent's task; it is dropped

@@ -97,6 +97,8 @@ class Dispatcher:
         is being torn down (`close`), and callbacks still queued on the loop must not log or dispatch again."""
         self._tickets: dict[asyncio.Future[Any], _Ticket] = {}
         self._parked: list[asyncio.Future[bool]] = []
+        self._signals: dict[asyncio.Future[bool], int] = {}
+        """Signals not fired yet, with how many strands wait for each."""
         self._pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="engine")
         """The jobs of one-call-at-a-time engines (one job per engine at a time)."""
         self._server_pools: dict[int, ThreadPoolExecutor] = {}
@@ -157,6 +159,34 @@ class Dispatcher:
         for fut in parked:
             self.waiting -= 1
             fut.set_result(True)
+
+    # -- strands waiting for strands -------------------------------------------------------------------
+    def signal(self) -> asyncio.Future[bool]:
+        """A one-shot signal from one strand to others: they `wait_signal`, it `fire`s."""
+        sig: asyncio.Future[bool] = self.loop.create_future()
+        self._signals[sig] = 0
+        return sig
+
+    async def wait_signal(self, sig: asyncio.Future[bool]) -> bool:
+        """Block this strand until another `fire`s `sig` (its value), counting as waiting meanwhile: the strand
+        that will fire it may itself need a barrier (a one-call-at-a-time or stepped engine) to get there."""
+        if sig.done():
+            return sig.result()
+        self._signals[sig] += 1
+        self.waiting += 1
+        try:
+            self._barrier()
+            return await sig
+        finally:
+            if not sig.done():  # cancelled while waiting (a stopped search)
+                self._signals[sig] -= 1
+                self.waiting -= 1
+
+    def fire(self, sig: asyncio.Future[bool], value: bool) -> None:
+        """Set `sig`. Its waiters stop counting as waiting at once (as an answered request's strand does), so no
+        barrier fires before they have resumed."""
+        self.waiting -= self._signals.pop(sig, 0)
+        sig.set_result(value)
 
     # -- requests --------------------------------------------------------------------------------------
     def submit(self, client: RoleClient, method: str, item: Any, *args: Any) -> asyncio.Future[Any]:

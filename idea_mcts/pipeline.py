@@ -294,7 +294,7 @@ class EvolveRun:
             "estimate": self.estimate,
             "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
                        "rows": n_rows, "max_depth": counts["max_depth"], "requests": search.calls,
-                       "cached_requests": total.cached},
+                       "cached_requests": total.cached, "discarded_rewrites": search.discarded},
             "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
             "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
                         for k, e in self.engines.items()},

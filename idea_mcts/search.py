@@ -1,7 +1,7 @@
 """IDEA-MCTS: every tree runs the paper's loop (Figure 2) on its own, all trees at once.
 
     for each tree, concurrently:
-        evaluate the root
+        evaluate the root (with `overlap_root`: while the first Expansion's rewrites are made)
         repeat `iterations` times:
             Selection        -> a node by UCT, down the expansion children to one not yet expanded
             Expansion        -> `expand_width` children of it, each from a distinct sampled action
@@ -87,6 +87,8 @@ class IdeaMCTS:
         self.stopped: str | None = None
         """Why the search ended early (`max_calls`), or None."""
         self.calls = 0
+        self.discarded = 0
+        """Rewrites of a root that its evaluation made terminal (`overlap_root` makes them before it is known)."""
         self.seconds = 0.0
         self.dispatcher: Dispatcher | None = None
         self._completed: list[Node] = []
@@ -143,12 +145,19 @@ class IdeaMCTS:
     async def grow(self, tree: Tree) -> None:
         """The paper's loop for one tree."""
         try:
-            await self.evaluate(tree, [tree.root])
-            for _ in range(self.cfg.iterations):
+            overlap = self.cfg.overlap_root and self.cfg.iterations > 0
+            if not overlap:
+                await self.evaluate(tree, [tree.root])
+            for i in range(self.cfg.iterations):
                 leaf = self.select(tree)
                 if leaf is None:
                     break
-                children = await self.expand(tree, leaf)  # Expansion, and each child's Evaluation
+                if overlap and i == 0:
+                    children = await self.expand_evaluating_root(tree)
+                    if tree.root.terminal:
+                        break
+                else:
+                    children = await self.expand(tree, leaf)  # Expansion, and each child's Evaluation
                 starts, done = self.choose_simulation_starts(tree, leaf, children)
                 ends = await self.simulate(tree, starts)
                 self.backpropagate(tree, done + ends)
@@ -159,26 +168,66 @@ class IdeaMCTS:
         """Selection: the node to expand by UCT (None when the tree has nothing left to expand)."""
         return tree.select(self.cfg.exploration_constant, self.cfg.value)
 
-    async def expand(self, tree: Tree, leaf: Node) -> list[Node]:
+    async def expand(self, tree: Tree, leaf: Node, after: asyncio.Future[bool] | None = None) -> list[Node]:
         """Expansion and Evaluation: children of the leaf, each from a distinct sampled action. The evolutions are
         charged as one group; then each child is written and evaluated in a strand of its own, so its response
         and scorers go out as soon as its own rewrite is back (on engines that answer requests as they finish,
         a tree's chain is then its slowest child's rewrite + response, not its slowest rewrite + its slowest
-        response). The children join the tree in action order, whichever finished first."""
+        response). The children join the tree in action order, whichever finished first. With `after` (a
+        dispatcher signal) each child's evaluation waits for it, and no child is evaluated or kept when it fires
+        False (`expand_evaluating_root`)."""
         k = min(self.cfg.expand_width, len(self.actions))
         jobs = [EvolveJob(leaf, a, "expand", tree.next_id()) for a in tree.rng.sample(self.actions, k)]
         await self._reserve_evolutions(jobs)
+        d = self._dispatcher()
 
         async def child(job: EvolveJob) -> Node | None:
             (node,) = await self._write(tree, [job], attach=False)
+            if node is not None and after is not None and not await d.wait_signal(after):
+                self.discarded += 1
+                self._release(self.calls_per_node(evolved=False))  # its response and scorers are not sent
+                return None
             if node is not None:
                 await self.evaluate(tree, [node])
             return node
 
-        made = [c for c in await self._dispatcher().run_strands([child(j) for j in jobs]) if c is not None]
+        made = [c for c in await d.run_strands([child(j) for j in jobs]) if c is not None]
         for node in made:
             tree.attach(node)
         return made
+
+    async def expand_evaluating_root(self, tree: Tree) -> list[Node]:
+        """The first Expansion while the root is still being evaluated (`overlap_root`). The root is then the
+        tree's only node, so the first Selection picks it whatever its evaluation says, unless the evaluation makes
+        it terminal (a reward above `reward_threshold`): then the rewrites already made are discarded (counted in
+        `discarded`), as the loop would not have expanded it. The children's evaluations wait for the root's, so
+        every score (the novelty pool's order too) is the one the loop in order gives."""
+        d = self._dispatcher()
+        evaluated = d.signal()
+
+        async def root() -> BaseException | None:
+            ok = False
+            try:
+                await self.evaluate(tree, [tree.root])
+                ok = not tree.root.terminal
+            except Exception as exc:  # e.g. BudgetExhausted: raised once the rewrites in flight are done with
+                return exc
+            finally:
+                d.fire(evaluated, ok)
+            return None
+
+        async def first() -> list[Node] | BaseException:
+            try:
+                return await self.expand(tree, tree.root, after=evaluated)
+            except Exception as exc:
+                return exc
+
+        failed, children = await d.run_strands([root(), first()])
+        if failed is not None:
+            raise failed
+        if isinstance(children, BaseException):
+            raise children
+        return children
 
     async def evaluate(self, tree: Tree, nodes: Sequence[Node]) -> None:
         """Evaluation: respond to each node's instruction, then score (instruction, response). An evolved node

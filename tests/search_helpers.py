@@ -18,9 +18,9 @@ from idea_mcts.tree import Tree
 SEEDS = [Seed("s0", "Give three tips for staying healthy."), Seed("s1", "Explain why the sky is blue.")]
 
 
-def two_seed_search(engine: Engine, **kwargs: Any) -> tuple[IdeaMCTS, list[Tree]]:
+def two_seed_search(engine: Engine, overlap_root: bool = False, **kwargs: Any) -> tuple[IdeaMCTS, list[Tree]]:
     """`kwargs` go to `IdeaMCTS` (e.g. `on_nodes`)."""
-    cfg = SearchConfig(iterations=1, expand_width=2, max_depth=1, seed=3)
+    cfg = SearchConfig(iterations=1, expand_width=2, max_depth=1, seed=3, overlap_root=overlap_root)
     roles = {"evolver": RoleConfig(max_new_tokens=32), "responder": RoleConfig(max_new_tokens=32),
              "quality": RoleConfig(max_new_tokens=1, temperature=0.0),
              "complexity": RoleConfig(max_new_tokens=1, temperature=0.0),

@@ -143,6 +143,23 @@ def test_search_schedule_and_trees_do_not_depend_on_thread_timing(engine, monkey
     assert runs[0][1] and runs[0] == runs[1]
 
 
+def test_overlap_root_grows_the_loops_trees_whatever_the_timing(engine, monkeypatch):
+    """`overlap_root` on the stepped engine: the first rewrites are admitted with the roots' responses, before
+    any root is scored, and the trees are those of the loop in order, the same in two runs with different random
+    delays in the worker threads."""
+    def first_admission(**kw: bool) -> tuple[int, list[dict]]:
+        first = len(engine.batcher.admissions) if engine.batcher else 0
+        search, trees = two_seed_search(engine, **kw)
+        assert search.discarded == 0
+        return engine.batcher.admissions[first][1], [n.to_record() for t in trees for n in t]
+
+    rows, want = first_admission()
+    assert rows == 2  # the loop in order: the 2 roots' responses
+    for seed in (1, 2):
+        _jittered(monkeypatch, seed)
+        assert first_admission(overlap_root=True) == (2 + 2 * 2, want)  # and the 2 x 2 first rewrites
+
+
 def test_a_failing_judge_call_fails_alone(engine):
     """A judge call the engine cannot serve (a candidate that is no single token) raises in its own thread; the
     batch goes on serving the next calls."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from idea_mcts.dispatch import Dispatcher
 from idea_mcts.engines import build_engine
 from idea_mcts.engines.base import Engine
 from idea_mcts.errors import UsageError
@@ -86,6 +87,22 @@ def test_two_seed_search(engine: Engine) -> None:
     search, trees = two_seed_search(engine)
     check_search(search, trees)
     assert engine.stats.calls > calls
+
+
+def test_two_seed_search_with_overlap_root(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`search.overlap_root` on the in-process vLLM engine: the first rewrites go out before any root is scored
+    (the loop in order sends them after), and the search is sound."""
+    roles: list[str] = []
+    launch = Dispatcher._launch
+
+    def record(self: Dispatcher, groups: list, engine_id: int | None = None) -> None:
+        roles.extend(g.client.role for g in groups)
+        launch(self, groups, engine_id)
+
+    monkeypatch.setattr(Dispatcher, "_launch", record)
+    search, trees = two_seed_search(engine, overlap_root=True)
+    check_search(search, trees)
+    assert roles.index("evolver") < roles.index("quality") and roles.index("evolver") < roles.index("complexity")
 
 
 def engine_cores(engine: Engine) -> set[int]:

@@ -95,6 +95,45 @@ def test_max_calls_stops_before_a_wave():
     assert search.stopped == "max_calls" and search.calls <= 40
 
 
+def test_overlap_root_sends_the_first_rewrites_with_the_roots_responses_and_grows_the_same_trees():
+    ref = make_search(ScriptedEngine(), iterations=2, max_depth=2)
+    want = [t.records() for t in ref.run(SEEDS)]
+    engine = ScriptedEngine()
+    search = make_search(engine, iterations=2, max_depth=2, overlap_root=True)
+    trees = search.run(SEEDS)
+    # the first barrier holds every tree's root response and first rewrites: one engine job, before any score
+    assert sorted(engine.batches[:2]) == [("evolve", 15), ("respond", 3)]
+    assert [t.records() for t in trees] == want
+    assert (search.calls, search.discarded) == (ref.calls, 0)
+
+
+def test_overlap_root_discards_the_rewrites_of_a_root_its_evaluation_makes_terminal():
+    # a root scores 4 + 1 + 2 tags = 7 > 6.5: terminal, so the loop never expands it
+    ref = make_search(ScriptedEngine(), reward_threshold=6.5)
+    want = [t.records() for t in ref.run(SEEDS)]
+    engine = ScriptedEngine()
+    search = make_search(engine, reward_threshold=6.5, overlap_root=True)
+    trees = search.run(SEEDS)
+    assert [t.records() for t in trees] == want and all(len(t.nodes) == 1 for t in trees)
+    assert search.discarded == 15
+    # the rewrites were sent and are counted; their responses and scorers were not sent
+    assert search.calls == ref.calls + 15 == sum(n for _, n in engine.batches)
+    assert sum(n for kind, n in engine.batches if kind == "respond") == 3
+
+
+def test_overlap_root_ends_a_tree_whose_first_rewrites_do_not_fit_max_calls():
+    # the roots cost 3 x 4 requests; no tree's 5 rewrites (5 x 5 requests reserved) fit in what is left
+    ref = make_search(ScriptedEngine())
+    ref.max_calls = 20
+    want = [t.records() for t in ref.run(SEEDS)]
+    search = make_search(ScriptedEngine(), overlap_root=True)
+    search.max_calls = 20
+    trees = search.run(SEEDS)
+    assert search.stopped == ref.stopped == "max_calls"
+    assert [t.records() for t in trees] == want and all(len(t.nodes) == 1 and t.root.reward for t in trees)
+    assert search.calls == ref.calls == 12
+
+
 def test_estimate_is_an_upper_bound():
     engine = ScriptedEngine()
     search = make_search(engine, iterations=2, max_depth=3)
