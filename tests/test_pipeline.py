@@ -4,6 +4,7 @@ batched, and the request cache survives a kill."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 
@@ -128,6 +129,23 @@ def test_transformers_same_dataset_whatever_the_batching(tiny_model_dir, tmp_pat
                   "data.max_seeds=3") == 0
     assert (wide / "trees.jsonl").read_bytes() == (narrow / "trees.jsonl").read_bytes()
     assert load_from_disk(str(wide / "dataset")).to_list() == load_from_disk(str(narrow / "dataset")).to_list()
+
+
+def test_overlap_root_reports_the_rewrites_of_roots_their_evaluation_made_terminal(tiny_model_dir, tmp_path):
+    """`search.overlap_root` with a threshold below every reward: each root is terminal, so its first rewrites,
+    sent beside its evaluation, are discarded. run.json counts them as sent and discarded; nothing else of theirs
+    was sent (no response, no score), and the trees hold the roots alone. The loop in order sends no rewrite."""
+    on, off = tmp_path / "on", tmp_path / "off"
+    assert evolve(on, tiny_model_dir, "search.overlap_root=true", "search.reward_threshold=-1000") == 0
+    assert evolve(off, tiny_model_dir, "search.reward_threshold=-1000") == 0
+    got, want = (json.loads((out / "run.json").read_text()) for out in (on, off))
+    assert (got["counts"]["discarded_rewrites"], want["counts"]["discarded_rewrites"]) == (2 * 2, 0)
+    assert (got["usage"]["evolver"]["requests"], want["usage"]["evolver"]["requests"]) == (4, 0)
+    assert got["counts"]["requests"] == want["counts"]["requests"] + 4
+    others = [r for r in want["usage"] if r != "evolver"]
+    assert [got["usage"][r]["requests"] for r in others] == [want["usage"][r]["requests"] for r in others]
+    assert (on / "trees.jsonl").read_bytes() == (off / "trees.jsonl").read_bytes()
+    assert got["counts"]["nodes"] == 2
 
 
 def test_request_index_survives_kill_mid_transaction(tiny_model_dir, tmp_path):
