@@ -297,9 +297,10 @@ class SearchConfig:
     """Make the first Expansion's rewrites while the root is being evaluated (its response and scores) instead of
     after: the root is then the only node, so the first Selection picks it whatever its evaluation says. The
     trees are the same, except that a root whose evaluation makes it terminal (a reward above `reward_threshold`)
-    has had its rewrites made for nothing: they are discarded (run.json `counts.discarded_rewrites`, requests
-    sent and counted). Each tree's chain of dependent requests loses the root's response: worth it when the
-    trees are few next to what the engine batches (the demo's 20 seeds on vLLM); off by default."""
+    has had its rewrites made for nothing: they are discarded (run.json `counts.discarded_rewrites`: those the
+    filter kept; their requests are sent and counted). Each tree's chain of dependent requests loses the root's
+    response: worth it when the trees are few and an engine step costs about the same whatever its rows (a GPU);
+    on a CPU the work bounds the run and the wall time does not move (docs/benchmarks.md). Off by default."""
     validity_gate: float | None = None
     """Optional judge-based validity gate: the complexity judge (else the quality judge) is asked whether each
     evolution that passed the filter is a self-contained instruction that keeps its parent's task; it is dropped

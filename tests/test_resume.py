@@ -107,6 +107,27 @@ def test_sigkill_at_any_point_then_resume_is_identical(name, stopped, reference,
             == ref_report["engines"]["default"]["requests"] + ref_report["counts"]["cached_requests"])
 
 
+def test_sigkill_while_overlap_root_has_roots_and_rewrites_in_flight_then_resume_is_identical(tiny_model_dir,
+                                                                                                 tmp_path):
+    """`search.overlap_root`: a run killed while its roots' evaluations and their first rewrites are in flight
+    (3 cache lines written), then resumed, ends as the uninterrupted run did (the node log's order aside: see
+    `assert_same_run`)."""
+    ref, out = tmp_path / "reference", tmp_path / "killed"
+    assert evolve(ref, tiny_model_dir, "search.overlap_root=true") == 0
+    proc = subprocess.Popen([sys.executable, "-m", "idea_mcts.cli",
+                             *evolve_argv(out, tiny_model_dir, "search.overlap_root=true")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and cache_lines(out) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.kill()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL, f"not killed: {err[-2000:]}"
+    assert state(out)["status"] == "running" and cache_lines(out) < cache_lines(ref)
+    assert evolve(out, tiny_model_dir, "search.overlap_root=true") == 0
+    assert_same_run(out, ref, log_order=False)
+
+
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(stopped, reference):
     run = stopped["sigint"]
     assert run.returncode == 130, run.stderr[-2000:]
