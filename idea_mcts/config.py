@@ -252,6 +252,13 @@ class SearchConfig:
     """MCTS iterations per tree."""
     expand_width: int = 5
     """Children per expansion, each from a distinct sampled action."""
+    expand_attempts: int | None = None
+    """The most rewrites one Expansion makes. When the elimination filter (or the validity gate, or a refused
+    response) leaves it fewer than `expand_width` children, it tries actions it has not tried yet (then actions
+    again, with other request seeds) in further rounds until it has them or has made this many rewrites; run.json
+    counts them (`counts.retried_rewrites`) and the Expansions that still made nothing
+    (`counts.barren_expansions`). None = 3 x `expand_width`; `expand_width` = no retries (one round, as the
+    paper's loop without a filter). Counted in the plan's upper bounds and in `max_calls`."""
     exploration_constant: float = 1.0
     """C in UCT = V + C * sqrt(ln N(parent) / N(node)); unvisited nodes score +inf."""
     max_depth: int = 4
@@ -309,9 +316,17 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, {"iterations": NON_NEGATIVE_INT, "expand_width": POSITIVE_INT,
+                            "expand_attempts": Range(1, integer=True, optional=True),
                             "exploration_constant": Range(0), "max_depth": NON_NEGATIVE_INT,
                             "reward_threshold": Range(finite=False), "num_task_actions": POSITIVE_INT},
                      {"value": VALUE_MODES, "simulate_from": SIMULATE_FROM})
+        if self.expand_attempts is not None and self.expand_attempts < self.expand_width:
+            raise ConfigValueError("expand_attempts", f"null or an integer >= expand_width ({self.expand_width})",
+                                   self.expand_attempts)
+
+    def attempts(self) -> int:
+        """The most rewrites one Expansion makes (`expand_attempts`, default 3 x `expand_width`)."""
+        return self.expand_attempts if self.expand_attempts is not None else 3 * self.expand_width
 
 
 @dataclass

@@ -9,6 +9,7 @@ import random
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -186,9 +187,12 @@ class TreeWriter:
         self.counts = {"seeds": 0, "nodes": 0, "evolved_nodes": 0, "terminal_nodes": 0, "max_depth": 0,
                        "scored_nodes": 0}
         self.seed_scores = ScoreMeans()
+        self.seed_ids: set[str] = set()
+        """The seeds whose trees were written."""
 
     def add(self, index: int, tree: Tree) -> None:
         records = tree.records(self.value_mode)
+        self.seed_ids.add(tree.seed_id)
         c = self.counts
         c["seeds"] += 1
         c["nodes"] += len(records)
@@ -226,9 +230,39 @@ def _export_rows(trees_path: str, export: dict[str, Any]) -> Iterator[dict[str, 
     yield from (record_row(r) for r in select_records(lambda: iter_tree_records(Path(trees_path)), cfg))
 
 
-def stream_dataset(out_dir: Path, trees_path: Path, cfg: ExportConfig) -> tuple[int, ScoreMeans]:
+@dataclass
+class Exported:
+    """What `stream_dataset` wrote: the number of rows, their score means and the seeds they come from."""
+
+    rows: int
+    means: ScoreMeans
+    seeds: set[str]
+
+    def seeds_without_rows(self, seed_ids: Iterable[str]) -> list[str]:
+        """The ids among `seed_ids` (in their order) that no row comes from."""
+        return [s for s in seed_ids if s not in self.seeds]
+
+
+def export_warnings(exported: Exported, mode: str, scored_nodes: int, missing: Sequence[str], seeds: int
+                    ) -> list[str]:
+    """run.json's warnings about the export: no rows at all; seeds whose trees gave no row (`missing`)."""
+    out = []
+    if not exported.rows:
+        out.append(f"0 rows exported (export.mode={mode}) from {scored_nodes} scored non-root nodes")
+    if missing:
+        out.append(f"{len(missing)} of {seeds} seeds have no row (their trees kept no scored evolution the export "
+                   f"selects): {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
+    return out
+
+
+def is_export_warning(warning: str) -> bool:
+    """Whether a run.json warning is one of `export_warnings` (a shard's, replaced by the merged run's)."""
+    return warning.startswith("0 rows exported") or " seeds have no row " in warning
+
+
+def stream_dataset(out_dir: Path, trees_path: Path, cfg: ExportConfig) -> Exported:
     """Select the rows from trees.jsonl and write them as OUT/dataset, streamed (`Dataset.from_generator`: no
-    row list is held); return their number and score means."""
+    row list is held); return their number, score means and seeds."""
     import tempfile
     from dataclasses import asdict
 
@@ -237,15 +271,16 @@ def stream_dataset(out_dir: Path, trees_path: Path, cfg: ExportConfig) -> tuple[
     kwargs = {"trees_path": str(trees_path), "export": asdict(cfg)}
     if next(_export_rows(**kwargs), None) is None:  # datasets cannot generate a split of no rows
         write_dataset(out_dir, Dataset.from_dict({k: [] for k in features()}, features=features()))
-        return 0, ScoreMeans()
+        return Exported(0, ScoreMeans(), set())
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".rows-") as cache:
         ds = Dataset.from_generator(_export_rows, features=features(), cache_dir=cache, gen_kwargs=kwargs)
-        means = ScoreMeans()
-        for batch in ds.select_columns(list(PAPER_SCORES)).iter(batch_size=1000):
+        means, seeds = ScoreMeans(), set()
+        for batch in ds.select_columns([*PAPER_SCORES, "seed_id"]).iter(batch_size=1000):
+            seeds.update(batch["seed_id"])
             for j in range(len(batch[PAPER_SCORES[0]])):
                 means.add({k: batch[k][j] for k in PAPER_SCORES})
         write_dataset(out_dir, ds)
-        return len(ds), means
+        return Exported(len(ds), means, seeds)
 
 
 def read_trees(out_dir: Path) -> list[Tree]:

@@ -30,13 +30,22 @@ from idea_mcts.data import Seed, load_seeds, shard_of
 from idea_mcts.engines import EnginePool, UsageStats, max_in_flight
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import REPORT_FILE, TREES_FILE, TreeWriter, iter_tree_records, stream_dataset, write_report
+from idea_mcts.export import (
+    REPORT_FILE,
+    TREES_FILE,
+    Exported,
+    TreeWriter,
+    export_warnings,
+    iter_tree_records,
+    stream_dataset,
+    write_report,
+)
 from idea_mcts.filters import REASONS
 from idea_mcts.hub import check_reachable
 from idea_mcts.judge_check import reward_terms, validate_reward, warn_failures
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
-from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, ScoreMeans, build_reward
+from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward
 from idea_mcts.search import IdeaMCTS, estimate
 from idea_mcts.store import SHARDS_DIR, RunStore, check_layout
 
@@ -259,30 +268,33 @@ class EvolveRun:
         try:
             search.run(self.seeds)
             bar.close()
-            n_rows, row_means = stream_dataset(self.out, trees.close(), self.cfg.export)
+            exported = stream_dataset(self.out, trees.close(), self.cfg.export)
             trees.commit()
         except BaseException:
             trees.discard()
             raise
-        if not n_rows:
+        if not exported.rows:
             logger.warning("the export selected 0 rows (export.mode=%s): the dataset is empty; run.json "
                            "`warnings` says why", self.cfg.export.mode)
-        report = self.report(trees, n_rows, row_means, search, reward, actions, started, time.perf_counter() - t0)
+        report = self.report(trees, exported, search, reward, actions, started, time.perf_counter() - t0)
         write_report(self.out, report)
         self.store.finish("finished" if search.stopped is None else "stopped")
         return report
 
-    def report(self, trees: TreeWriter, n_rows: int, row_means: ScoreMeans, search: IdeaMCTS, reward: Reward,
+    def report(self, trees: TreeWriter, exported: Exported, search: IdeaMCTS, reward: Reward,
                actions: list[Action], started: str, wall: float) -> dict[str, Any]:
         counts = trees.counts
         total = UsageStats()
         for c in self.clients.values():
             total.add(c.stats)
         failures = Counter(reward.failures) + search.failures
-        warnings = []
-        if not n_rows:
-            warnings.append(f"0 rows exported (export.mode={self.cfg.export.mode}) from {counts['scored_nodes']} "
-                            "scored non-root nodes")
+        missing = exported.seeds_without_rows(s.seed_id for s in self.seeds if s.seed_id in trees.seed_ids)
+        if missing:
+            logger.warning("%d of %d seeds have no row: %s", len(missing), counts["seeds"], ", ".join(missing[:10]))
+        if search.barren:
+            logger.warning("%d Expansions made no child after %d attempts each (run.json counts.barren_expansions)",
+                           search.barren, self.cfg.search.attempts())
+        warnings = export_warnings(exported, self.cfg.export.mode, counts["scored_nodes"], missing, counts["seeds"])
         return {
             "version": __version__, "command": self.command,
             "status": "finished" if search.stopped is None else f"stopped early: {search.stopped}",
@@ -293,8 +305,10 @@ class EvolveRun:
             "actions": [{"name": a.name, "prompt": a.prompt} for a in actions],
             "estimate": self.estimate,
             "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
-                       "rows": n_rows, "max_depth": counts["max_depth"], "requests": search.calls,
-                       "cached_requests": total.cached, "discarded_rewrites": search.discarded},
+                       "rows": exported.rows, "seeds_without_rows": len(missing), "max_depth": counts["max_depth"],
+                       "requests": search.calls, "cached_requests": total.cached,
+                       "discarded_rewrites": search.discarded, "retried_rewrites": search.retried,
+                       "barren_expansions": search.barren},
             "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
             "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
                         for k, e in self.engines.items()},
@@ -307,7 +321,7 @@ class EvolveRun:
             "reward_terms": reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree),
                                          reward.enabled()),
             "filtered": {r: search.eliminator.counts.get(r, 0) for r in REASONS},
-            "data_quality": {"seeds": trees.seed_scores.result(), "rows": row_means.result()},
+            "data_quality": {"seeds": trees.seed_scores.result(), "rows": exported.means.result()},
             "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),
             "throughput": {"nodes_per_s": round(counts["nodes"] / max(search.seconds, 1e-9), 3),
                            "completion_tokens_per_s": round(total.completion_tokens / max(search.seconds, 1e-9), 2),

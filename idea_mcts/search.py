@@ -21,6 +21,7 @@ to `on_tree` (written out) and, when `keep_trees` is off, dropped from memory.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter
@@ -89,6 +90,10 @@ class IdeaMCTS:
         self.calls = 0
         self.discarded = 0
         """Rewrites of a root that its evaluation made terminal (`overlap_root` makes them before it is known)."""
+        self.retried = 0
+        """Rewrites made by Expansions after their first round (their first rewrites were eliminated)."""
+        self.barren = 0
+        """Expansions that ended with no scored child after every attempt (the iteration added nothing)."""
         self.seconds = 0.0
         self.dispatcher: Dispatcher | None = None
         self._completed: list[Node] = []
@@ -173,12 +178,14 @@ class IdeaMCTS:
         charged as one group; then each child is written and evaluated in a strand of its own, so its response
         and scorers go out as soon as its own rewrite is back (on engines that answer requests as they finish,
         a tree's chain is then its slowest child's rewrite + response, not its slowest rewrite + its slowest
-        response). The children join the tree in action order, whichever finished first. With `after` (a
-        dispatcher signal) each child's evaluation waits for it, and no child is evaluated or kept when it fires
-        False (`expand_evaluating_root`)."""
+        response). When the elimination filter (or the gate, or a refused response) leaves fewer than
+        `expand_width` children, further rounds try actions not yet tried in this Expansion (then actions again,
+        with other request seeds) until it has them or `expand_attempts` rewrites were made: an iteration is
+        spent on an Expansion that grows the tree. The children join the tree in the order they were made. With
+        `after` (a dispatcher signal) each child's evaluation waits for it, and no child is evaluated or kept when
+        it fires False (`expand_evaluating_root`)."""
         k = min(self.cfg.expand_width, len(self.actions))
-        jobs = [EvolveJob(leaf, a, "expand", tree.next_id()) for a in tree.rng.sample(self.actions, k)]
-        await self._reserve_evolutions(jobs)
+        limit = self.cfg.attempts()
         d = self._dispatcher()
 
         async def child(job: EvolveJob) -> Node | None:
@@ -191,10 +198,38 @@ class IdeaMCTS:
                 await self.evaluate(tree, [node])
             return node
 
-        made = [c for c in await d.run_strands([child(j) for j in jobs]) if c is not None]
+        made: list[Node] = []
+        tried: list[Action] = []
+        actions = tree.rng.sample(self.actions, k)
+        for round_ in itertools.count():
+            jobs = [EvolveJob(leaf, a, "expand", tree.next_id()) for a in actions]
+            try:
+                await self._reserve_evolutions(jobs)
+            except BudgetExhausted:
+                if not round_:  # nothing made: the tree stops here
+                    raise
+                self._budget_exhausted()  # keep what the earlier rounds made; the tree's next request stops it
+                break
+            tried += actions
+            if round_:
+                self.retried += len(jobs)
+            made += [c for c in await d.run_strands([child(j) for j in jobs]) if c is not None]
+            usable = sum(c.reward is not None for c in made)
+            if usable >= k or len(tried) >= limit or (after is not None and after.done() and not after.result()):
+                break
+            actions = self._more_actions(tree, tried, min(k - usable, limit - len(tried)))
         for node in made:
             tree.attach(node)
+        if not any(c.reward is not None for c in made):
+            self.barren += 1
         return made
+
+    def _more_actions(self, tree: Tree, tried: Sequence[Action], n: int) -> list[Action]:
+        """`n` actions for an Expansion's next round: distinct ones not tried in it yet, then (when every action
+        has been tried) any, each again with another request seed (a new node id)."""
+        fresh = [a for a in self.actions if all(a is not t for t in tried)]
+        picked = tree.rng.sample(fresh, min(n, len(fresh)))
+        return picked + [tree.rng.choice(self.actions) for _ in range(n - len(picked))]
 
     async def expand_evaluating_root(self, tree: Tree) -> list[Node]:
         """The first Expansion while the root is still being evaluated (`overlap_root`). The root is then the
@@ -417,12 +452,13 @@ class IdeaMCTS:
 
 
 def estimate(cfg: SearchConfig, n_seeds: int, n_scorers: int, max_new_tokens: dict[str, int]) -> dict[str, int]:
-    """Upper bounds on nodes, LLM calls (requests) and generated tokens for a run."""
+    """Upper bounds on nodes, LLM calls (requests) and generated tokens for a run (every Expansion's retries
+    included: `expand_attempts` rewrites each)."""
     sims = cfg.expand_width if cfg.simulate_from == "all" else 1
     rollout = cfg.max_depth if cfg.rollout else 0
     per_tree = 1 + cfg.iterations * (cfg.expand_width + sims * rollout)
     nodes = n_seeds * per_tree
-    evolutions = nodes - n_seeds
+    evolutions = n_seeds * cfg.iterations * (cfg.attempts() + sims * rollout)
     calls = evolutions + nodes * (1 + n_scorers)
     tokens = (evolutions * max_new_tokens.get("evolver", 0)
               + nodes * (max_new_tokens.get("responder", 0) + max_new_tokens.get("tagger", 0)))

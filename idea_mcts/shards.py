@@ -37,7 +37,17 @@ from idea_mcts.config import EvolveConfig, to_yaml
 from idea_mcts.data import Seed, load_seeds
 from idea_mcts.distributed import World, all_gather, barrier, init_group, place_engines
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import REPORT_FILE, TREES_FILE, atomic_write, iter_tree_records, stream_dataset, write_report
+from idea_mcts.export import (
+    REPORT_FILE,
+    TREES_FILE,
+    Exported,
+    atomic_write,
+    export_warnings,
+    is_export_warning,
+    iter_tree_records,
+    stream_dataset,
+    write_report,
+)
 from idea_mcts.judge_check import reward_terms
 from idea_mcts.pipeline import EvolveRun, _now, check_output_dir, shard_worlds
 from idea_mcts.scoring import SCORERS, ScoreMeans
@@ -241,21 +251,22 @@ class ShardedEvolve:
                     f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tree))
             if missing := wanted - seen:
                 raise EngineError(f"merge: {len(missing)} seeds are in no shard (e.g. {sorted(missing)[0]!r})")
-            n_rows, row_means = stream_dataset(out, tmp, self.cfg.export)
+            exported = stream_dataset(out, tmp, self.cfg.export)
             tmp.replace(out / TREES_FILE)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        report = self._report(reports, dict(counts), max_depth, n_rows, row_means, seed_scores, started, wall)
+        missing = exported.seeds_without_rows(s.seed_id for s in self.seeds if s.seed_id in seen)
+        report = self._report(reports, dict(counts), max_depth, exported, missing, seed_scores, started, wall)
         write_report(out, report)
         state = {"version": __version__, "fingerprint": self.fingerprint, "started_at": started,
                  "status": "finished", "finished_at": _now(), "world_size": self.world.size}
         atomic_write(out / STATE_FILE, json.dumps(state, indent=2) + "\n")
-        logger.info("merged %d shards: %d rows from %d nodes of %d seeds -> %s", self.world.size, n_rows,
+        logger.info("merged %d shards: %d rows from %d nodes of %d seeds -> %s", self.world.size, exported.rows,
                     counts["nodes"], counts["seeds"], out)
 
-    def _report(self, reports: list[dict[str, Any]], counts: dict[str, int], max_depth: int, n_rows: int,
-                row_means: ScoreMeans, seed_scores: ScoreMeans, started: str, wall: float) -> dict[str, Any]:
+    def _report(self, reports: list[dict[str, Any]], counts: dict[str, int], max_depth: int, exported: Exported,
+                missing: list[str], seed_scores: ScoreMeans, started: str, wall: float) -> dict[str, Any]:
         first = reports[0]
 
         def add(dicts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -276,10 +287,8 @@ class ShardedEvolve:
         search_s = max(r["search_seconds"] for r in reports)
         tokens = sum(u.get("completion_tokens", 0) for u in usage.values())
         requests = sum(u.get("requests", 0) for u in usage.values())
-        warnings = sorted({w for r in reports for w in r["warnings"] if not w.startswith("0 rows exported")})
-        if not n_rows:
-            warnings.append(f"0 rows exported (export.mode={self.cfg.export.mode}) from {counts['scored_nodes']} "
-                            "scored non-root nodes")
+        warnings = sorted({w for r in reports for w in r["warnings"] if not is_export_warning(w)})  # the shards'
+        warnings += export_warnings(exported, self.cfg.export.mode, counts["scored_nodes"], missing, counts["seeds"])
         names = [s.name for s in SCORERS if s.role in first["usage"]]  # the scorers that had a client
         statuses = {r["status"] for r in reports}
         return {
@@ -290,10 +299,11 @@ class ShardedEvolve:
             "config": self.cfg.to_dict(), "config_yaml": to_yaml(self.cfg), "config_fingerprint": self.fingerprint,
             "actions": first["actions"], "estimate": self.estimate,
             "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
-                       "rows": n_rows, "max_depth": max_depth,
+                       "rows": exported.rows, "seeds_without_rows": len(missing), "max_depth": max_depth,
                        "requests": sum(r["counts"]["requests"] for r in reports),
                        "cached_requests": sum(r["counts"]["cached_requests"] for r in reports),
-                       "discarded_rewrites": sum(r["counts"].get("discarded_rewrites", 0) for r in reports)},
+                       **{k: sum(r["counts"].get(k, 0) for r in reports)
+                          for k in ("discarded_rewrites", "retried_rewrites", "barren_expansions")}},
             "usage": usage, "engines": per_key("engines"),
             "trust_remote_code": first["trust_remote_code"],
             "parse_failures": add([r["parse_failures"] for r in reports]),
@@ -303,7 +313,7 @@ class ShardedEvolve:
             "reward_terms": reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree),
                                          names),
             "filtered": add([r["filtered"] for r in reports]),
-            "data_quality": {"seeds": seed_scores.result(), "rows": row_means.result()},
+            "data_quality": {"seeds": seed_scores.result(), "rows": exported.means.result()},
             "wall_seconds": round(wall, 2), "search_seconds": round(search_s, 2),
             "throughput": {"nodes_per_s": round(counts["nodes"] / max(search_s, 1e-9), 3),
                            "completion_tokens_per_s": round(tokens / max(search_s, 1e-9), 2),

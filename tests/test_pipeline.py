@@ -187,3 +187,37 @@ sys.exit(main({evolve_argv(out, tiny_model_dir)!r}))
     assert_same_run(out, ref)
     keys = [k for line in (out / CACHE_FILE).read_text().splitlines() for k in json.loads(line)["results"]]
     assert len(keys) == len(set(keys))  # the line the index missed was found again, not re-issued
+
+
+class OneSeedNeverEvolves(ScriptedEngine):
+    """Every rewrite of the seed "Name a fruit." (and of nothing else) is empty: eliminated."""
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for r, g in zip(requests, out, strict=True):
+            text = r.prompt if isinstance(r.prompt, str) else "\n".join(m["content"] for m in r.prompt)
+            if "Reply with the new instruction only" in text and text.endswith("Instruction: Name a fruit."):
+                g.text = ""
+        return out
+
+
+def test_run_json_reports_barren_expansions_and_seeds_without_rows(tmp_path, monkeypatch, tiny_model_dir):
+    """A seed whose every rewrite is eliminated: each of its iterations is a barren Expansion (after
+    `expand_attempts` rewrites), the seed has no row, and both are counted and warned about; the run ends 0."""
+    import idea_mcts.engines
+
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text("".join(json.dumps({"id": i, "instruction": t}) + "\n"
+                             for i, t in (("s0", "Explain rain."), ("s1", "Name a fruit."), ("s2", "Write a haiku."))))
+    monkeypatch.setattr(idea_mcts.engines, "build_engine", lambda cfg: OneSeedNeverEvolves())
+    out = tmp_path / "out"
+    assert evolve(out, tiny_model_dir, f"data.seeds={seeds}", "data.max_seeds=3", "search.iterations=2",
+                  "search.expand_width=2", "search.expand_attempts=5", "reward.check_judges=false") == 0
+    report = json.loads((out / "run.json").read_text())
+    counts = report["counts"]
+    assert counts["seeds_without_rows"] == 1 and counts["barren_expansions"] == 2
+    assert report["parse_failures"]["evolver"] >= 2 * 5 and report["filtered"]["empty"] >= 2 * 5
+    assert any("1 of 3 seeds have no row" in w and "s1" in w for w in report["warnings"])
+    assert set(load_from_disk(str(out / "dataset"))["seed_id"]) == {"s0", "s2"}
+    # the plan's upper bound counts every Expansion's attempts: 3 seeds x 2 iterations x (5 + 1 rollout step)
+    assert report["estimate"]["calls"] >= 3 * 2 * (5 + 1)

@@ -78,7 +78,7 @@ def test_scores_rewards_and_three_iterations():
 
 
 def test_failed_evolutions_are_counted_not_kept():
-    search = make_search(ScriptedEngine(fail_evolve_every=4))
+    search = make_search(ScriptedEngine(fail_evolve_every=4), expand_attempts=5)  # one round: no retries
     trees = search.run(SEEDS)
     assert search.failures["evolver"] > 0
     assert all(n.instruction for t in trees for n in t)
@@ -86,6 +86,73 @@ def test_failed_evolutions_are_counted_not_kept():
     kept = sum(len(t.nodes) - 1 for t in trees)
     assert attempts - kept == search.failures["evolver"]
     assert sum(len(t.root.children) for t in trees) < 15
+    assert search.retried == 0
+
+
+class FirstRewritesFail(ScriptedEngine):
+    """The first `n` evolutions of each instruction are empty (eliminated); later ones succeed."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.seen: dict[str, int] = {}
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for i, r in enumerate(requests):
+            text = r.prompt if isinstance(r.prompt, str) else "\n".join(m["content"] for m in r.prompt)
+            if "Reply with the new instruction only" in text:
+                parent = text.rsplit("\n\nInstruction: ", 1)[1]
+                self.seen[parent] = self.seen.get(parent, 0) + 1
+                if self.seen[parent] <= self.n:
+                    out[i].text = ""
+        return out
+
+
+def test_an_expansion_whose_rewrites_are_eliminated_tries_other_actions():
+    """The first 7 rewrites of every instruction are eliminated: each Expansion tries further distinct actions in
+    rounds (5, then 5, then 2) and still grows `expand_width` children per iteration."""
+    engine = FirstRewritesFail(7)
+    search = make_search(engine, iterations=2, expand_width=5, max_depth=1, rollout=False, expand_attempts=15)
+    trees = search.run(SEEDS)
+    for t in trees:
+        kids = [t.nodes[k] for k in t.root.children if t.nodes[k].kind == "expand"]
+        assert len(kids) == 5 and all(k.reward is not None for k in kids)
+        assert len({k.action for k in kids}) == 5
+        assert t.ids_issued - 1 == 2 * (7 + 5)  # two Expansions: 7 eliminated and 5 made each
+        grand = [n for n in t if n.kind == "expand" and n.depth == 2]
+        assert len(grand) == 5  # iteration 2 expanded a child into 5 more
+    assert search.failures["evolver"] == 3 * 2 * 7
+    assert search.retried == 3 * 2 * 7  # rounds 2 and 3 of every Expansion: 5 + 2 rewrites
+    assert search.barren == 0
+
+
+def test_retries_use_distinct_actions_before_repeating_them():
+    """With every action tried and still too few children, actions are tried again (with other node ids, so
+    other request seeds); the retries stop at `expand_attempts`."""
+    engine = FirstRewritesFail(14)  # 12 actions: all are tried once, then 2 again fail too
+    search = make_search(engine, iterations=1, expand_width=5, max_depth=1, rollout=False, expand_attempts=30)
+    (t,) = search.run(SEEDS[:1])
+    kids = [t.nodes[k] for k in t.root.children]
+    assert len(kids) == 5 and t.ids_issued - 1 == 14 + 5
+    assert search.retried == 14
+
+
+def test_an_expansion_that_never_yields_a_child_is_counted_and_the_run_ends():
+    search = make_search(FirstRewritesFail(10_000), iterations=3, expand_width=2, max_depth=1, expand_attempts=6)
+    trees = search.run(SEEDS)
+    assert all(len(t.nodes) == 1 for t in trees)
+    assert search.barren == 3 * 3  # every iteration of every tree
+    assert search.failures["evolver"] == 3 * 3 * 6  # each Expansion made its 6 attempts
+    assert search.stopped is None
+
+
+def test_expand_attempts_is_at_least_the_width():
+    from idea_mcts.config import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="expand_attempts"):
+        SearchConfig(expand_width=5, expand_attempts=4)
+    assert SearchConfig(expand_width=5).attempts() == 15
 
 
 def test_max_calls_stops_before_a_wave():
