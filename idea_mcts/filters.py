@@ -65,6 +65,11 @@ MARKER = re.compile(
 ANSWER_SECTION = re.compile(
     r"\n[ \t*#>]*(?:answer|response|explanation|solution|output|note|example(?: answer)?|reasoning)\b[ \t*#]*:?",
     re.I)
+LABEL = re.compile(
+    r"^[ \t>*_`#]*(?:explanation|instruction|task|prompt|question|query|request|rewrite)"
+    r"[ \t]*(?:\*\*|__)?[ \t]*:\s*(?:\*\*|__)?\s*(?=\S)", re.I)
+"""A label glued in front of the rewrite ("Explanation: Explain why ...", "**Task:** Write ..."). "Answer:" and
+"Response:" are not labels of an instruction: what follows them is left to the filter."""
 CHATTER = re.compile(
     r"^\s*(?:(?:sure|certainly|of course|okay|ok|absolutely|great|alright|yes)\b[^\n.!:]*[.!:]+\s*"
     r"|(?:i(?:'d| would) be happy to|i can (?:help|assist))[^\n.!:]*[.!:]+\s*"
@@ -118,12 +123,13 @@ def _strip_wrappers(text: str) -> str:
 
 
 def extract_instruction(text: str) -> str:
-    """The evolved instruction from the evolver's reply ('' when none is left): leading chatter and headers
-    dropped, the text after a "new instruction" header taken, cut at the next template marker or answer section.
-    """
+    """The evolved instruction from the evolver's reply ('' when none is left): leading chatter, headers and a
+    glued-on label ("Explanation:", "Task:") dropped, the text after a "new instruction" header taken, cut at the
+    next template marker or answer section."""
     text = text.strip()
     for _ in range(3):  # "Sure! Here is the new instruction:" is two chatter sentences
         text = CHATTER.sub("", text, count=1).lstrip()
+    text = LABEL.sub("", text, count=1)
     headers = list(NEW_HEADER.finditer(text))
     tail = [m for m in headers if text[m.end():].strip()]
     if tail:  # the rewrite follows its header; an empty trailing header is a leak cut below

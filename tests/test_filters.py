@@ -52,6 +52,12 @@ def eliminator(drop_answers: bool = False) -> Eliminator:
      "student."),
     ("Write a haiku about autumn.", "Write a haiku about autumn."),
     ("   ", ""),
+    # a label glued in front (seen on landed main: "Explanation: Explain why the sky is blue." was kept)
+    ("Explanation: Explain why the sky is blue.", "Explain why the sky is blue."),
+    ("**Task:** Write a haiku about autumn rain.", "Write a haiku about autumn rain."),
+    ("Instruction:\n\nWrite a haiku about autumn rain.", "Write a haiku about autumn rain."),
+    ("Question: Why do leaves change colour in autumn?", "Why do leaves change colour in autumn?"),
+    ("Task management tips: list five for students.", "Task management tips: list five for students."),
 ])
 def test_extract_instruction_from_chatter_and_markers(raw, instruction):
     assert extract_instruction(raw) == instruction
@@ -81,6 +87,13 @@ def test_extract_instruction_from_chatter_and_markers(raw, instruction):
 ])
 def test_elimination_reasons(raw, reason):
     assert eliminator().reason(extract_instruction(raw), SEED) == reason
+
+
+def test_a_label_in_front_of_the_parent_is_no_rewrite():
+    """"Explanation: Explain why the sky is blue." of that parent: the label is stripped, the rest is unchanged."""
+    e = Eliminator([a.template_text() for a in GENERAL])
+    text = extract_instruction("Explanation: Explain why the sky is blue.")
+    assert e.check(text, "Explain why the sky is blue.") == "unchanged"
 
 
 def test_copying_the_example_rewrite_is_a_leak():
@@ -322,7 +335,7 @@ class ContinuingEngine(ScriptedEngine):
 @pytest.mark.parametrize("prefill", [True, False])
 def test_search_prefills_the_evolver_reply_with_the_parent(prefill):
     cfg = SearchConfig(iterations=1, expand_width=2, max_depth=2, reward_threshold=100.0, drop_answers=True,
-                       prefill_parent=prefill)
+                       prefill_parent=prefill, expand_attempts=2)  # no retries: each rewrite is seen once
     engine = ContinuingEngine()
     client = lambda role: RoleClient(role, engine, RoleConfig(), run_seed=cfg.seed)  # noqa: E731
     reward = Reward(RewardConfig(), quality=client("quality"), complexity=client("complexity"))
