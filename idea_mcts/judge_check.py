@@ -14,6 +14,11 @@ Probe sets (`idea_mcts/data/probes/`, written for this project):
   answers itself, chatter: the kinds a small evolver writes). Reported: share of pairs where the gate's judge
   gives the valid rewrite the higher P(Yes).
 
+Each set has a held-out split (`*_heldout.jsonl`: 12 tiered instructions, 8 length-matched pairs, 12 quality
+pairs, 12 validity pairs), written after the prompts were tuned on the sets above and never used to tune them:
+every check is reported on both splits (`split`: `tuned`, `held_out`), and a judge passes only when it passes
+on both (a pass that holds only on the items the prompt was tuned on is not a pass).
+
 The complexity and quality checks also report Spearman rho of the scores with length (instruction words for
 complexity, response words for quality): a judge that tracks length more than the intended order is measuring
 length. A pair or probe whose score cannot be parsed counts against the judge (and is reported).
@@ -47,15 +52,18 @@ THRESHOLDS = {"complexity_rho": 0.8, "complexity_pairs": 0.8, "quality_pairs": 0
 pairs ordered right, share of validity pairs ordered right."""
 QUICK_SHARE = 2
 """The quick check uses every QUICK_SHARE-th probe of each set (half)."""
+SPLITS = {"tuned": "", "held_out": "_heldout"}
+"""Probe splits by name, with the suffix of their files."""
 
 ScoreInstructions = Callable[[list[str]], list[float | None]]
 ScorePairs = Callable[[list[str], list[str]], list[float | None]]
 """(instructions, responses) -> scores; also (rewrites, parents) -> the validity gate's P(Yes)."""
 
 
-def load_probes(name: str) -> list[dict[str, Any]]:
-    """A shipped probe set by name (`complexity`, `complexity_pairs`, `quality_pairs`)."""
-    text = (files("idea_mcts") / "data" / "probes" / f"{name}.jsonl").read_text()
+def load_probes(name: str, split: str = "tuned") -> list[dict[str, Any]]:
+    """A shipped probe set by name (`complexity`, `complexity_pairs`, `quality_pairs`, `validity_pairs`) and split
+    (`tuned`, `held_out`)."""
+    text = (files("idea_mcts") / "data" / "probes" / f"{name}{SPLITS[split]}.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
@@ -91,6 +99,8 @@ class Check:
     threshold: float | None
     n: int
     unparsed: int
+    split: str = "tuned"
+    """The probe split measured (`SPLITS`)."""
 
     @property
     def passed(self) -> bool | None:
@@ -98,6 +108,11 @@ class Check:
         if self.threshold is None:
             return None
         return self.value is not None and self.value >= self.threshold
+
+    @property
+    def name(self) -> str:
+        """`judge.metric`, with the split when it is not the tuned one (`... (held_out)`)."""
+        return f"{self.judge}.{self.metric}" + ("" if self.split == "tuned" else f" ({self.split})")
 
 
 def _subset(items: list[dict[str, Any]], quick: bool) -> list[dict[str, Any]]:
@@ -108,10 +123,10 @@ def _words(text: str) -> int:
     return len(text.split())
 
 
-def check_complexity(score: ScoreInstructions, quick: bool = False) -> list[Check]:
+def check_complexity(score: ScoreInstructions, quick: bool = False, split: str = "tuned") -> list[Check]:
     """Spearman rho vs the tiers, length-matched pairs ordered right, and rho with instruction length."""
-    tiers = _subset(load_probes("complexity"), quick)
-    pairs = _subset(load_probes("complexity_pairs"), quick)
+    tiers = _subset(load_probes("complexity", split), quick)
+    pairs = _subset(load_probes("complexity_pairs", split), quick)
     texts = [t["instruction"] for t in tiers] + [p["simple"] for p in pairs] + [p["complex"] for p in pairs]
     scores = score(texts)
     s_tiers, s_simple, s_complex = (scores[:len(tiers)], scores[len(tiers):len(tiers) + len(pairs)],
@@ -123,15 +138,15 @@ def check_complexity(score: ScoreInstructions, quick: bool = False) -> list[Chec
     length_rho = spearman([s for s, _ in known], [w for _, w in known]) if known else None
     unparsed_pairs = sum(a is None or b is None for a, b in zip(s_simple, s_complex, strict=True))
     return [Check("complexity", "rho_vs_tiers", rho, THRESHOLDS["complexity_rho"], len(tiers),
-                  len(tiers) - len(ok)),
+                  len(tiers) - len(ok), split),
             Check("complexity", "length_matched_pairs_right", right / len(pairs), THRESHOLDS["complexity_pairs"],
-                  len(pairs), unparsed_pairs),
-            Check("complexity", "rho_with_length", length_rho, None, len(texts), len(texts) - len(known))]
+                  len(pairs), unparsed_pairs, split),
+            Check("complexity", "rho_with_length", length_rho, None, len(texts), len(texts) - len(known), split)]
 
 
-def check_quality(score: ScorePairs, quick: bool = False) -> list[Check]:
+def check_quality(score: ScorePairs, quick: bool = False, split: str = "tuned") -> list[Check]:
     """Good-vs-bad response pairs ordered right, and rho of the scores with response length."""
-    pairs = _subset(load_probes("quality_pairs"), quick)
+    pairs = _subset(load_probes("quality_pairs", split), quick)
     instructions = [p["instruction"] for p in pairs] * 2
     responses = [p["good"] for p in pairs] + [p["bad"] for p in pairs]
     scores = score(instructions, responses)
@@ -140,33 +155,35 @@ def check_quality(score: ScorePairs, quick: bool = False) -> list[Check]:
     known = [(s, _words(r)) for s, r in zip(scores, responses, strict=True) if s is not None]
     length_rho = spearman([s for s, _ in known], [w for _, w in known]) if known else None
     return [Check("quality", "pairs_right", right / len(pairs), THRESHOLDS["quality_pairs"], len(pairs),
-                  sum(g is None or b is None for g, b in zip(good, bad, strict=True))),
-            Check("quality", "rho_with_length", length_rho, None, len(responses), len(responses) - len(known))]
+                  sum(g is None or b is None for g, b in zip(good, bad, strict=True)), split),
+            Check("quality", "rho_with_length", length_rho, None, len(responses), len(responses) - len(known),
+                  split)]
 
 
-def check_gate(ask: ScorePairs, quick: bool = False) -> list[Check]:
+def check_gate(ask: ScorePairs, quick: bool = False, split: str = "tuned") -> list[Check]:
     """Valid-vs-broken rewrite pairs ordered right by the validity gate's P(Yes)."""
-    pairs = _subset(load_probes("validity_pairs"), quick)
+    pairs = _subset(load_probes("validity_pairs", split), quick)
     parents = [p["parent"] for p in pairs] * 2
     answers = ask([p["valid"] for p in pairs] + [p["broken"] for p in pairs], parents)
     valid, broken = answers[:len(pairs)], answers[len(pairs):]
     right = sum(v is not None and b is not None and v > b for v, b in zip(valid, broken, strict=True))
     return [Check("validity_gate", "pairs_right", right / len(pairs), THRESHOLDS["validity_pairs"], len(pairs),
-                  sum(v is None or b is None for v, b in zip(valid, broken, strict=True)))]
+                  sum(v is None or b is None for v, b in zip(valid, broken, strict=True)), split)]
 
 
 def validate(complexity: ScoreInstructions | None, quality: ScorePairs | None, quick: bool = False,
              gate: ScorePairs | None = None) -> dict[str, Any]:
-    """Every check of the judges given (None = not used by the run). `passed` is False when any check with a
-    pass mark fails; `failed` names them."""
+    """Every check of the judges given (None = not used by the run), on both probe splits. `passed` is False
+    when any check with a pass mark fails on either split; `failed` names them (`Check.name`)."""
     checks: list[Check] = []
-    if complexity is not None:
-        checks += check_complexity(complexity, quick)
-    if quality is not None:
-        checks += check_quality(quality, quick)
-    if gate is not None:
-        checks += check_gate(gate, quick)
-    failed = [f"{c.judge}.{c.metric}" for c in checks if c.passed is False]
+    for split in SPLITS:
+        if complexity is not None:
+            checks += check_complexity(complexity, quick, split)
+        if quality is not None:
+            checks += check_quality(quality, quick, split)
+        if gate is not None:
+            checks += check_gate(gate, quick, split)
+    failed = [c.name for c in checks if c.passed is False]
     return {"quick": quick, "checks": [{**asdict(c), "passed": c.passed} for c in checks],
             "passed": not failed, "failed": failed}
 
@@ -216,19 +233,21 @@ def warn_failures(report: dict[str, Any]) -> None:
     for c in report["checks"]:
         if c["passed"] is False:
             value = "unscored" if c["value"] is None else f"{c['value']:.2f}"
-            logger.warning("judge check: %s %s = %s, below %.2f: this judge may not rank what the reward assumes "
-                           "(idea-mcts validate-judge --config ... for the full probe sets)", c["judge"],
-                           c["metric"], value, c["threshold"])
+            logger.warning("judge check: %s %s (%s probes) = %s, below %.2f: this judge may not rank what the reward "
+                           "assumes (idea-mcts validate-judge --config ... for the full probe sets)", c["judge"],
+                           c["metric"], c.get("split", "tuned"), value, c["threshold"])
 
 
 def format_report(report: dict[str, Any]) -> str:
     """Markdown table of the checks."""
-    lines = ["| judge | metric | value | pass mark | n | unparsed | result |", "|---|---|---|---|---|---|---|"]
+    lines = ["| judge | metric | probes | value | pass mark | n | unparsed | result |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in report["checks"]:
         value = "-" if c["value"] is None else f"{c['value']:.3f}"
         mark = "-" if c["threshold"] is None else f">= {c['threshold']:.2f}"
         result = {True: "pass", False: "FAIL", None: "info"}[c["passed"]]
-        lines.append(f"| {c['judge']} | {c['metric']} | {value} | {mark} | {c['n']} | {c['unparsed']} | {result} |")
+        lines.append(f"| {c['judge']} | {c['metric']} | {c.get('split', 'tuned')} | {value} | {mark} | {c['n']} | "
+                     f"{c['unparsed']} | {result} |")
     return "\n".join(lines)
 
 

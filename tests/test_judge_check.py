@@ -19,37 +19,66 @@ from tests.scripted import ScriptedEngine
 
 TIERS = {t["instruction"]: t["tier"] for t in load_probes("complexity")}
 PAIRS = load_probes("complexity_pairs")
-SIMPLE = {p["simple"] for p in PAIRS}
 QPAIRS = load_probes("quality_pairs")
-GOOD = {p["good"] for p in QPAIRS}
 VPAIRS = load_probes("validity_pairs")
-PARENT_OF = {r: p["parent"] for p in VPAIRS for r in (p["valid"], p["broken"])}
-VALID = {p["valid"] for p in VPAIRS}
+BOTH = {name: load_probes(name) + load_probes(name, "held_out")
+        for name in ("complexity", "complexity_pairs", "quality_pairs", "validity_pairs")}
+"""Both splits of every probe set (the scripted judges below know the answers of both)."""
+ALL_TIERS = {t["instruction"]: t["tier"] for t in BOTH["complexity"]}
+SIMPLE = {p["simple"] for p in BOTH["complexity_pairs"]}
+GOOD = {p["good"] for p in BOTH["quality_pairs"]}
+PARENT_OF = {r: p["parent"] for p in BOTH["validity_pairs"] for r in (p["valid"], p["broken"])}
+VALID = {p["valid"] for p in BOTH["validity_pairs"]}
 
 
 def by_tier(texts):
     """A perfect complexity judge: the tier, and 1 / 6 for the simple / complex side of a pair."""
-    return [float(TIERS.get(t, 1 if t in SIMPLE else 6)) for t in texts]
+    return [float(ALL_TIERS.get(t, 1 if t in SIMPLE else 6)) for t in texts]
 
 
 def by_length(texts):
     return [float(len(t.split())) for t in texts]
 
 
-def check(report, metric):
-    return next(c for c in report["checks"] if f"{c['judge']}.{c['metric']}" == metric)
+def check(report, metric, split="tuned"):
+    return next(c for c in report["checks"] if f"{c['judge']}.{c['metric']}" == metric and c["split"] == split)
 
 
-def test_probe_sets_are_what_they_claim():
-    assert sorted({t["tier"] for t in load_probes("complexity")}) == [1, 2, 3, 4, 5, 6]
-    for p in PAIRS:  # matched in length: within a quarter of the longer one
+@pytest.mark.parametrize("split", ["tuned", "held_out"])
+def test_probe_sets_are_what_they_claim(split):
+    assert sorted({t["tier"] for t in load_probes("complexity", split)}) == [1, 2, 3, 4, 5, 6]
+    for p in load_probes("complexity_pairs", split):  # matched in length: within a quarter of the longer one
         a, b = len(p["simple"].split()), len(p["complex"].split())
         assert abs(a - b) <= 0.25 * max(a, b), p["id"]
-    assert len(QPAIRS) >= 10 and all(p["good"] != p["bad"] for p in QPAIRS)
-    assert len(VPAIRS) >= 10
-    for p in VPAIRS:  # a valid and a broken rewrite of the parent, about as long as each other
+    qpairs, vpairs = load_probes("quality_pairs", split), load_probes("validity_pairs", split)
+    assert len(qpairs) >= 10 and all(p["good"] != p["bad"] for p in qpairs)
+    assert len(vpairs) >= 10
+    for p in vpairs:  # a valid and a broken rewrite of the parent, about as long as each other
         a, b = len(p["valid"].split()), len(p["broken"].split())
         assert p["valid"] != p["broken"] and abs(a - b) <= 0.25 * max(a, b), p["id"]
+
+
+def test_the_held_out_split_shares_no_item_with_the_tuned_one():
+    for name in ("complexity", "complexity_pairs", "quality_pairs", "validity_pairs"):
+        tuned, held = load_probes(name), load_probes(name, "held_out")
+        texts = lambda rows: {v for r in rows for k, v in r.items() if k not in ("id", "tier", "kind", "parent")}  # noqa: E731
+        assert not texts(tuned) & texts(held), name
+        assert not {r["id"] for r in tuned} & {r["id"] for r in held}
+
+
+def test_a_judge_right_only_on_the_tuned_split_fails():
+    """A judge that knows the tuned items' answers and guesses on the others passes the tuned split only: it
+    fails, and `failed` names the held-out checks."""
+    report = validate(lambda texts: [float(TIERS.get(t, 3)) if t in TIERS else (1.0 if t in {p["simple"] for p in PAIRS}
+                                                                               else 6.0 if t in {p["complex"] for p in
+                                                                                                 PAIRS} else 3.0)
+                                     for t in texts],
+                      lambda i, r: [6.0 if x in {p["good"] for p in QPAIRS} else 1.0 for x in r])
+    assert check(report, "complexity.rho_vs_tiers")["passed"] and check(report, "quality.pairs_right")["passed"]
+    assert not report["passed"]
+    assert set(report["failed"]) == {"complexity.rho_vs_tiers (held_out)",
+                                     "complexity.length_matched_pairs_right (held_out)",
+                                     "quality.pairs_right (held_out)"}
 
 
 def test_spearman_against_hand_computed_values():
@@ -93,7 +122,7 @@ def test_the_gate_check_counts_valid_rewrites_put_above_broken_ones():
     assert check(report, "validity_gate.pairs_right")["value"] == 1.0 and report["passed"]
     says_yes = validate(None, None, gate=lambda rewrites, parents: [1.0] * len(rewrites))  # ties order nothing
     assert check(says_yes, "validity_gate.pairs_right")["value"] == 0.0
-    assert says_yes["failed"] == ["validity_gate.pairs_right"]
+    assert says_yes["failed"] == ["validity_gate.pairs_right", "validity_gate.pairs_right (held_out)"]
     mute = check(validate(None, None, quick=True, gate=lambda rewrites, parents: [None] * len(rewrites)),
                  "validity_gate.pairs_right")
     assert mute["value"] == 0.0 and mute["unparsed"] == mute["n"] == len(VPAIRS) // 2
@@ -139,7 +168,7 @@ def test_validate_judge_cli_on_the_tiny_model(tiny_model_dir, tmp_path, capsys):
     printed = capsys.readouterr().out
     report = json.loads(out.read_text())
     assert rc == (0 if report["passed"] else 3)
-    assert "| complexity | rho_vs_tiers |" in printed and "| quality | pairs_right |" in printed
+    assert "| complexity | rho_vs_tiers | tuned |" in printed and "| quality | pairs_right | held_out |" in printed
     assert {f"{c['judge']}.{c['metric']}" for c in report["checks"]} == {
         "complexity.rho_vs_tiers", "complexity.length_matched_pairs_right", "complexity.rho_with_length",
         "quality.pairs_right", "quality.rho_with_length"}
