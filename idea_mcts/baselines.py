@@ -122,6 +122,14 @@ class EvolInstructSearch(IdeaMCTS):
         if n:
             self._charge(n)
 
+    def _charge_task(self, n: int) -> None:
+        """The task check: one request per evolution the filter kept."""
+        if n:
+            self._charge(n)
+
+    def _release_off_task(self, n: int) -> None:
+        """Nothing to give back: a node's later requests are charged when they are sent."""
+
     def _release_filtered(self, n: int) -> None:
         """Nothing to give back: a node's later requests are charged when they are sent."""
 

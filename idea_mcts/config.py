@@ -308,6 +308,12 @@ class SearchConfig:
     filter kept; their requests are sent and counted). Each tree's chain of dependent requests loses the root's
     response: worth it when the trees are few and an engine step costs about the same whatever its rows (a GPU);
     on a CPU the work bounds the run and the wall time does not move (docs/benchmarks.md). Off by default."""
+    min_root_similarity: float | None = None
+    """Drop a rewrite whose cosine similarity to its tree's root (the seed), by the novelty term's sentence
+    embedder, is below this: it has left the seed's task ("Give three tips for staying healthy." two levels down
+    as "Solve a math problem that requires a complex logic puzzle"; `filtered.off_task`). Needs `reward.novelty` >
+    0 (its embedder). One embedding request per rewrite the filter kept, and one per tree for its root. None = off;
+    the demo's value is set by measurement on labelled rows (docs/benchmarks.md)."""
     validity_gate: float | None = None
     """Optional judge-based validity gate: the complexity judge (else the quality judge) is asked whether each
     evolution that passed the filter is a self-contained instruction that keeps its parent's task; it is dropped
@@ -318,7 +324,8 @@ class SearchConfig:
         check_fields(self, {"iterations": NON_NEGATIVE_INT, "expand_width": POSITIVE_INT,
                             "expand_attempts": Range(1, integer=True, optional=True),
                             "exploration_constant": Range(0), "max_depth": NON_NEGATIVE_INT,
-                            "reward_threshold": Range(finite=False), "num_task_actions": POSITIVE_INT},
+                            "reward_threshold": Range(finite=False), "num_task_actions": POSITIVE_INT,
+                            "min_root_similarity": Range(-1, 1, optional=True)},
                      {"value": VALUE_MODES, "simulate_from": SIMULATE_FROM})
         if self.expand_attempts is not None and self.expand_attempts < self.expand_width:
             raise ConfigValueError("expand_attempts", f"null or an integer >= expand_width ({self.expand_width})",
@@ -426,6 +433,10 @@ class EvolveConfig:
             elif engine not in self.engines:
                 raise ValueError(f"roles.{role}.engine names {engine!r}, not a key of engines "
                                  f"({', '.join(self.engines) or 'none'})")
+        if self.search.min_root_similarity is not None and not self.role_engine("embedder"):
+            raise ConfigValueError("search.min_root_similarity", "null without an embedder (reward.novelty > 0 and "
+                                   "roles.embedder.engine set: the task check uses its embeddings)",
+                                   self.search.min_root_similarity)
         if self.search.validity_gate is not None and not (self.role_engine("complexity")
                                                           or self.role_engine("quality")):
             raise ConfigValueError("search.validity_gate", "null without a complexity or quality judge (the gate "

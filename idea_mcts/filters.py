@@ -275,8 +275,8 @@ class Eliminator:
         return None
 
 
-REASONS = ("empty", "truncated", "unchanged", "template_leak", "refusal", "degenerate", "answer", "invalid",
-           "gate_unparsed", "response_refusal")
+REASONS = ("empty", "truncated", "unchanged", "template_leak", "refusal", "degenerate", "answer", "off_task",
+           "invalid", "gate_unparsed", "response_refusal")
 """Every reason `Eliminator` counts (run.json lists them all, zeros included)."""
 
 

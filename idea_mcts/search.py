@@ -28,6 +28,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from idea_mcts.actions import Action
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
@@ -187,6 +189,7 @@ class IdeaMCTS:
         k = min(self.cfg.expand_width, len(self.actions))
         limit = self.cfg.attempts()
         d = self._dispatcher()
+        await self._embed_root(tree)
 
         async def child(job: EvolveJob) -> Node | None:
             (node,) = await self._write(tree, [job], attach=False)
@@ -348,6 +351,9 @@ class IdeaMCTS:
     def _charge_gate(self, n: int) -> None:
         """The validity gate's `n` requests (reserved with the evolutions here; a subclass may charge them now)."""
 
+    def _charge_task(self, n: int) -> None:
+        """The task check's `n` requests (reserved with the evolutions here; a subclass may charge them now)."""
+
     def _release_filtered(self, n: int) -> None:
         """`n` evolutions the filter dropped: their gate, response and scorer requests are not sent."""
         self._release(n * (self.calls_per_node(evolved=True) - 1))
@@ -356,11 +362,16 @@ class IdeaMCTS:
         """`n` evolutions the validity gate refused: their response and scorer requests are not sent."""
         self._release(n * self.calls_per_node(evolved=False))
 
+    def _release_off_task(self, n: int) -> None:
+        """`n` evolutions the task check dropped: their gate, response and scorer requests are not sent."""
+        self._release(n * (self.calls_per_node(evolved=False) + (self.cfg.validity_gate is not None)))
+
     async def evolve(self, tree: Tree, jobs: Sequence[EvolveJob]) -> list[Node | None]:
         """One request group for the jobs' evolutions. The instruction is extracted from each reply; rewrites
         the elimination filter drops (empty, unchanged, template leaks, refusals, ...) are counted, not kept."""
         if not jobs:
             return []
+        await self._embed_root(tree)
         await self._reserve_evolutions(jobs)
         return await self._write(tree, jobs)
 
@@ -389,6 +400,11 @@ class IdeaMCTS:
             texts.append(None if why is not None else text)
         kept = sum(t is not None for t in texts)
         self._release_filtered(len(texts) - kept)
+        if self.cfg.min_root_similarity is not None and kept:
+            self._charge_task(kept)
+            texts = await self._check_task(tree, texts)
+            self._release_off_task(kept - sum(t is not None for t in texts))
+            kept = sum(t is not None for t in texts)
         if self.cfg.validity_gate is not None:
             self._charge_gate(kept)
             texts = await self._gate(jobs, texts)
@@ -402,6 +418,31 @@ class IdeaMCTS:
             node = tree.new_child(job.parent, job.action.name, text, job.kind, job.node_id)
             made.append(tree.attach(node) if attach else node)
         return made
+
+    async def _embed_root(self, tree: Tree) -> None:
+        """The root's embedding for the task check, once per tree (charged as it is sent). Called by `expand` and
+        `evolve` before their rewrites go out, so concurrent rewrites never ask for it twice."""
+        if self.cfg.min_root_similarity is None or tree.root_vector is not None:
+            return
+        self._charge(1)
+        (tree.root_vector,) = await self._dispatcher().call(self.reward.clients["embedder"], "embed",
+                                                            [tree.root.instruction])
+
+    async def _check_task(self, tree: Tree, texts: list[str | None]) -> list[str | None]:
+        """The task check (`min_root_similarity`): the rewrites that passed the filter, embedded with the novelty
+        term's embedder (the tree's root once, on its first check), each dropped as `off_task` when its cosine
+        similarity to the root is below the threshold. Its requests are charged with the evolutions
+        (`calls_per_node`), the root's here."""
+        assert tree.root_vector is not None, "_embed_root runs before the tree's rewrites are written"
+        todo = [i for i, t in enumerate(texts) if t is not None]
+        vectors = await self._dispatcher().call(self.reward.clients["embedder"], "embed", [texts[i] for i in todo])
+        root = np.asarray(tree.root_vector, dtype=np.float32)
+        out = list(texts)
+        for i, v in zip(todo, vectors, strict=True):
+            if float(np.asarray(v, dtype=np.float32) @ root) < self.cfg.min_root_similarity:  # type: ignore[operator]
+                self.eliminator.counts["off_task"] += 1
+                out[i] = None
+        return out
 
     async def _gate(self, jobs: Sequence[EvolveJob], texts: list[str | None]) -> list[str | None]:
         """The validity gate: one Yes/No request group to the judge for the evolutions that passed the filter."""
@@ -417,8 +458,10 @@ class IdeaMCTS:
         return out
 
     def calls_per_node(self, evolved: bool) -> int:
-        """Requests one node costs: its evolution (and validity check) if any, its response, one per scorer."""
-        return int(evolved) * (1 + (self.cfg.validity_gate is not None)) + 1 + len(self.reward.enabled())
+        """Requests one node costs: its evolution (and task and validity checks) if any, its response, one per
+        scorer."""
+        checks = (self.cfg.min_root_similarity is not None) + (self.cfg.validity_gate is not None)
+        return int(evolved) * (1 + checks) + 1 + len(self.reward.enabled())
 
     def _charge(self, n: int) -> None:
         """Count `n` requests before issuing them; refuse them when they would pass `max_calls`."""
@@ -453,13 +496,14 @@ class IdeaMCTS:
 
 def estimate(cfg: SearchConfig, n_seeds: int, n_scorers: int, max_new_tokens: dict[str, int]) -> dict[str, int]:
     """Upper bounds on nodes, LLM calls (requests) and generated tokens for a run (every Expansion's retries
-    included: `expand_attempts` rewrites each)."""
+    included: `expand_attempts` rewrites each; the task check's and validity gate's requests)."""
     sims = cfg.expand_width if cfg.simulate_from == "all" else 1
     rollout = cfg.max_depth if cfg.rollout else 0
     per_tree = 1 + cfg.iterations * (cfg.expand_width + sims * rollout)
     nodes = n_seeds * per_tree
     evolutions = n_seeds * cfg.iterations * (cfg.attempts() + sims * rollout)
-    calls = evolutions + nodes * (1 + n_scorers)
+    checks = (cfg.min_root_similarity is not None) + (cfg.validity_gate is not None)
+    calls = evolutions * (1 + checks) + nodes * (1 + n_scorers) + n_seeds * (cfg.min_root_similarity is not None)
     tokens = (evolutions * max_new_tokens.get("evolver", 0)
               + nodes * (max_new_tokens.get("responder", 0) + max_new_tokens.get("tagger", 0)))
     return {"nodes": nodes, "calls": calls, "generated_tokens": tokens}

@@ -42,6 +42,9 @@ def test_engine_env_values_are_strings(tmp_path):
     ("- a\n- b\n", [], "mapping"),
     ("search: [unclosed\n", [], "cannot parse"),
     ("", ["reward.quality=0", "reward.complexity=0", "search.validity_gate=0.5"], "search.validity_gate"),
+    ("", ["search.min_root_similarity=0.3"], "search.min_root_similarity"),  # no embedder (novelty is off)
+    ("", ["search.min_root_similarity=2"], "search.min_root_similarity"),
+    ("", ["search.expand_width=5", "search.expand_attempts=3"], "search.expand_attempts"),
     ("engines:\n  default: {env: {VLLM_CPU_NUM_OF_RESERVED_CPU: '0'}}\n", [], "engines.default.env"),
     ("engines:\n  default: {backend: openai, base_url: 'http://h/v1', http_backend: requests}\n", [],
      "engines.default.http_backend"),

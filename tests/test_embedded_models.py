@@ -160,3 +160,52 @@ def test_gemma_with_its_bos_reads_english(gemma_dir):
 
     with_bos, without = ppl(ids), ppl(ids[:, 1:])
     assert with_bos < 20 < 200 < without, (with_bos, without)
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_one_search_step_on_qwen(qwen_dir, tmp_path):
+    """The embedded default serves every LLM role: one seed, one Expansion of two children, real scores."""
+    from idea_mcts.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["evolve", "--config", "configs/demo-transformers.yaml", "--output_dir", str(out), "--no_progress",
+               f"engines.default.model={qwen_dir}", "data.max_seeds=1", "search.iterations=1",
+               "search.expand_width=2", "search.max_depth=0", "roles.evolver.max_new_tokens=48",
+               "roles.responder.max_new_tokens=32", "reward.check_judges=false", "export.mode=all"])
+    assert rc == 0
+    nodes = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines()]
+    assert nodes[0]["depth"] == 0 and len(nodes) >= 2
+    for n in nodes:
+        assert n["response"]
+        assert n["reward"] is None or all(1.0 < n[k] < 6.0 for k in ("quality", "complexity"))
+    assert json.loads((out / "run.json").read_text())["engines"]["default"]["model"] == str(qwen_dir)
+
+
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_one_sft_step_on_gemma(gemma_dir, tmp_path):
+    """LoRA SFT of the Gemma base through the project's trainer: its chat template with one `<bos>`, the loss on
+    the assistant turn only (ending at `<end_of_turn>`), and a trained adapter."""
+    from datasets import Dataset
+    from trl import ModelConfig, SFTConfig
+
+    from idea_mcts.training import build_trainer, lora_b_norm, save_adapter, to_prompt_completion
+
+    rows = Dataset.from_dict({"messages": [[{"role": "user", "content": f"Name colour number {i}."},
+                                            {"role": "assistant", "content": "Blue."}] for i in range(4)]})
+    args = SFTConfig(output_dir=str(tmp_path / "ckpt"), use_cpu=True, bf16=False, max_steps=1, learning_rate=1e-3,
+                     per_device_train_batch_size=2, report_to="none", gradient_checkpointing=False,
+                     save_strategy="no", logging_steps=1)
+    model = ModelConfig(model_name_or_path=str(gemma_dir), dtype="float32", use_peft=True, lora_r=4,
+                        lora_target_modules="all-linear")
+    trainer = build_trainer(model, args, to_prompt_completion(rows))
+    tok = trainer.processing_class
+    ex = trainer.train_dataset[0]
+    assert ex["input_ids"][0] == tok.bos_token_id and ex["input_ids"].count(tok.bos_token_id) == 1
+    learned = [t for t, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != -100]
+    assert tok.decode(learned) == "Blue.<end_of_turn>\n"
+    result = trainer.train()
+    assert math.isfinite(result.metrics["train_loss"])
+    save_adapter(trainer, tmp_path / "adapter")
+    assert lora_b_norm(tmp_path / "adapter") > 0

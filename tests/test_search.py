@@ -333,3 +333,40 @@ def test_node_whose_every_scorer_failed_is_a_failed_evaluation():
     for t in trees:
         assert not [n for n in t if n.reward is None and n.children]  # never expanded, never simulated from
     assert search.failures["rollout_truncated"] > 0  # rollouts end at their last scored node
+
+
+class DriftingEvolver(ScriptedEngine):
+    """Rewrites of "Name a fruit." drift to an unrelated task; embeddings are one-hot by topic, so the drifted
+    rewrite has similarity 0 to its root and the others 1."""
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for r, g in zip(requests, out, strict=True):
+            text = r.prompt if isinstance(r.prompt, str) else "\n".join(m["content"] for m in r.prompt)
+            if "Reply with the new instruction only" in text and text.endswith("Instruction: Name a fruit."):
+                g.text = "Solve a logic puzzle about knights and knaves."
+        return out
+
+    embedded = 0
+
+    def _embed(self, texts):
+        self.embedded += len(texts)
+        return [[0.0, 1.0] if "puzzle" in t else [1.0, 0.0] for t in texts]
+
+
+def test_a_rewrite_that_leaves_its_seeds_task_is_dropped_and_counted():
+    engine = DriftingEvolver()
+    cfg = SearchConfig(iterations=1, expand_width=2, max_depth=1, rollout=False, reward_threshold=100.0,
+                       min_root_similarity=0.5, expand_attempts=4)
+    client = lambda role: RoleClient(role, engine, RoleConfig(), run_seed=cfg.seed)  # noqa: E731
+    reward = Reward(RewardConfig(novelty=1.0), quality=client("quality"), complexity=client("complexity"),
+                    embedder=client("embedder"))
+    search = IdeaMCTS(cfg, GENERAL, client("evolver"), client("responder"), reward)
+    trees = search.run(SEEDS)
+    kids = {t.seed_id: [n.instruction for n in t if n.depth > 0] for t in trees}
+    assert kids["b"] == [] and len(kids["a"]) == len(kids["c"]) == 2
+    assert search.eliminator.counts["off_task"] == 4  # every attempt of b's Expansion
+    # every request sent is counted: per tree its root's (response, 3 scorers) and one root embedding; per rewrite
+    # its evolution and embedding (a: 2, b: 4, c: 2); per kept child its response and 3 scorers
+    assert search.calls == 3 * (1 + 3) + 3 + (2 + 4 + 2) * 2 + 4 * (1 + 3)
+    assert engine.embedded == 3 + 8 + (3 + 4)  # roots once each, every rewrite, and novelty of every scored node
