@@ -1,13 +1,15 @@
 """Is the evolved data better than its seeds? Judged by a judge configuration the search did not optimise.
 
-    python bench/data_quality.py OUT [--json PATH] [--bootstrap 2000] [--model embedded:smollm2]
+    python bench/data_quality.py OUT [--config configs/demo.yaml] [--json PATH] [--bootstrap 2000]
 
 OUT is an `idea-mcts evolve` output directory (dataset/, trees.jsonl, run.json). Measured:
 
 1. Complexity of each instruction and quality of each (instruction, response), seeds (the tree roots with their
    responses) vs the exported rows, by a held-out judge: the same expected-score mechanics (softmax over the
-   digits 1..6, dot [1..6]) on `--model`, but with the prompt set below (other rubric wording, other scored
-   examples) instead of the `general` prompts the search's reward used.
+   digits 1..6, dot [1..6]) on the config's default engine (the search's own model), but with the `heldout` prompt
+   preset (`idea_mcts.scoring`: other rubric wording, scale anchors and scored examples) instead of the `general`
+   prompts the search's reward used. Validate it first: `idea-mcts validate-judge --config C
+   roles.complexity.prompt=heldout roles.quality.prompt=heldout`.
 2. Per seed, the mean of its rows minus the seed's score; mean over seeds with a paired bootstrap 95% CI
    (resampling seeds). Again after a length adjustment: the residuals of an OLS fit of score on log(words) over
    seeds and rows together, so a judge that rewards length alone cannot make rows look better; and, for
@@ -33,51 +35,12 @@ from typing import Any
 import numpy as np
 
 from idea_mcts.actions import load_actions
-from idea_mcts.config import EngineConfig
+from idea_mcts.config import EngineConfig, load_config
 from idea_mcts.engines import build_engine
 from idea_mcts.filters import Eliminator, extract_instruction, is_refusal
-from idea_mcts.scoring import DIGITS, expected_score
+from idea_mcts.scoring import DIGITS, complexity_prompt, expected_score, quality_prompt
 
 logger = logging.getLogger("bench")
-
-HELD_OUT_COMPLEXITY = (
-    "Rate how complex the user query below is to answer well, on a scale of 1 to 6: 1 = trivial, one fact or word; "
-    "2 = simple, one short step; 3 = a short task with one requirement; 4 = several steps or requirements; 5 = many "
-    "constraints or specialist knowledge; 6 = a multi-part expert project. Answer with one digit.\n\n##Query: {q}")
-HELD_OUT_COMPLEXITY_SHOTS = [
-    ("What is 2 + 2?", 1),
-    ("Design a scalable recommendation system for an online bookstore with ten million users: describe the data "
-     "pipeline, the model, how you evaluate it offline and online, and how you handle cold-start users.", 6),
-    ("Describe the water cycle in a paragraph.", 3)]
-# The `general` quality prompt as it was before its false-fact sentence (2026-11-29): the search's own quality
-# prompt for runs before that date, one sentence apart from it after (not an independent judge either way).
-HELD_OUT_QUALITY = (
-    "Rate the quality of the response to the question, from 1 (useless or wrong) to 6 (excellent: correct, "
-    "complete, helpful and well written). Answer with one digit.\n\n#Question#:\n{q}\n\n#Response#:\n{r}")
-HELD_OUT_QUALITY_SHOTS = [
-    ("What is the boiling point of water at sea level?", "Water boils at 100 °C (212 °F) at sea level.", 6),
-    ("Name a primary colour.", "I'm sorry, I cannot help with that.", 1),
-    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by Charles Dickens in 1850.", 1),
-    ("Give a tip for better sleep.", "Keep a regular bedtime and avoid screens for an hour before bed.", 5)]
-
-
-def complexity_prompt(q: str) -> list[dict[str, str]]:
-    msgs = []
-    for text, s in HELD_OUT_COMPLEXITY_SHOTS:
-        msgs += [{"role": "user", "content": HELD_OUT_COMPLEXITY.format(q=text)},
-                 {"role": "assistant", "content": f"Complexity score: {s}"}]
-    return [*msgs, {"role": "user", "content": HELD_OUT_COMPLEXITY.format(q=q)},
-            {"role": "assistant", "content": "Complexity score: "}]
-
-
-def quality_prompt(q: str, r: str) -> list[dict[str, str]]:
-    msgs = []
-    for text, resp, s in HELD_OUT_QUALITY_SHOTS:
-        msgs += [{"role": "user", "content": HELD_OUT_QUALITY.format(q=text, r=resp)},
-                 {"role": "assistant", "content": f"Quality score: {s}"}]
-    return [*msgs, {"role": "user", "content": HELD_OUT_QUALITY.format(q=q, r=r)},
-            {"role": "assistant", "content": "Quality score: "}]
-
 
 def load_run(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(seeds, rows, run.json): seeds are the tree roots; rows the exported dataset, with parent instructions."""
@@ -170,24 +133,27 @@ def embedding_diversity(engine: Any, texts: list[str]) -> float:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("output_dir", type=Path)
-    ap.add_argument("--model", default="embedded:smollm2", help="held-out judge model (transformers engine)")
+    ap.add_argument("--config", default="configs/demo.yaml", help="its default engine is the held-out judge")
     ap.add_argument("--bootstrap", type=int, default=2000)
     ap.add_argument("--json", type=Path, help="save the figures here")
     ap.add_argument("--rows", type=int, default=20, help="random rows to print for reading by hand")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seeds, rows, run = load_run(args.output_dir)
-    judge = build_engine(EngineConfig(model=args.model, max_batch_size=16))
+    engine_cfg = load_config(args.config).engines["default"]
+    judge = build_engine(engine_cfg)
     items = seeds + rows
-    c = judge.next_token_logprobs([complexity_prompt(it["instruction"]) for it in items], DIGITS, 1000)
-    q = judge.next_token_logprobs([quality_prompt(it["instruction"], it["response"]) for it in items], DIGITS, 1000)
+    top = 1000 if engine_cfg.backend == "transformers" else 20
+    c = judge.next_token_logprobs([complexity_prompt("heldout", it["instruction"]) for it in items], DIGITS, top)
+    q = judge.next_token_logprobs([quality_prompt("heldout", it["instruction"], it["response"]) for it in items],
+                                  DIGITS, top)
     for it, cl, ql in zip(items, c, q, strict=True):
         it["complexity"], it["quality"] = expected_score(cl.logprobs), expected_score(ql.logprobs)
     length_adjust(items, "complexity", "instruction")
     length_adjust(items, "quality", "response")
     rng = np.random.default_rng(0)
-    figures: dict[str, Any] = {"run": str(args.output_dir), "judge": f"{args.model}, held-out prompt set "
-                               "(bench/data_quality.py)", "seeds": len(seeds), "rows": len(rows)}
+    figures: dict[str, Any] = {"run": str(args.output_dir), "judge": f"{engine_cfg.model} ({engine_cfg.backend}), "
+                               "the `heldout` prompt preset", "seeds": len(seeds), "rows": len(rows)}
     for key in ("complexity", "quality", "complexity_adj", "quality_adj"):
         figures[key] = {"seed_mean": round(float(np.mean([s[key] for s in seeds if s[key] is not None])), 4),
                         "row_mean": round(float(np.mean([r[key] for r in rows if r[key] is not None])), 4),
@@ -218,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     pick = np.random.default_rng(1).choice(len(rows), size=min(args.rows, len(rows)), replace=False)
     figures["sample"] = [{"instruction": rows[i]["instruction"], "parent": rows[i]["parent"],
                           "checker": verdicts[i] or "ok"} for i in sorted(pick)]
+    judge.close()
     text = json.dumps(figures, indent=2)
     print(text)
     if args.json:

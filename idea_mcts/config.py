@@ -25,7 +25,7 @@ GENERATING_ROLES = ("evolver", "responder", "tagger")
 """Roles whose answer is generated text: they need `max_new_tokens >= 1`."""
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 HTTP_BACKENDS = ("aiohttp", "httpx")
-PROMPT_PRESETS = ("general", "deita", "instag")
+PROMPT_PRESETS = ("general", "heldout", "deita", "instag")
 VALUE_MODES = ("mean", "max")
 SIMULATE_FROM = ("best", "random", "all")
 EXPORT_MODES = ("paper", "best_leaf", "all")
@@ -183,7 +183,8 @@ class RoleConfig:
     top_p: float = 1.0
     """Nucleus sampling mass."""
     prompt: str = "general"
-    """Prompt preset: `general` (own prompts for any instruct judge), `deita` (the published DEITA scorer
+    """Prompt preset: `general` (own prompts for any instruct judge), `heldout` (a second own prompt of other
+    wording and examples, to judge data a search optimised with `general`), `deita` (the published DEITA scorer
     formats, for hkust-nlp/deita-*-scorer), `instag` (the InsTagger format, for OFA-Sys/InsTagger)."""
 
     def __post_init__(self) -> None:

@@ -56,18 +56,50 @@ GENERAL_COMPLEXITY_SHOTS = (
 ranks the shipped complexity probes against their order (Spearman rho -0.43, 1 of 12 length-matched pairs
 right); with these turns, rho 0.89 and 12 of 12 (`idea-mcts validate-judge`)."""
 GENERAL_QUALITY = (
-    "Rate the quality of the response to the question, from 1 (useless or wrong) to 6 (excellent: correct, "
-    "complete, helpful and well written). A response with a false fact is wrong. Answer with one digit.\n\n"
-    "#Question#:\n{instruction}\n\n#Response#:\n{output}")
+    "Response: {output}\n\nThe response above was written to answer this request: {instruction}\n\nHow good is the "
+    "response as an answer to the request, from 1 (wrong, repetitive, off topic or a refusal) to 6 (correct, complete "
+    "and helpful)? Answer with one digit.")
 GENERAL_QUALITY_SHOTS = (
     ("What is the boiling point of water at sea level?", "Water boils at 100 °C (212 °F) at sea level.", 6),
     ("Name a primary colour.", "I'm sorry, I cannot help with that.", 1),
+    ("Spell the word 'house'.", "house house house house house house house house", 1),
     ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by Charles Dickens in 1850.", 1),
+    ("Name three vegetables.", "Apples, bananas and cherries are three vegetables.", 1),
     ("Give a tip for better sleep.", "Keep a regular bedtime and avoid screens for an hour before bed.", 5),
 )
-"""Scored (question, response) pairs anchoring the quality scale, shown as earlier chat turns. With them and the
-rubric's sentence on false facts, SmolLM2-135M orders 10 of the 12 shipped quality pairs right (9 without that
-sentence; 4 to 9 with the other prompts tried: docs/benchmarks.md)."""
+"""Scored (question, response) pairs anchoring the quality scale, shown as earlier chat turns; the response comes
+before the request in the prompt. Tuned on the shipped quality probes (tuned split) with Qwen2.5-Coder-0.5B-Instruct:
+the previous prompt (request first, four examples) ordered 8 of 12 pairs right, this one 10 of 12; the two it
+misses are facts the model does not know (it answers that a spider has four legs). docs/benchmarks.md."""
+GENERAL_QUALITY_LABEL = "Rating"
+HELDOUT_COMPLEXITY = (
+    "How much work and expertise does it take to answer the request below well? 1 = none (a word or a greeting); "
+    "2 = a fact or one sentence; 3 = a paragraph or a small task; 4 = a task with several steps or conditions; 5 = a "
+    "hard task needing expert knowledge and many conditions; 6 = a large professional project. Reply with a single "
+    "digit.\n\nRequest: {instruction}")
+HELDOUT_COMPLEXITY_SHOTS = (
+    ("Say thanks.", 1),
+    ("Write a parser for ISO 8601 dates in Rust that validates time zones, reports malformed input with line numbers "
+     "and comes with unit tests and a benchmark.", 6),
+    ("Describe a sunset in two sentences.", 2),
+    ("Plan a birthday party for ten children with a budget, a schedule and two indoor games in case of rain.", 4),
+)
+HELDOUT_QUALITY = (
+    "Request: {instruction}\n\nAnswer given: {output}\n\nGrade the answer given from 1 to 6: 1 if it is false, "
+    "repeats itself, ignores the request or refuses; 6 if it is accurate, complete and useful. Reply with a single "
+    "digit.")
+HELDOUT_QUALITY_SHOTS = (
+    ("What is the capital of France?", "Paris is the capital of France.", 6),
+    ("What does the Moon orbit?", "The Moon is made of cheese and orbits Mars.", 1),
+    ("How long should I boil an egg?", "I cannot answer questions about cooking.", 1),
+    ("Are whales mammals?", "Whales are fish that breathe water, like sharks.", 1),
+    ("Write a sentence about a cat.", "cat cat cat cat cat cat cat cat", 1),
+    ("Give a tip for staying hydrated.", "Drink water before you feel thirsty and carry a bottle when you go out.", 5),
+)
+"""The `heldout` preset: a second judge prompt of each kind, with other wording, scale anchors and examples than
+`general`, for judging data that a search optimised with `general` (bench/data_quality.py, the comparison's data
+table): a gain the search's own prompt reports could be the search fitting that prompt. Validated on the probes
+like any judge (`idea-mcts validate-judge roles.complexity.prompt=heldout roles.quality.prompt=heldout`)."""
 VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The assistant gives "
                  "helpful, detailed, and polite answers to the user's questions.")
 TAG_REQUEST = ("Please identify tags of user intentions in the following user query and provide an explanation "
@@ -163,6 +195,9 @@ def _few_shot(template: str, names: tuple[str, ...], shots: tuple[tuple[Any, ...
 def complexity_prompt(preset: str, instruction: str) -> Prompt:
     if preset == "deita":
         return DEITA_COMPLEXITY.replace("{instruction}", instruction)
+    if preset == "heldout":
+        return _few_shot(HELDOUT_COMPLEXITY, ("instruction",), HELDOUT_COMPLEXITY_SHOTS, {"instruction": instruction},
+                         "Effort")
     return _few_shot(GENERAL_COMPLEXITY, ("instruction",), GENERAL_COMPLEXITY_SHOTS, {"instruction": instruction},
                      "Complexity score")
 
@@ -170,8 +205,11 @@ def complexity_prompt(preset: str, instruction: str) -> Prompt:
 def quality_prompt(preset: str, instruction: str, output: str) -> Prompt:
     if preset == "deita":
         return DEITA_QUALITY.replace("{instruction}", instruction).replace("{output}", output)
+    if preset == "heldout":
+        return _few_shot(HELDOUT_QUALITY, ("instruction", "output"), HELDOUT_QUALITY_SHOTS,
+                         {"instruction": instruction, "output": output}, "Grade")
     return _few_shot(GENERAL_QUALITY, ("instruction", "output"), GENERAL_QUALITY_SHOTS,
-                     {"instruction": instruction, "output": output}, "Quality score")
+                     {"instruction": instruction, "output": output}, GENERAL_QUALITY_LABEL)
 
 
 def tagger_prompt(preset: str, instruction: str) -> tuple[Prompt, str]:
