@@ -319,3 +319,18 @@ def test_trust_remote_code_is_warned_and_recorded(tiny_model_dir, tmp_path, capl
     assert run["trust_remote_code"] == [str(tiny_model_dir)]
     card = build_card(RunSummary(run=run, nodes=nodes, rows=rows.to_list()), "org/x").text
     assert f"| evolver | default | transformers, trust_remote_code | `{tiny_model_dir}` |" in card
+
+
+# -- 14. validate-judge checks its inputs before it scores (issue #32) ------------------------------------------
+@pytest.mark.parametrize("case", ["output_json", "judge_model"])
+def test_validate_judge_checks_its_inputs_before_scoring(case, tiny_model_dir, tmp_path, no_engine, capfd):
+    argv = ["validate-judge", "--quick", f"engines.default.model={tiny_model_dir}"]
+    if case == "output_json":  # it scored for minutes, then failed writing and saved nothing
+        target = tmp_path / "missing" / "report.json"
+        argv += ["--output_json", str(target)]
+        expect = f"--output_json {target}: directory {target.parent} does not exist"
+    else:  # it loaded the default model first
+        argv += ["engines.judge.model=/nonexistent/judge", "roles.quality.engine=judge"]
+        expect = "model path /nonexistent/judge is not a readable model directory (no config.json)"
+    assert one_error_line(argv, capfd) == f"error: {expect}"
+    assert os.listdir(tmp_path) == []
