@@ -45,13 +45,18 @@ class EvolveArguments:
     """The recipe's data source when `dataset_name` is not set: evolve seed instructions into the training set."""
 
     evolve: dict[str, Any] | None = None
-    """Evolve settings nested as in an `idea-mcts evolve` YAML; `config: PATH` reads that file first and the
-    other keys override it. `output_dir` is always OUT/data; a `push_to_hub` section pushes the evolved data."""
+    """Evolve settings nested as in an `idea-mcts evolve` YAML; `config: PATH` reads that file first (a relative
+    PATH is relative to the recipe's config file) and the other keys override it. `output_dir` is always
+    OUT/data; a `push_to_hub` section pushes the evolved data."""
 
     def __post_init__(self) -> None:
         self.evolve_config: Any = None
+        """The `EvolveConfig` of the section (`load`; `parse_recipe` loads it)."""
+
+    def load(self, base: Path | None = None) -> None:
+        """Read the section into `evolve_config`; `base`: the directory its relative `config` path is in."""
         if self.evolve is not None:
-            self.evolve_config = load_evolve_section(self.evolve)
+            self.evolve_config = load_evolve_section(self.evolve, base)
 
 
 @dataclass
@@ -73,8 +78,9 @@ class EvalArguments:
     """recipes/evaluate.py: the adapter to evaluate (default OUT/sft/adapter)."""
 
 
-def load_evolve_section(section: dict[str, Any]) -> Any:
-    """The `evolve:` mapping -> an `EvolveConfig` (file named by `config`, then the other keys on top)."""
+def load_evolve_section(section: dict[str, Any], base_dir: Path | None = None) -> Any:
+    """The `evolve:` mapping -> an `EvolveConfig` (file named by `config`, relative to `base_dir` when given,
+    then the other keys on top)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -83,7 +89,10 @@ def load_evolve_section(section: dict[str, Any]) -> Any:
     if not isinstance(section, dict):
         raise UsageError(f"evolve must be a mapping of evolve settings, got {type(section).__name__}")
     rest = {k: v for k, v in section.items() if k != "config"}
-    base = load_config(section.get("config"))
+    path = section.get("config")
+    if isinstance(path, str) and base_dir is not None:
+        path = str(base_dir / Path(path).expanduser())  # an absolute path stays as it is
+    base = load_config(path)
     if not rest:
         return base
     layer = OmegaConf.structured(base)
@@ -110,22 +119,27 @@ def make_parser(extra: tuple[type, ...] = ()) -> Any:
 
 
 def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple[Any, ...]:
-    """(script_args, sft_args, model_args, evolve_args, eval_args, *extra) from `--config FILE` and flags."""
+    """(script_args, sft_args, model_args, evolve_args, eval_args, *extra) from `--config FILE` and flags; the
+    evolve section's `config` path is relative to FILE."""
     import yaml
 
     argv = sys.argv[1:] if argv is None else argv
+    base = None
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise UsageError("--config needs a file")
         if not Path(argv[i + 1]).is_file():
             raise UsageError(f"config file not found: {argv[i + 1]}")
+        base = Path(argv[i + 1]).parent
     try:
-        return make_parser(extra).parse_args_and_config(argv)
+        args = make_parser(extra).parse_args_and_config(argv)
     except UsageError:
         raise
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
         raise UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    args[3].load(base)
+    return args
 
 
 def launch_command() -> str:

@@ -248,6 +248,24 @@ def test_adapter_from_another_base_model(tiny_run: dict[str, Any], smollm2_dir: 
     assert snapshot(tiny_run["out"]) == before
 
 
+# ---- the shipped configs work from any directory: `evolve.config` is relative to the config file ------------
+@pytest.mark.parametrize("name", ["recipes/demo.yaml", "compare-demo.yaml", "recipes/paper-qlora.yaml",
+                                  "paper/sft-llama3-8b.yaml"])
+def test_shipped_recipe_configs_work_from_any_directory(name, tmp_path, monkeypatch):
+    from idea_mcts.compare import CompareArguments
+    from idea_mcts.recipe import parse_recipe
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)  # GPU configs
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM"):  # the configs' `env:` sets them
+        monkeypatch.delenv(key, raising=False)
+    extra = (CompareArguments,) if "compare" in name else ()
+    args = parse_recipe(["--config", str(ROOT / "configs" / name)], extra=extra)
+    cfg = args[3].evolve_config
+    assert cfg is not None and cfg.search.iterations >= 1
+    assert os.listdir(tmp_path) == []
+
+
 # ---- Hub round trip ---------------------------------------------------------------------------------------
 @pytest.mark.hub
 def test_train_on_dataset_pulled_from_hub(tiny_model_dir: Path, tmp_path: Path) -> None:
