@@ -184,6 +184,8 @@ def load_rows(script_args: Any) -> Any:
         if path.exists() or name.startswith((".", "/", "~")):
             if not path.is_dir():
                 raise UsageError(f"dataset not found: {name} is not a save_to_disk directory")
+            if _no_data_files(path, split):
+                raise UsageError(f"the training dataset {name} has no rows (a save_to_disk dir with no data files)")
             rows = datasets.load_from_disk(str(path))
             if isinstance(rows, datasets.DatasetDict):
                 if split not in rows:
@@ -202,6 +204,18 @@ def load_rows(script_args: Any) -> Any:
     if "messages" not in rows.column_names:
         raise UsageError(f"dataset {name} has no `messages` column (columns: {', '.join(rows.column_names)})")
     return rows
+
+
+def _no_data_files(path: Path, split: str) -> bool:
+    """A `save_to_disk` dir (of a dataset, or the `split` of a DatasetDict) of an empty dataset: its state lists
+    no data file, and `load_from_disk` fails on it with an IndexError."""
+    for d in (path, path / split):
+        try:
+            state = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return isinstance(state, dict) and state.get("_data_files") == []
+    return False
 
 
 def seed_means(script_args: Any) -> dict[str, float | None] | None:
@@ -255,22 +269,20 @@ class Recipe:
             self._check(needs_data)
 
     def _check(self, needs_data: bool) -> None:
-        """Every input checked (and the data source opened) before OUT is touched."""
-        from idea_mcts.evaluation.ifeval import data_file
-        from idea_mcts.models import resolve_model
+        """Every input of every stage checked (and the data source opened) before OUT is touched."""
         from idea_mcts.pipeline import check_output_dir
-        from idea_mcts.training import check_quantization
+        from idea_mcts.recipe_checks import check_base_model, check_ifeval_source, check_settings
+        from idea_mcts.training import check_messages, check_quantization
 
         script_args, sft_args, model_args = self.script, self.sft_args, self.model_args
         evolve_args, eval_args = self.evolve_args, self.eval_args
+        check_settings(script_args, sft_args, model_args, eval_args)
         self.out = Path(sft_args.output_dir)
         check_output_dir(self.out)
-        if not model_args.model_name_or_path:
-            raise UsageError("model_name_or_path is not set")
-        self.model_path = resolve_model(model_args.model_name_or_path)
+        self.model_path = check_base_model(model_args.model_name_or_path)
         model_args.model_name_or_path = self.model_path
         check_quantization(model_args)
-        data_file(eval_args.ifeval_data)
+        check_ifeval_source(self.ifeval_settings())
         self.stages = Stages(self.out)
         self.times: dict[str, dict[str, Any]] = {}
         self.info: dict[str, Any] = {}
@@ -279,6 +291,7 @@ class Recipe:
         if needs_data:
             if script_args.dataset_name:
                 self.rows = load_rows(script_args)
+                check_messages(self.rows)
             elif evolve_args.evolve_config is not None:
                 self.evolve_run = self._evolve_run()
             else:
@@ -365,6 +378,7 @@ class Recipe:
             self._timed("sft", t0, True, m)
             self.info["sft"] = m["info"]
             return adapter
+        train_rows = to_prompt_completion(rows)  # refuses rows it cannot train on before anything is written
         ckpt_dir, state_file = sft_dir / "checkpoints", sft_dir / "run.json"
         main = self.world.is_main
         if main:
@@ -381,7 +395,7 @@ class Recipe:
             barrier()  # old checkpoints are gone before any rank looks for one
             if self.model_args.use_peft and args.ddp_find_unused_parameters is None:
                 args.ddp_find_unused_parameters = False  # DDP over a PeftModel: frozen base weights get no grads
-        trainer = build_trainer(self.model_args, args, to_prompt_completion(rows), callbacks)
+        trainer = build_trainer(self.model_args, args, train_rows, callbacks)
         resume = last_checkpoint(ckpt_dir)
         if resume and main:
             logger.info("resuming SFT from %s", resume)

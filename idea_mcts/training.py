@@ -42,16 +42,45 @@ def check_quantization(model_args: Any) -> None:
         raise UsageError(f"{bits} needs an explicit compute dtype: set dtype: bfloat16")
 
 
-def to_prompt_completion(rows: Any) -> Any:
-    """`messages` rows -> conversational prompt-completion rows: prompt = every turn before the last one,
-    completion = the last turn, which must be the assistant's (so the loss covers only that turn)."""
+def check_messages(rows: Any) -> None:
+    """UsageError naming the first row whose `messages` the SFT stage cannot train on: not a list of
+    {role, content} string turns, no user turn before the last turn, or a last turn that is not the assistant's;
+    also a dataset without rows or without the column. Reads the column in batches (memory stays flat)."""
     if "messages" not in rows.column_names:
         raise UsageError(f"the dataset has no `messages` column (columns: {', '.join(rows.column_names)})")
     if len(rows) == 0:
         raise UsageError("the training dataset has no rows")
-    for i, msgs in enumerate(rows["messages"]):
-        if not msgs or msgs[-1].get("role") != "assistant" or len(msgs) < 2:
-            raise UsageError(f"training row {i}: `messages` must end with an assistant turn after a user turn")
+    i = 0
+    for batch in rows.select_columns(["messages"]).iter(batch_size=1024):
+        for msgs in batch["messages"]:
+            if (problem := conversation_problem(msgs)) is not None:
+                raise UsageError(f"training row {i}: `messages` {problem}")
+            i += 1
+
+
+def conversation_problem(msgs: Any) -> str | None:
+    """What keeps one row's `messages` from being a conversation to train on (None: nothing)."""
+    if not isinstance(msgs, list) or not msgs:
+        return f"must be a non-empty list of {{role, content}} turns, got {_short(msgs)}"
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return f"turn {j} must be a {{role, content}} mapping of strings, got {_short(m)}"
+    if msgs[-1]["role"] != "assistant":
+        return f"must end with an assistant turn (the last is {msgs[-1]['role']!r})"
+    if not any(m["role"] == "user" for m in msgs[:-1]):
+        return "needs a user turn before its last (assistant) turn"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def to_prompt_completion(rows: Any) -> Any:
+    """`messages` rows (`check_messages`) -> conversational prompt-completion rows: prompt = every turn before
+    the last one, completion = the last turn, the assistant's (so the loss covers only that turn)."""
+    check_messages(rows)
 
     def split(row: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
