@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -366,9 +365,18 @@ class Recipe:
         return fingerprint(self.data_fp, sft, asdict(self.model_args))
 
     def sft(self, rows: Any, callbacks: list[Any] | None = None) -> Path:
-        """LoRA SFT with TRL; resumes from the newest checkpoint of the same settings; writes OUT/sft/adapter
-        and OUT/sft/train.json atomically."""
-        from idea_mcts.training import build_trainer, last_checkpoint, lora_b_norm, save_adapter, to_prompt_completion
+        """LoRA SFT with TRL; resumes from the newest complete checkpoint of the same settings (checkpoints of
+        other settings are set aside, not deleted); writes OUT/sft/adapter and OUT/sft/train.json atomically."""
+        from idea_mcts.training import (
+            CHECKPOINTS,
+            build_trainer,
+            finish_from_checkpoint,
+            last_checkpoint,
+            lora_b_norm,
+            save_adapter,
+            set_aside_checkpoints,
+            to_prompt_completion,
+        )
 
         if not hasattr(self, "data_fp"):
             self.data_fp = rows._fingerprint
@@ -379,20 +387,19 @@ class Recipe:
             self.info["sft"] = m["info"]
             return adapter
         train_rows = to_prompt_completion(rows)  # refuses rows it cannot train on before anything is written
-        ckpt_dir, state_file = sft_dir / "checkpoints", sft_dir / "run.json"
+        ckpt_dir, state_file = sft_dir / CHECKPOINTS, sft_dir / "run.json"
         main = self.world.is_main
         if main:
             state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-            if state.get("fingerprint") != fp and ckpt_dir.exists():
-                logger.info("removing checkpoints of other SFT settings in %s", ckpt_dir)
-                shutil.rmtree(ckpt_dir)
+            if state.get("fingerprint") != fp:
+                set_aside_checkpoints(sft_dir, state.get("fingerprint"), fp)
             write_json(state_file, {"fingerprint": fp})
         args = copy.copy(self.sft_args)
         args.output_dir = str(ckpt_dir)
         if self.world.size > 1:
             from idea_mcts.distributed import barrier
 
-            barrier()  # old checkpoints are gone before any rank looks for one
+            barrier()  # other settings' checkpoints are set aside before any rank looks for one
             if self.model_args.use_peft and args.ddp_find_unused_parameters is None:
                 args.ddp_find_unused_parameters = False  # DDP over a PeftModel: frozen base weights get no grads
         trainer = build_trainer(self.model_args, args, train_rows, callbacks)
@@ -400,13 +407,16 @@ class Recipe:
         if resume and main:
             logger.info("resuming SFT from %s", resume)
             print(f"sft: resuming from checkpoint {resume}", file=sys.stderr)
-        result = trainer.train(resume_from_checkpoint=resume)
+        if resume and finish_from_checkpoint(trainer, resume):
+            metrics: dict[str, Any] = {}  # trained to the last step before the crash: nothing left to train
+        else:
+            metrics = trainer.train(resume_from_checkpoint=resume).metrics
         if not main:  # every rank saves (a collective under FSDP / ZeRO-3); the main process alone writes
             trainer.save_model(str(adapter.with_name(f".{adapter.name}.tmp")))
             return adapter
         with atomic_dir(adapter) as tmp:
             save_adapter(trainer, tmp)
-        info = {"metrics": result.metrics, "log_history": trainer.state.log_history, "resumed_from": resume,
+        info = {"metrics": metrics, "log_history": trainer.state.log_history, "resumed_from": resume,
                 "global_step": trainer.state.global_step, "world_size": trainer.args.world_size,
                 "num_input_tokens_seen": trainer.state.num_input_tokens_seen, "lora_b_norm": lora_b_norm(adapter)
                 if self.model_args.use_peft else None}

@@ -10,6 +10,7 @@ subprocesses on the tiny random model.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,10 @@ import yaml
 
 from idea_mcts.recipe import run_main
 from tests.runs import snapshot
-from tests.test_recipes import load_script, run_script, write_config
+from tests.test_recipes import load_script, lora_weights, run_script, write_config
+
+RESUME = {"max_steps": 3, "save_steps": 1, "per_device_train_batch_size": 2}
+"""SFT settings of the resume tests: 3 steps inside the first epoch (11 rows, batches of 2), a checkpoint per step."""
 
 
 def conversation(*roles: str) -> list[dict[str, str]]:
@@ -44,6 +48,16 @@ def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, data
     assert r.returncode == 0, r.stderr[-3000:]
     assert (base / "out" / "sft" / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file()
     return {"out": base / "out", "cfg": cfg}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, data: Path) -> Path:
+    """The adapter of an uninterrupted run with the RESUME settings."""
+    base = tmp_path_factory.mktemp("reference")
+    cfg = write_config(base / "c.yaml", tiny_model_dir, base / "out", str(data), **RESUME)
+    r = run_script("recipes/sft.py", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return base / "out" / "sft" / "adapter"
 
 
 @pytest.fixture
@@ -74,6 +88,13 @@ def one_error_line(capfd: pytest.CaptureFixture[str], script: str, argv: list[st
     return lines[0]
 
 
+def assert_same_adapter(got: Path, want: Path) -> None:
+    a, b = lora_weights(got), lora_weights(want)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] - b[k]).abs().max() < 1e-5, k
+
+
 # ---- 1. a relaunch with bad input deletes nothing ----------------------------------------------------------------
 @pytest.mark.parametrize("state", ["finished", "interrupted"])
 @pytest.mark.parametrize("bad", ["dataset", "learning_rate"])
@@ -95,6 +116,72 @@ def test_relaunch_with_bad_input_keeps_the_checkpoints(bad, state, out, trained,
         expect = "config key 'learning_rate' must be a finite number > 0, got -1.0"
     assert one_error_line(capfd, "sft", argv).startswith(f"error: {expect}")
     assert snapshot(out) == before
+
+
+def test_checkpoints_of_other_settings_are_set_aside_and_come_back(out, trained, tmp_path):
+    """Other settings move the finished run's checkpoints to sft/previous/FP (kept byte for byte); going back to
+    the first settings brings them back, and the run, complete at its last checkpoint, trains no further step."""
+    before = snapshot(out / "sft" / "checkpoints")
+    first = json.loads((out / "sft" / "run.json").read_text())["fingerprint"]
+    adapter = (out / "sft" / "adapter" / "adapter_model.safetensors").read_bytes()
+    cfg = config(tmp_path, trained, out)
+    r = run_script("recipes/sft.py", "--config", str(cfg), "--learning_rate", "0.02")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert snapshot(out / "sft" / "previous" / first) == before
+    assert f"are kept in {out / 'sft' / 'previous' / first}" in r.stderr
+    assert (out / "sft" / "adapter" / "adapter_model.safetensors").read_bytes() != adapter
+    r = run_script("recipes/sft.py", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from checkpoint {out / 'sft' / 'checkpoints' / 'checkpoint-2'}" in r.stderr
+    assert not (out / "sft" / "previous" / first).exists()
+    assert snapshot(out / "sft" / "checkpoints") == before
+    assert_same_adapter(out / "sft" / "adapter", trained["out"] / "sft" / "adapter")
+    train = json.loads((out / "sft" / "train.json").read_text())
+    assert train["global_step"] == 2 and [h["step"] for h in train["log_history"] if "loss" in h] == [1, 2]
+
+
+# ---- 2. an incomplete checkpoint, and the last one ------------------------------------------------------------
+def test_last_checkpoint_skips_incomplete_ones(tmp_path, caplog):
+    from idea_mcts.training import last_checkpoint
+
+    for step, state in ((1, '{"global_step": 1}'), (2, '{"global_step": 2, "log_hist'), (10, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        (tmp_path / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-1")
+    skipped = [r.getMessage() for r in caplog.records if "incomplete checkpoint" in r.getMessage()]
+    assert len(skipped) == 2 and "checkpoint-10" in skipped[0] and "checkpoint-2" in skipped[1]
+    assert last_checkpoint(tmp_path / "none") is None
+
+
+def test_resume_skips_a_checkpoint_cut_short(tiny_model_dir, data, reference, tmp_path):
+    """A crash (or a full disk) while checkpoint-2 was written: the Trainer writes trainer_state.json last."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "out", str(data), **RESUME)
+    r = run_script("recipes/sft.py", "--config", str(cfg), kill_at=2)
+    assert r.returncode == -9, r.stderr[-3000:]
+    ckpts = tmp_path / "out" / "sft" / "checkpoints"
+    (ckpts / "checkpoint-2" / "trainer_state.json").unlink()
+    r = run_script("recipes/sft.py", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"skipping the incomplete checkpoint {ckpts / 'checkpoint-2'}" in r.stderr
+    assert f"resuming from checkpoint {ckpts / 'checkpoint-1'}" in r.stderr
+    train = json.loads((tmp_path / "out" / "sft" / "train.json").read_text())
+    assert train["global_step"] == 3 and train["resumed_from"] == str(ckpts / "checkpoint-1")
+    assert_same_adapter(tmp_path / "out" / "sft" / "adapter", reference)
+
+
+def test_resume_from_the_last_checkpoint_trains_no_further(tiny_model_dir, data, reference, tmp_path):
+    """Killed after the checkpoint of the last step, before the adapter was saved: Trainer.train resumed from
+    there took a 4th step for max_steps 3."""
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "out", str(data), **RESUME)
+    r = run_script("recipes/sft.py", "--config", str(cfg), kill_at=3)
+    assert r.returncode == -9, r.stderr[-3000:]
+    r = run_script("recipes/sft.py", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    train = json.loads((tmp_path / "out" / "sft" / "train.json").read_text())
+    assert train["global_step"] == 3 and [h["step"] for h in train["log_history"] if "loss" in h] == [1, 2, 3]
+    assert_same_adapter(tmp_path / "out" / "sft" / "adapter", reference)
 
 
 # ---- 3. SFT settings ----------------------------------------------------------------------------------------------
