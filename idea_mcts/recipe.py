@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shlex
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from idea_mcts.errors import EngineError, UsageError
+from idea_mcts.errors import EngineError, Terminated, UsageError, raise_terminated
 from idea_mcts.export import atomic_dir
 from idea_mcts.stages import Stages, fingerprint, write_json
 
@@ -148,14 +149,18 @@ def launch_command() -> str:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Entry point of a recipe script: logging, and bad input -> one line on stderr + exit 2 (engine and push
-    failures exit 1)."""
+    """Entry point of a recipe script, with `idea-mcts`'s exit codes: bad input, and a disk that cannot be
+    written, -> one line on stderr + exit 2; engine and push failures exit 1; Ctrl-C exits 130 and SIGTERM 143,
+    printing the command that resumes (finished stages are kept, SFT resumes from its last checkpoint)."""
+    from idea_mcts.distributed import World, leave_group
+    from idea_mcts.pipeline import WRITE_ERRNOS
     from idea_mcts.publish import PushError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return main(argv)
     except UsageError as exc:
@@ -166,9 +171,20 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         if str(exc):
             sys.stderr.write(f"error: {exc}\n")
         return 1
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        sys.stderr.write(f"error: cannot write {exc.filename or 'the output dir'}: {exc.strerror}; finished stages "
+                         "are kept, fix this and re-run the same command to resume\n")
+        return 2
+    except KeyboardInterrupt as exc:
+        world = World.from_env()
+        if world.is_main:
+            resume = launch_command() + (f" (launched again with {world.size} processes)" if world.size > 1 else "")
+            sys.stderr.write(f"\ninterrupted: finished stages and SFT checkpoints are kept; resume with: {resume}\n")
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
-        from idea_mcts.distributed import leave_group
-
+        signal.signal(signal.SIGTERM, previous)
         leave_group()  # a rank exits with its own code, not in the group's threads at shutdown
 
 

@@ -10,7 +10,9 @@ subprocesses on the tiny random model.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import yaml
 
 from idea_mcts.recipe import run_main
 from tests.runs import snapshot
+from tests.test_bad_input import DiskFull
 from tests.test_recipes import load_script, lora_weights, run_script, write_config
 
 RESUME = {"max_steps": 3, "save_steps": 1, "per_device_train_batch_size": 2}
@@ -297,3 +300,38 @@ def test_hub_model_id_is_checked_at_launch(hub, out, trained, tmp_path, capfd, r
     assert "model_name_or_path someorg/no-such-model" in line
     assert ("cannot be reached" if hub == "hub_unreachable" else "HF_HUB_OFFLINE") in line
     assert snapshot(out) == before
+
+
+# ---- 6. Ctrl-C and SIGTERM ------------------------------------------------------------------------------------
+def test_ctrl_c_and_sigterm_exit_130_and_143_with_the_resume_command(tiny_model_dir, data, reference, tmp_path):
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "out", str(data), **RESUME)
+    ckpts = tmp_path / "out" / "sft" / "checkpoints"
+    for at, code in (("1:INT", 130), ("2:TERM", 143)):
+        r = run_script("recipes/sft.py", "--config", str(cfg), kill_at=at)
+        assert r.returncode == code, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+        said = [ln for ln in r.stderr.splitlines() if ln.startswith("interrupted:")]  # the trainer's bar may follow
+        assert len(said) == 1, r.stderr[-3000:]
+        assert said[0].startswith("interrupted: finished stages and SFT checkpoints are kept; resume with: python ")
+        assert said[0].endswith(f"recipes/sft.py {at} --config {cfg}")
+    assert f"resuming from checkpoint {ckpts / 'checkpoint-1'}" in r.stderr
+    r = run_script("recipes/sft.py", "--config", str(cfg))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming from checkpoint {ckpts / 'checkpoint-2'}" in r.stderr
+    assert_same_adapter(tmp_path / "out" / "sft" / "adapter", reference)
+
+
+# ---- 9. a full disk --------------------------------------------------------------------------------------------
+def test_full_disk_is_one_line(trained, tmp_path, monkeypatch, capfd):
+    """The stage's work has begun (progress bars): one `error:` line, no traceback, nothing half-written."""
+    out = tmp_path / "out"
+    cfg = config(tmp_path, trained, out)
+    DiskFull(monkeypatch, tmp_path)
+    capfd.readouterr()
+    assert run_main(load_script("sft").main, ["--config", str(cfg)]) == 2
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: cannot write {out / 'sft' / 'run.json'}: {os.strerror(errno.ENOSPC)}")
+    assert "re-run the same command" in lines[0]
+    assert snapshot(out) == {}

@@ -36,7 +36,7 @@ def recipe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
-def run_script(script: str, *argv: str, env: dict[str, str] | None = None, kill_at: int | None = None,
+def run_script(script: str, *argv: str, env: dict[str, str] | None = None, kill_at: int | str | None = None,
                timeout: int = 900) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, str(ROOT / script), *argv]
     if kill_at is not None:
