@@ -120,10 +120,21 @@ def make_parser(extra: tuple[type, ...] = ()) -> Any:
 
 def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple[Any, ...]:
     """(script_args, sft_args, model_args, evolve_args, eval_args, *extra) from `--config FILE` and flags; the
-    evolve section's `config` path is relative to FILE."""
+    evolve section's `config` path is relative to FILE. Every rank of a multi-process launch parses the same
+    input, so a parse error is said once, by rank 0 (the others raise an empty UsageError)."""
+    from idea_mcts.distributed import World
+
+    try:
+        return _parse(sys.argv[1:] if argv is None else argv, extra)
+    except UsageError:
+        if not World.from_env().is_main:
+            raise UsageError("") from None
+        raise
+
+
+def _parse(argv: list[str], extra: tuple[type, ...]) -> tuple[Any, ...]:
     import yaml
 
-    argv = sys.argv[1:] if argv is None else argv
     base = None
     if "--config" in argv:
         i = argv.index("--config")
