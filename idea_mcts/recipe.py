@@ -278,7 +278,10 @@ class Recipe:
     """One recipe run over OUT. Construction checks every input and touches nothing."""
 
     def __init__(self, script_args: Any, sft_args: Any, model_args: Any, evolve_args: EvolveArguments,
-                 eval_args: EvalArguments, command: str = "", needs_data: bool = True) -> None:
+                 eval_args: EvalArguments, command: str = "", needs_data: bool = True,
+                 evaluates: bool = True) -> None:
+        """`needs_data`: the run trains (it opens its data source); `evaluates`: it runs the IFEval stage (its data
+        must be at hand)."""
         from idea_mcts.distributed import World, init_group
 
         self.script, self.sft_args, self.model_args = script_args, sft_args, model_args
@@ -290,11 +293,11 @@ class Recipe:
             from idea_mcts.shards import agree
 
             init_group()  # every rank learns which rank's input is bad
-            agree(self.world, lambda: self._check(needs_data))
+            agree(self.world, lambda: self._check(needs_data, evaluates))
         else:
-            self._check(needs_data)
+            self._check(needs_data, evaluates)
 
-    def _check(self, needs_data: bool) -> None:
+    def _check(self, needs_data: bool, evaluates: bool) -> None:
         """Every input of every stage checked (and the data source opened) before OUT is touched."""
         from idea_mcts.pipeline import check_output_dir
         from idea_mcts.recipe_checks import check_base_model, check_ifeval_source, check_settings
@@ -308,7 +311,9 @@ class Recipe:
         self.model_path = check_base_model(model_args.model_name_or_path)
         model_args.model_name_or_path = self.model_path
         check_quantization(model_args)
-        check_ifeval_source(self.ifeval_settings())
+        settings = self.ifeval_settings()  # its values are checked whether or not this run evaluates
+        if evaluates:
+            check_ifeval_source(settings)
         self.stages = Stages(self.out)
         self.times: dict[str, dict[str, Any]] = {}
         self.info: dict[str, Any] = {}

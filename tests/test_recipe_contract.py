@@ -290,6 +290,16 @@ def test_ifeval_hub_data_is_checked_at_launch(hub, out, trained, tmp_path, capfd
     assert snapshot(out) == before
 
 
+def test_sft_alone_does_not_need_the_ifeval_data(tiny_model_dir, data, tmp_path):
+    """recipes/sft.py never evaluates: a config naming the Hub's IFEval (as the paper configs do) trains offline."""
+    from tests.test_recipes import recipe_env
+
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, tmp_path / "out", str(data), ifeval_data="hub")
+    r = run_script("recipes/sft.py", "--config", str(cfg), env=recipe_env({"HF_HOME": str(tmp_path / "hf")}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "out" / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 # ---- 7. a Hub model id ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("hub", ["hub_unreachable", "hub_off"])
 def test_hub_model_id_is_checked_at_launch(hub, out, trained, tmp_path, capfd, request):
