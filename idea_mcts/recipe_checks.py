@@ -40,10 +40,10 @@ EVAL_RANGES = {"ifeval_limit": Range(1, integer=True, optional=True), "ifeval_ba
 EVAL_CHOICES = {"ifeval_backend": ("hf", "vllm")}
 
 
-def check_settings(script_args: Any, sft_args: Any, model_args: Any, eval_args: Any, *extra: Any) -> None:
+def check_settings(script_args: Any, sft_args: Any, model_args: Any, eval_args: Any) -> None:
     """UsageError (one line naming the key) for the first field of any section whose value has the wrong type
-    or is out of range; `extra` are further sections (compare's arguments)."""
-    for section in (script_args, sft_args, model_args, eval_args, *extra):
+    or is out of range (`compare`'s own section: `check_types`, its ranges are its own)."""
+    for section in (script_args, sft_args, model_args, eval_args):
         check_types(section)
     try:
         check_fields(sft_args, SFT_RANGES)
