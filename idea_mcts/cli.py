@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from idea_mcts.errors import EngineError, UsageError
+from idea_mcts.errors import EngineError, Terminated, UsageError, raise_terminated
 
 logger = logging.getLogger("idea_mcts")
 
@@ -31,14 +31,6 @@ def _setup_logging(level: str) -> None:
 
 
 # -- evolve ------------------------------------------------------------------------------------------------
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, handled like Ctrl-C (exit code 143)."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
-
-
 def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
     """`evolve`; under torchrun / accelerate launch (WORLD_SIZE > 1) each rank runs its shard (idea_mcts.shards)
     and an error names the rank that failed."""
@@ -102,7 +94,7 @@ def _evolve(args: argparse.Namespace, cfg: Any, run: Any, world: Any) -> int:
     if cfg.max_calls is not None and est["calls"] > cfg.max_calls:
         print(f"note: --max_calls {cfg.max_calls} is below the estimate; the search stops before a wave would "
               "pass it", file=sys.stderr)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         report = run.execute(progress=not args.no_progress)
     except KeyboardInterrupt as exc:

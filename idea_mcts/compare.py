@@ -133,8 +133,10 @@ class Comparison:
         from idea_mcts.evaluation.ifeval import data_file
         from idea_mcts.evaluation.judge import JudgeConfig
         from idea_mcts.pipeline import EvolveRun, read_examples
+        from idea_mcts.recipe_checks import check_types
 
         check_one_process()
+        check_types(args)
         if script_args.dataset_name:
             raise UsageError("compare builds its arms from the evolve section's seeds: dataset_name is not used")
         if evolve_args.evolve_config is None:

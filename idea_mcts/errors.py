@@ -15,3 +15,12 @@ class SearchStopped(RuntimeError):
 class EngineError(RuntimeError):
     """An engine cannot serve requests (server unreachable after retries, model failed to load): one line,
     exit code 1; the run's completed work stays on disk."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops at once, keeps its completed work, and exits 143."""
+
+
+def raise_terminated(signum: int, frame: object) -> None:
+    """A SIGTERM handler: stop the process the way Ctrl-C does (`Terminated`)."""
+    raise Terminated

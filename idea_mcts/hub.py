@@ -38,3 +38,18 @@ def check_reachable(name: str, repo_type: str, what: str) -> None:
     except Exception as exc:  # connection, DNS, proxy and timeout errors of the HTTP client
         raise UsageError(f"{what} {name}: the Hub cannot be reached ({_one_line(exc)}); set HF_HUB_OFFLINE=1 to "
                          "use a locally cached copy") from None
+
+
+def check_dataset_available(name: str, what: str) -> None:
+    """UsageError (one line) unless the Hub dataset `name` can be loaded: reachable, or, with the Hub off
+    (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE), in the datasets cache (datasets' own lookup, which reads no data)."""
+    import datasets
+
+    if not datasets.config.HF_HUB_OFFLINE:
+        check_reachable(name, "dataset", what)
+        return
+    try:
+        datasets.load_dataset_builder(name)
+    except Exception as exc:  # ConnectionError (not cached), FileNotFoundError, ...
+        raise UsageError(f"{what} {name}: not in the local datasets cache, and the Hub is off (HF_HUB_OFFLINE): "
+                         f"{_one_line(exc)}") from None

@@ -253,8 +253,10 @@ def format_report(report: dict[str, Any]) -> str:
 
 # -- CLI ---------------------------------------------------------------------------------------------------
 def cmd_validate_judge(args: argparse.Namespace) -> int:
+    from idea_mcts.cli import check_output_file
     from idea_mcts.config import load_config
     from idea_mcts.engines import EnginePool
+    from idea_mcts.pipeline import check_models
     from idea_mcts.roles import RoleClient
     from idea_mcts.scoring import Reward
 
@@ -262,6 +264,9 @@ def cmd_validate_judge(args: argparse.Namespace) -> int:
     engines = {r: k for r in ("complexity", "quality") if (k := cfg.role_engine(r)) is not None}
     if not engines:
         raise UsageError("the config uses neither a complexity nor a quality judge: nothing to validate")
+    if args.output_json:  # before minutes of scoring, not after
+        check_output_file(Path(args.output_json), "--output_json")
+    check_models(cfg, set(engines.values()))  # every judge's model can be found before any is loaded
     pool = EnginePool(cfg.engines)
     try:
         clients = {r: RoleClient(r, pool.get(k), getattr(cfg.roles, r), cfg.search.seed) for r, k in engines.items()}

@@ -140,7 +140,9 @@ class EvolveRun:
         self.overwrite = overwrite
         """Replace OUT's run (outputs, node log, state) by this one; the request cache is kept."""
         self.out = Path(cfg.output_dir)
-        check_output_dir(self.out)
+        self.store = RunStore(self.out)
+        if overwrite or self.store.check(self.fingerprint()) != "finished":
+            check_output_dir(self.out)  # a finished run is left as is, on a read-only filesystem too
         self.seeds: list[Seed] = load_seeds(cfg.data)
         if shard is not None:  # one rank's share of a multi-process launch (idea_mcts.shards)
             self.seeds = [s for s in self.seeds if shard_of(s.seed_id, shard[1]) == shard[0]]
@@ -162,7 +164,6 @@ class EvolveRun:
         if "tagger" not in self.scorer_roles:
             max_new["tagger"] = 0
         self.estimate = estimate(cfg.search, len(self.seeds), len(self.scorer_roles), max_new)
-        self.store = RunStore(self.out)
         self.mode = self.store.check(self.fingerprint(), overwrite)
         """`new`, `resume` (OUT holds an unfinished run of this config) or `finished` (nothing to do)."""
         self.pool = EnginePool(engines or cfg.engines)

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shlex
-import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from idea_mcts.errors import EngineError, UsageError
+from idea_mcts.errors import EngineError, Terminated, UsageError, raise_terminated
 from idea_mcts.export import atomic_dir
 from idea_mcts.stages import Stages, fingerprint, write_json
 
@@ -45,13 +45,18 @@ class EvolveArguments:
     """The recipe's data source when `dataset_name` is not set: evolve seed instructions into the training set."""
 
     evolve: dict[str, Any] | None = None
-    """Evolve settings nested as in an `idea-mcts evolve` YAML; `config: PATH` reads that file first and the
-    other keys override it. `output_dir` is always OUT/data; a `push_to_hub` section pushes the evolved data."""
+    """Evolve settings nested as in an `idea-mcts evolve` YAML; `config: PATH` reads that file first (a relative
+    PATH is relative to the recipe's config file) and the other keys override it. `output_dir` is always
+    OUT/data; a `push_to_hub` section pushes the evolved data."""
 
     def __post_init__(self) -> None:
         self.evolve_config: Any = None
+        """The `EvolveConfig` of the section (`load`; `parse_recipe` loads it)."""
+
+    def load(self, base: Path | None = None) -> None:
+        """Read the section into `evolve_config`; `base`: the directory its relative `config` path is in."""
         if self.evolve is not None:
-            self.evolve_config = load_evolve_section(self.evolve)
+            self.evolve_config = load_evolve_section(self.evolve, base)
 
 
 @dataclass
@@ -73,8 +78,9 @@ class EvalArguments:
     """recipes/evaluate.py: the adapter to evaluate (default OUT/sft/adapter)."""
 
 
-def load_evolve_section(section: dict[str, Any]) -> Any:
-    """The `evolve:` mapping -> an `EvolveConfig` (file named by `config`, then the other keys on top)."""
+def load_evolve_section(section: dict[str, Any], base_dir: Path | None = None) -> Any:
+    """The `evolve:` mapping -> an `EvolveConfig` (file named by `config`, relative to `base_dir` when given,
+    then the other keys on top)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -83,7 +89,10 @@ def load_evolve_section(section: dict[str, Any]) -> Any:
     if not isinstance(section, dict):
         raise UsageError(f"evolve must be a mapping of evolve settings, got {type(section).__name__}")
     rest = {k: v for k, v in section.items() if k != "config"}
-    base = load_config(section.get("config"))
+    path = section.get("config")
+    if isinstance(path, str) and base_dir is not None:
+        path = str(base_dir / Path(path).expanduser())  # an absolute path stays as it is
+    base = load_config(path)
     if not rest:
         return base
     layer = OmegaConf.structured(base)
@@ -110,22 +119,38 @@ def make_parser(extra: tuple[type, ...] = ()) -> Any:
 
 
 def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple[Any, ...]:
-    """(script_args, sft_args, model_args, evolve_args, eval_args, *extra) from `--config FILE` and flags."""
+    """(script_args, sft_args, model_args, evolve_args, eval_args, *extra) from `--config FILE` and flags; the
+    evolve section's `config` path is relative to FILE. Every rank of a multi-process launch parses the same
+    input, so a parse error is said once, by rank 0 (the others raise an empty UsageError)."""
+    from idea_mcts.distributed import World
+
+    try:
+        return _parse(sys.argv[1:] if argv is None else argv, extra)
+    except UsageError:
+        if not World.from_env().is_main:
+            raise UsageError("") from None
+        raise
+
+
+def _parse(argv: list[str], extra: tuple[type, ...]) -> tuple[Any, ...]:
     import yaml
 
-    argv = sys.argv[1:] if argv is None else argv
+    base = None
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
             raise UsageError("--config needs a file")
         if not Path(argv[i + 1]).is_file():
             raise UsageError(f"config file not found: {argv[i + 1]}")
+        base = Path(argv[i + 1]).parent
     try:
-        return make_parser(extra).parse_args_and_config(argv)
+        args = make_parser(extra).parse_args_and_config(argv)
     except UsageError:
         raise
     except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
         raise UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    args[3].load(base)
+    return args
 
 
 def launch_command() -> str:
@@ -135,14 +160,18 @@ def launch_command() -> str:
 
 
 def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """Entry point of a recipe script: logging, and bad input -> one line on stderr + exit 2 (engine and push
-    failures exit 1)."""
+    """Entry point of a recipe script, with `idea-mcts`'s exit codes: bad input, and a disk that cannot be
+    written, -> one line on stderr + exit 2; engine and push failures exit 1; Ctrl-C exits 130 and SIGTERM 143,
+    printing the command that resumes (finished stages are kept, SFT resumes from its last checkpoint)."""
+    from idea_mcts.distributed import World, leave_group
+    from idea_mcts.pipeline import WRITE_ERRNOS
     from idea_mcts.publish import PushError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "datasets", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return main(argv)
     except UsageError as exc:
@@ -153,9 +182,20 @@ def run_main(main: Callable[[list[str] | None], int], argv: list[str] | None = N
         if str(exc):
             sys.stderr.write(f"error: {exc}\n")
         return 1
+    except OSError as exc:
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        sys.stderr.write(f"error: cannot write {exc.filename or 'the output dir'}: {exc.strerror}; finished stages "
+                         "are kept, fix this and re-run the same command to resume\n")
+        return 2
+    except KeyboardInterrupt as exc:
+        world = World.from_env()
+        if world.is_main:
+            resume = launch_command() + (f" (launched again with {world.size} processes)" if world.size > 1 else "")
+            sys.stderr.write(f"\ninterrupted: finished stages and SFT checkpoints are kept; resume with: {resume}\n")
+        return 143 if isinstance(exc, Terminated) else 130
     finally:
-        from idea_mcts.distributed import leave_group
-
+        signal.signal(signal.SIGTERM, previous)
         leave_group()  # a rank exits with its own code, not in the group's threads at shutdown
 
 
@@ -170,6 +210,8 @@ def load_rows(script_args: Any) -> Any:
         if path.exists() or name.startswith((".", "/", "~")):
             if not path.is_dir():
                 raise UsageError(f"dataset not found: {name} is not a save_to_disk directory")
+            if _no_data_files(path, split):
+                raise UsageError(f"the training dataset {name} has no rows (a save_to_disk dir with no data files)")
             rows = datasets.load_from_disk(str(path))
             if isinstance(rows, datasets.DatasetDict):
                 if split not in rows:
@@ -188,6 +230,18 @@ def load_rows(script_args: Any) -> Any:
     if "messages" not in rows.column_names:
         raise UsageError(f"dataset {name} has no `messages` column (columns: {', '.join(rows.column_names)})")
     return rows
+
+
+def _no_data_files(path: Path, split: str) -> bool:
+    """A `save_to_disk` dir (of a dataset, or the `split` of a DatasetDict) of an empty dataset: its state lists
+    no data file, and `load_from_disk` fails on it with an IndexError."""
+    for d in (path, path / split):
+        try:
+            state = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        return isinstance(state, dict) and state.get("_data_files") == []
+    return False
 
 
 def seed_means(script_args: Any) -> dict[str, float | None] | None:
@@ -224,7 +278,10 @@ class Recipe:
     """One recipe run over OUT. Construction checks every input and touches nothing."""
 
     def __init__(self, script_args: Any, sft_args: Any, model_args: Any, evolve_args: EvolveArguments,
-                 eval_args: EvalArguments, command: str = "", needs_data: bool = True) -> None:
+                 eval_args: EvalArguments, command: str = "", needs_data: bool = True,
+                 evaluates: bool = True) -> None:
+        """`needs_data`: the run trains (it opens its data source); `evaluates`: it runs the IFEval stage (its data
+        must be at hand)."""
         from idea_mcts.distributed import World, init_group
 
         self.script, self.sft_args, self.model_args = script_args, sft_args, model_args
@@ -236,27 +293,27 @@ class Recipe:
             from idea_mcts.shards import agree
 
             init_group()  # every rank learns which rank's input is bad
-            agree(self.world, lambda: self._check(needs_data))
+            agree(self.world, lambda: self._check(needs_data, evaluates))
         else:
-            self._check(needs_data)
+            self._check(needs_data, evaluates)
 
-    def _check(self, needs_data: bool) -> None:
-        """Every input checked (and the data source opened) before OUT is touched."""
-        from idea_mcts.evaluation.ifeval import data_file
-        from idea_mcts.models import resolve_model
+    def _check(self, needs_data: bool, evaluates: bool) -> None:
+        """Every input of every stage checked (and the data source opened) before OUT is touched."""
         from idea_mcts.pipeline import check_output_dir
-        from idea_mcts.training import check_quantization
+        from idea_mcts.recipe_checks import check_base_model, check_ifeval_source, check_settings
+        from idea_mcts.training import check_messages, check_quantization
 
         script_args, sft_args, model_args = self.script, self.sft_args, self.model_args
         evolve_args, eval_args = self.evolve_args, self.eval_args
+        check_settings(script_args, sft_args, model_args, eval_args)
         self.out = Path(sft_args.output_dir)
         check_output_dir(self.out)
-        if not model_args.model_name_or_path:
-            raise UsageError("model_name_or_path is not set")
-        self.model_path = resolve_model(model_args.model_name_or_path)
+        self.model_path = check_base_model(model_args.model_name_or_path)
         model_args.model_name_or_path = self.model_path
         check_quantization(model_args)
-        data_file(eval_args.ifeval_data)
+        settings = self.ifeval_settings()  # its values are checked whether or not this run evaluates
+        if evaluates:
+            check_ifeval_source(settings)
         self.stages = Stages(self.out)
         self.times: dict[str, dict[str, Any]] = {}
         self.info: dict[str, Any] = {}
@@ -265,6 +322,7 @@ class Recipe:
         if needs_data:
             if script_args.dataset_name:
                 self.rows = load_rows(script_args)
+                check_messages(self.rows)
             elif evolve_args.evolve_config is not None:
                 self.evolve_run = self._evolve_run()
             else:
@@ -339,9 +397,18 @@ class Recipe:
         return fingerprint(self.data_fp, sft, asdict(self.model_args))
 
     def sft(self, rows: Any, callbacks: list[Any] | None = None) -> Path:
-        """LoRA SFT with TRL; resumes from the newest checkpoint of the same settings; writes OUT/sft/adapter
-        and OUT/sft/train.json atomically."""
-        from idea_mcts.training import build_trainer, last_checkpoint, lora_b_norm, save_adapter, to_prompt_completion
+        """LoRA SFT with TRL; resumes from the newest complete checkpoint of the same settings (checkpoints of
+        other settings are set aside, not deleted); writes OUT/sft/adapter and OUT/sft/train.json atomically."""
+        from idea_mcts.training import (
+            CHECKPOINTS,
+            build_trainer,
+            finish_from_checkpoint,
+            last_checkpoint,
+            lora_b_norm,
+            save_adapter,
+            set_aside_checkpoints,
+            to_prompt_completion,
+        )
 
         if not hasattr(self, "data_fp"):
             self.data_fp = rows._fingerprint
@@ -351,34 +418,37 @@ class Recipe:
             self._timed("sft", t0, True, m)
             self.info["sft"] = m["info"]
             return adapter
-        ckpt_dir, state_file = sft_dir / "checkpoints", sft_dir / "run.json"
+        train_rows = to_prompt_completion(rows)  # refuses rows it cannot train on before anything is written
+        ckpt_dir, state_file = sft_dir / CHECKPOINTS, sft_dir / "run.json"
         main = self.world.is_main
         if main:
             state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-            if state.get("fingerprint") != fp and ckpt_dir.exists():
-                logger.info("removing checkpoints of other SFT settings in %s", ckpt_dir)
-                shutil.rmtree(ckpt_dir)
+            if state.get("fingerprint") != fp:
+                set_aside_checkpoints(sft_dir, state.get("fingerprint"), fp)
             write_json(state_file, {"fingerprint": fp})
         args = copy.copy(self.sft_args)
         args.output_dir = str(ckpt_dir)
         if self.world.size > 1:
             from idea_mcts.distributed import barrier
 
-            barrier()  # old checkpoints are gone before any rank looks for one
+            barrier()  # other settings' checkpoints are set aside before any rank looks for one
             if self.model_args.use_peft and args.ddp_find_unused_parameters is None:
                 args.ddp_find_unused_parameters = False  # DDP over a PeftModel: frozen base weights get no grads
-        trainer = build_trainer(self.model_args, args, to_prompt_completion(rows), callbacks)
+        trainer = build_trainer(self.model_args, args, train_rows, callbacks)
         resume = last_checkpoint(ckpt_dir)
         if resume and main:
             logger.info("resuming SFT from %s", resume)
             print(f"sft: resuming from checkpoint {resume}", file=sys.stderr)
-        result = trainer.train(resume_from_checkpoint=resume)
+        if resume and finish_from_checkpoint(trainer, resume):
+            metrics: dict[str, Any] = {}  # trained to the last step before the crash: nothing left to train
+        else:
+            metrics = trainer.train(resume_from_checkpoint=resume).metrics
         if not main:  # every rank saves (a collective under FSDP / ZeRO-3); the main process alone writes
             trainer.save_model(str(adapter.with_name(f".{adapter.name}.tmp")))
             return adapter
         with atomic_dir(adapter) as tmp:
             save_adapter(trainer, tmp)
-        info = {"metrics": result.metrics, "log_history": trainer.state.log_history, "resumed_from": resume,
+        info = {"metrics": metrics, "log_history": trainer.state.log_history, "resumed_from": resume,
                 "global_step": trainer.state.global_step, "world_size": trainer.args.world_size,
                 "num_input_tokens_seen": trainer.state.num_input_tokens_seen, "lora_b_norm": lora_b_norm(adapter)
                 if self.model_args.use_peft else None}

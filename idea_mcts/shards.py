@@ -107,7 +107,6 @@ class ShardedEvolve:
     def __init__(self, cfg: EvolveConfig, world: World, command: str = "", overwrite: bool = False) -> None:
         self.cfg, self.world, self.command, self.overwrite = cfg, world, command, overwrite
         self.out = Path(cfg.output_dir)
-        check_output_dir(self.out)
         if cfg.max_calls is not None:
             raise UsageError("--max_calls is a budget for one process: it cannot be split across the "
                              f"{world.size} processes of this launch; run it in one process")
@@ -115,10 +114,12 @@ class ShardedEvolve:
             logger.warning("reward.novelty compares a node with the nodes scored before it in its own process: "
                            "under %d processes the novelty scores (and the dataset) differ from a one-process run",
                            world.size)
-        self.seeds: list[Seed] = load_seeds(cfg.data)
         self.fingerprint = cfg.fingerprint()
         self.mode = self._decide()
         """`new`, `resume` or `finished` for the launch as a whole."""
+        if self.mode != "finished":
+            check_output_dir(self.out)  # a finished run is left as is, on a read-only filesystem too
+        self.seeds: list[Seed] = load_seeds(cfg.data)
         self.shard: EvolveRun | None = None
         if self.mode != "finished":
             shard_cfg = replace(cfg, output_dir=str(shard_dir(self.out, world.rank, world.size)))

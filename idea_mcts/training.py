@@ -24,6 +24,12 @@ from idea_mcts.errors import UsageError
 logger = logging.getLogger(__name__)
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+TRAINER_STATE = "trainer_state.json"
+"""What the Trainer writes last in a checkpoint (transformers' TRAINER_STATE_NAME)."""
+CHECKPOINTS = "checkpoints"
+"""OUT/sft/checkpoints: the trainer's checkpoints of the current SFT settings."""
+PREVIOUS = "previous"
+"""OUT/sft/previous/FINGERPRINT: checkpoints of other SFT settings, set aside when the settings changed."""
 
 
 def check_quantization(model_args: Any) -> None:
@@ -42,16 +48,45 @@ def check_quantization(model_args: Any) -> None:
         raise UsageError(f"{bits} needs an explicit compute dtype: set dtype: bfloat16")
 
 
-def to_prompt_completion(rows: Any) -> Any:
-    """`messages` rows -> conversational prompt-completion rows: prompt = every turn before the last one,
-    completion = the last turn, which must be the assistant's (so the loss covers only that turn)."""
+def check_messages(rows: Any) -> None:
+    """UsageError naming the first row whose `messages` the SFT stage cannot train on: not a list of
+    {role, content} string turns, no user turn before the last turn, or a last turn that is not the assistant's;
+    also a dataset without rows or without the column. Reads the column in batches (memory stays flat)."""
     if "messages" not in rows.column_names:
         raise UsageError(f"the dataset has no `messages` column (columns: {', '.join(rows.column_names)})")
     if len(rows) == 0:
         raise UsageError("the training dataset has no rows")
-    for i, msgs in enumerate(rows["messages"]):
-        if not msgs or msgs[-1].get("role") != "assistant" or len(msgs) < 2:
-            raise UsageError(f"training row {i}: `messages` must end with an assistant turn after a user turn")
+    i = 0
+    for batch in rows.select_columns(["messages"]).iter(batch_size=1024):
+        for msgs in batch["messages"]:
+            if (problem := conversation_problem(msgs)) is not None:
+                raise UsageError(f"training row {i}: `messages` {problem}")
+            i += 1
+
+
+def conversation_problem(msgs: Any) -> str | None:
+    """What keeps one row's `messages` from being a conversation to train on (None: nothing)."""
+    if not isinstance(msgs, list) or not msgs:
+        return f"must be a non-empty list of {{role, content}} turns, got {_short(msgs)}"
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return f"turn {j} must be a {{role, content}} mapping of strings, got {_short(m)}"
+    if msgs[-1]["role"] != "assistant":
+        return f"must end with an assistant turn (the last is {msgs[-1]['role']!r})"
+    if not any(m["role"] == "user" for m in msgs[:-1]):
+        return "needs a user turn before its last (assistant) turn"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def to_prompt_completion(rows: Any) -> Any:
+    """`messages` rows (`check_messages`) -> conversational prompt-completion rows: prompt = every turn before
+    the last one, completion = the last turn, the assistant's (so the loss covers only that turn)."""
+    check_messages(rows)
 
     def split(row: dict[str, Any]) -> dict[str, Any]:
         return {"prompt": row["messages"][:-1], "completion": row["messages"][-1:]}
@@ -74,11 +109,63 @@ def build_trainer(model_args: Any, sft_args: Any, train_dataset: Any, callbacks:
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The trainer's newest complete checkpoint under `output_dir`, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The trainer's newest complete checkpoint under `output_dir`, or None; each newer, incomplete one (a crash
+    or a full disk while it was written) is skipped with a warning. The Trainer writes `trainer_state.json` last,
+    after the weights, optimizer, scheduler and RNG states: a checkpoint is complete when that file parses."""
+    from transformers.trainer_utils import sort_checkpoints
 
     d = Path(output_dir)
-    return get_last_checkpoint(str(d)) if d.is_dir() else None
+    if not d.is_dir():
+        return None
+    for path in reversed(sort_checkpoints(str(d))):  # newest first, by step
+        if checkpoint_state(path) is not None:
+            return path
+        logger.warning("skipping the incomplete checkpoint %s (no readable %s: its save was cut short)", path,
+                       TRAINER_STATE)
+    return None
+
+
+def checkpoint_state(checkpoint: str | Path) -> dict[str, Any] | None:
+    """The checkpoint's trainer state (global_step, max_steps, log_history...), None when missing or torn."""
+    try:
+        state = json.loads((Path(checkpoint) / TRAINER_STATE).read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) and isinstance(state.get("global_step"), int) else None
+
+
+def finish_from_checkpoint(trainer: Any, checkpoint: str) -> bool:
+    """When `checkpoint` was saved at the run's last step (a crash before the adapter was saved), load its
+    weights and state into `trainer` and return True: training is complete. `Trainer.train` resumed from there
+    takes one optimizer step more when the last step falls inside an epoch (max_steps 3 ends at step 4). False
+    otherwise, and under DeepSpeed or FSDP, whose weights load only inside `train`."""
+    from transformers import TrainerState
+
+    state = checkpoint_state(checkpoint)
+    if state is None or not state.get("max_steps") or state["global_step"] < state["max_steps"]:
+        return False
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return False
+    trainer._load_from_checkpoint(checkpoint)  # the Trainer's own loader (adapter or full weights), as on resume
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))
+    return True
+
+
+def set_aside_checkpoints(sft_dir: Path, old: str | None, new: str) -> None:
+    """Before a run of SFT settings `new` (fingerprint) starts in `sft_dir`: the checkpoints of settings `old`
+    move to `sft_dir/previous/OLD` (kept, never deleted), and checkpoints set aside earlier for `new` come back
+    to `sft_dir/checkpoints`, so that returning to earlier settings resumes their training."""
+    current, previous = sft_dir / CHECKPOINTS, sft_dir / PREVIOUS
+    if current.exists():
+        target = previous / (old or f"unknown-{int(current.stat().st_mtime)}")
+        if target.exists():  # the same settings set aside twice: keep both
+            target = target.with_name(f"{target.name}-{int(current.stat().st_mtime)}")
+        previous.mkdir(parents=True, exist_ok=True)
+        current.rename(target)
+        logger.info("the checkpoints of other SFT settings (%s) are kept in %s", old or "unknown", target)
+    if (previous / new).is_dir():
+        (previous / new).rename(current)
+        logger.info("checkpoints of these SFT settings, set aside earlier, are back in %s", current)
 
 
 def save_adapter(trainer: Any, target: Path) -> None:

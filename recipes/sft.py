@@ -20,7 +20,8 @@ from idea_mcts.report import loss_curve
 def main(argv: list[str] | None = None, callbacks: list | None = None) -> int:
     script_args, sft_args, model_args, evolve_args, eval_args = parse_recipe(argv)
     evolve_args.evolve_config = None  # this script trains on dataset_name only
-    recipe = Recipe(script_args, sft_args, model_args, evolve_args, eval_args, command=launch_command())
+    recipe = Recipe(script_args, sft_args, model_args, evolve_args, eval_args, command=launch_command(),
+                    evaluates=False)
     adapter = recipe.sft(recipe.rows, callbacks=callbacks)
     if not recipe.world.is_main:
         return 0

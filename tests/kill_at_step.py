@@ -1,7 +1,7 @@
-"""Run a recipe script (recipes/full.py or sft.py) with a trainer callback that kills this process with SIGKILL
-right after the checkpoint of step N is saved: a real `kill -9` mid-training at a deterministic point.
+"""Run a recipe script (recipes/full.py or sft.py) with a trainer callback that signals this process right after
+the checkpoint of step N is saved: a real `kill -9` (or Ctrl-C, or SIGTERM) mid-training at a deterministic point.
 
-    python tests/kill_at_step.py recipes/sft.py N --config ...
+    python tests/kill_at_step.py recipes/sft.py N[:SIGNAL] --config ...     # SIGNAL: KILL (default), INT, TERM
 """
 
 from __future__ import annotations
@@ -18,19 +18,22 @@ from transformers import TrainerCallback
 from idea_mcts.recipe import run_main
 
 
-class KillAfterSave(TrainerCallback):
-    def __init__(self, step: int) -> None:
-        self.step = step
+class SignalAfterSave(TrainerCallback):
+    def __init__(self, step: int, signum: int = signal.SIGKILL) -> None:
+        self.step, self.signum, self.sent = step, signum, False
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step >= self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if state.global_step >= self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signum)
 
 
 if __name__ == "__main__":
-    script, step, *argv = sys.argv[1:]
+    script, at, *argv = sys.argv[1:]
+    step, _, name = at.partition(":")
     spec = importlib.util.spec_from_file_location("recipe_script", Path(script))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.exit(run_main(lambda a: module.main(a, callbacks=[KillAfterSave(int(step))]), argv))
+    callback = SignalAfterSave(int(step), getattr(signal, f"SIG{name or 'KILL'}"))
+    sys.exit(run_main(lambda a: module.main(a, callbacks=[callback]), argv))

@@ -273,3 +273,26 @@ def test_recipe_on_two_processes(tiny_model_dir, reference, tmp_path):
         "data": "ran", "sft": "ran", "eval_base": "ran", "eval_tuned": "ran"}
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["eval_base.json", "eval_tuned.json", "sft.json"]
     shutil.rmtree(out / "eval" / "work", ignore_errors=True)
+
+
+@pytest.mark.parametrize(("flags", "expect"), [
+    (["--lora_rank", "8"],
+     "error: Some specified arguments are not used by the HfArgumentParser: ['--lora_rank', '8']"),
+    (["--ifeval_limit", "0"], "error: config key 'ifeval_limit' must be an integer >= 1 or null, got 0"),
+], ids=["parse", "settings"])
+def test_recipe_bad_input_on_two_processes_is_said_once(flags, expect, tiny_model_dir, tmp_path):
+    """Every rank reads the same input: rank 0 says what is wrong, once, before any rank writes (issue #32)."""
+    from tests.publish_fixtures import write_run
+    from tests.test_recipes import write_config
+
+    write_run(tmp_path / "evolved", num_seeds=2)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "c.yaml", tiny_model_dir, out, str(tmp_path / "evolved" / "dataset"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / "cpu-2proc.yaml"), str(ROOT / "recipes" / "full.py"),
+           "--config", str(cfg), *flags]
+    r = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode != 0
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [expect], r.stderr[-3000:]
+    assert "exitcode  : 2" in r.stderr
+    assert not out.exists()

@@ -7,6 +7,7 @@ import http.client
 import itertools
 import json
 import logging
+import select
 import socket
 import threading
 import time
@@ -39,10 +40,11 @@ from tests.vllm_fixtures import (
 logger = logging.getLogger(__name__)
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-CLIENT_TIMEOUT = 4.0
-RUN_CLIENT_TIMEOUT = 20.0
-"""The whole-run test's client timeout: its requests are real generations of a search's waves on the CPU server,
-which can take longer than 4 s on a loaded machine (every attempt then timed out: 'unreachable after 6 retries')."""
+CLIENT_TIMEOUT = 20.0
+"""The fault tests' client timeout. Every request the proxy passes on is a real generation on the CPU server; with
+the cores shared, answers took up to 4.7 s, and up to 25 s once timed-out attempts (still running in the server)
+piled up: a timeout below that turned answers into failures, each one a retry spent. A `hang` costs this long
+(the proxy holds the connection until the client gives up)."""
 FAULTS = ("500", "429", "hang", "drop")
 
 
@@ -130,7 +132,10 @@ def test_a_stopped_search_aborts_the_requests_in_flight(vllm_server: VLLMServer,
 
 # -- faults -----------------------------------------------------------------------------------------------
 class FaultProxy(ThreadingHTTPServer):
-    """Loopback proxy to `upstream`; every 3rd request gets the next fault of FAULTS instead of an answer."""
+    """Loopback proxy to `upstream`: every 3rd request, on its first attempt, gets the next fault of FAULTS instead
+    of an answer; its retries go through. A fault is never injected into a retry: counted over all attempts, the
+    3rd-request slots fell on retries too, and with requests in flight at once the same request could meet a fault
+    (or a timeout) on every attempt until the client's `max_retries` ran out (the flaky `injected 429`)."""
 
     daemon_threads = True
     block_on_close = False
@@ -141,14 +146,15 @@ class FaultProxy(ThreadingHTTPServer):
         self.counter = itertools.count(1)
         self.faults: list[str] = []
         self.lock = threading.Lock()
-        self.client_timeout = CLIENT_TIMEOUT
-        """A `hang` outlasts this by 1.5 s (the client must time out)."""
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}{self.upstream.path}"
 
-    def next_fault(self) -> str | None:
+    def next_fault(self, retry: bool) -> str | None:
+        """The fault for a request's attempt (`retry`: the client's x-stainless-retry-count is not 0)."""
+        if retry:
+            return None
         with self.lock:
             n = next(self.counter)
             if n % 3:
@@ -163,11 +169,11 @@ class _FaultHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        fault = self.server.next_fault()
+        fault = self.server.next_fault(retry=self.headers.get("x-stainless-retry-count", "0") != "0")
         if fault in ("500", "429"):
             self._reply(int(fault), json.dumps({"error": {"message": f"injected {fault}"}}).encode())
         elif fault == "hang":
-            time.sleep(self.server.client_timeout + 1.5)
+            self._hold_until_client_leaves(CLIENT_TIMEOUT + 30)
             self.close_connection = True
         elif fault == "drop":
             self.connection.shutdown(socket.SHUT_RDWR)
@@ -181,6 +187,14 @@ class _FaultHandler(BaseHTTPRequestHandler):
                 self._reply(resp.status, resp.read())
             finally:
                 up.close()
+
+    def _hold_until_client_leaves(self, limit: float) -> None:
+        """Answer nothing until the client closes the connection (its timeout), at most `limit` seconds."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.2)
+            if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                return
 
     def _reply(self, status: int, body: bytes) -> None:
         try:
@@ -255,10 +269,9 @@ def test_run_through_faults_completes_and_reports_retries(vllm_server: VLLMServe
     from idea_mcts.cli import main
 
     out = tmp_path / "out"
-    fault_proxy.client_timeout = RUN_CLIENT_TIMEOUT
     rc = main(["evolve", "--output_dir", str(out), "--no_progress", "engines.default.backend=openai",
                f"engines.default.model={vllm_server.model}", f"engines.default.base_url={fault_proxy.base_url}",
-               f"engines.default.timeout={RUN_CLIENT_TIMEOUT}", "engines.default.max_retries=6",
+               f"engines.default.timeout={CLIENT_TIMEOUT}", "engines.default.max_retries=6",
                "engines.default.max_concurrency=4", "data.max_seeds=2", "search.iterations=1", "search.expand_width=2",
                "search.max_depth=1",
                "roles.evolver.max_new_tokens=24", "roles.responder.max_new_tokens=24",

@@ -319,3 +319,52 @@ def test_trust_remote_code_is_warned_and_recorded(tiny_model_dir, tmp_path, capl
     assert run["trust_remote_code"] == [str(tiny_model_dir)]
     card = build_card(RunSummary(run=run, nodes=nodes, rows=rows.to_list()), "org/x").text
     assert f"| evolver | default | transformers, trust_remote_code | `{tiny_model_dir}` |" in card
+
+
+# -- 13. a finished run on a read-only filesystem (issue #32) --------------------------------------------------
+class ReadOnly:
+    """What a read-only filesystem does under `root`: access() says no writing, and opening a file there to write
+    (or create) fails with EROFS; reading works."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+        import errno
+
+        root_s = str(root.resolve())
+        real_access, real_open = os.access, os.open
+
+        def under(path: object) -> bool:
+            return isinstance(path, (str, os.PathLike)) and os.path.abspath(os.fspath(path)).startswith(root_s)
+
+        def access(path: object, mode: int, *args: object, **kw: object) -> bool:
+            return False if under(path) and mode & os.W_OK else real_access(path, mode, *args, **kw)
+
+        def open_(path: object, flags: int, *args: object, **kw: object) -> int:
+            if under(path) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+            return real_open(path, flags, *args, **kw)
+
+        monkeypatch.setattr(os, "access", access)
+        monkeypatch.setattr(os, "open", open_)
+
+
+def test_finished_run_on_a_read_only_filesystem_does_nothing(out, tiny_model_dir, monkeypatch, capfd):
+    before = snapshot(out)
+    ReadOnly(monkeypatch, out)
+    assert main(evolve_argv(out, tiny_model_dir, *QUICK)) == 0
+    assert "nothing to do" in capfd.readouterr().err
+    assert snapshot(out) == before
+
+
+# -- 14. validate-judge checks its inputs before it scores (issue #32) ------------------------------------------
+@pytest.mark.parametrize("case", ["output_json", "judge_model"])
+def test_validate_judge_checks_its_inputs_before_scoring(case, tiny_model_dir, tmp_path, no_engine, capfd):
+    argv = ["validate-judge", "--quick", f"engines.default.model={tiny_model_dir}"]
+    if case == "output_json":  # it scored for minutes, then failed writing and saved nothing
+        target = tmp_path / "missing" / "report.json"
+        argv += ["--output_json", str(target)]
+        expect = f"--output_json {target}: directory {target.parent} does not exist"
+    else:  # it loaded the default model first
+        argv += ["engines.judge.model=/nonexistent/judge", "roles.quality.engine=judge"]
+        expect = "model path /nonexistent/judge is not a readable model directory (no config.json)"
+    assert one_error_line(argv, capfd) == f"error: {expect}"
+    assert os.listdir(tmp_path) == []

@@ -36,7 +36,7 @@ def recipe_env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
-def run_script(script: str, *argv: str, env: dict[str, str] | None = None, kill_at: int | None = None,
+def run_script(script: str, *argv: str, env: dict[str, str] | None = None, kill_at: int | str | None = None,
                timeout: int = 900) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, str(ROOT / script), *argv]
     if kill_at is not None:
@@ -246,6 +246,24 @@ def test_adapter_from_another_base_model(tiny_run: dict[str, Any], smollm2_dir: 
                                     "--adapter_path", str(tiny_run["out"] / "sft" / "adapter")])
     assert "does not fit base model" in err
     assert snapshot(tiny_run["out"]) == before
+
+
+# ---- the shipped configs work from any directory: `evolve.config` is relative to the config file ------------
+@pytest.mark.parametrize("name", ["recipes/demo.yaml", "compare-demo.yaml", "recipes/paper-qlora.yaml",
+                                  "paper/sft-llama3-8b.yaml"])
+def test_shipped_recipe_configs_work_from_any_directory(name, tmp_path, monkeypatch):
+    from idea_mcts.compare import CompareArguments
+    from idea_mcts.recipe import parse_recipe
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("transformers.training_args.is_torch_bf16_gpu_available", lambda: True)  # GPU configs
+    for key in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM"):  # the configs' `env:` sets them
+        monkeypatch.delenv(key, raising=False)
+    extra = (CompareArguments,) if "compare" in name else ()
+    args = parse_recipe(["--config", str(ROOT / "configs" / name)], extra=extra)
+    cfg = args[3].evolve_config
+    assert cfg is not None and cfg.search.iterations >= 1
+    assert os.listdir(tmp_path) == []
 
 
 # ---- Hub round trip ---------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ METRICS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loo
 LOCAL_TASK = "ifeval_local"
 PUNKT_FILES = ("abbrev_types.txt", "sent_starters.txt", "collocations.tab", "ortho_context.tab")
 REQUIRED_FIELDS = ("key", "prompt", "instruction_id_list", "kwargs")
+HUB_DATASET = "google/IFEval"
+"""The Hub dataset of lm-eval's `ifeval` task (`data: hub`)."""
 
 
 @dataclass
@@ -66,6 +68,10 @@ class IFEvalSettings:
             raise UsageError(f"ifeval backend must be 'hf' or 'vllm', got {self.backend!r}")
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"ifeval limit must be >= 1, got {self.limit}")
+        if self.batch_size < 1:
+            raise UsageError(f"ifeval batch_size must be >= 1, got {self.batch_size}")
+        if self.max_gen_toks is not None and self.max_gen_toks < 1:
+            raise UsageError(f"ifeval max_gen_toks must be >= 1, got {self.max_gen_toks}")
 
 
 def data_file(data: str) -> Path | None:
