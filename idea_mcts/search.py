@@ -33,7 +33,7 @@ from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
 from idea_mcts.filters import Eliminator, ask_validity, cut_off, extract_instruction, gate_judge
 from idea_mcts.roles import RoleClient, derive_seed
-from idea_mcts.scoring import Reward
+from idea_mcts.scoring import Origin, Reward
 from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,18 @@ class IdeaMCTS:
         self._completed: list[Node] = []
 
     # -- the loop ----------------------------------------------------------------------------------------
-    def run(self, seeds: Sequence[Seed]) -> list[Tree]:
-        """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off)."""
+    def run(self, seeds: Sequence[Seed], reference: Sequence[Seed] | None = None) -> list[Tree]:
+        """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off). The novelty
+        term compares with `reference` (default: `seeds`; a shard of a run: every seed of the run)."""
         t0 = time.perf_counter()
+        ref = seeds if reference is None else reference
+        if self.reward.embeds:  # the seeds' embeddings are search requests too: charged (`counts.requests`)
+            try:
+                self._charge(len(ref))
+                self.reward.refer_to([s.seed_id for s in ref], [s.instruction for s in ref])
+            except BudgetExhausted:
+                self._budget_exhausted()
+                seeds = []  # no tree can start
         runner = asyncio.Runner()
         try:
             trees = runner.run(self._run(seeds))
@@ -125,6 +134,7 @@ class IdeaMCTS:
                 for i, seed in queue:
                     tree = Tree(seed.seed_id, seed.instruction, derive_seed(self.cfg.seed, "tree", seed.seed_id))
                     await self.grow(tree)
+                    self.reward.forget(tree.seed_id)
                     if self.on_tree:
                         self.on_tree(i, tree)
                     if self.keep_trees:
@@ -201,7 +211,7 @@ class IdeaMCTS:
         tree's only node, so the first Selection picks it whatever its evaluation says, unless the evaluation makes
         it terminal (a reward above `reward_threshold`): then the rewrites already made are discarded (counted in
         `discarded`), as the loop would not have expanded it. The children's evaluations wait for the root's, so
-        every score (the novelty pool's order too) is the one the loop in order gives."""
+        every score is the one the loop in order gives."""
         d = self._dispatcher()
         evaluated = d.signal()
 
@@ -248,8 +258,9 @@ class IdeaMCTS:
             elif node.depth > 0 and self.eliminator.check_response(node.response):
                 refused.append(node)  # an evolution the responder cannot serve: eliminated, not scored
         kept = [n for n in nodes if all(n is not r for r in refused)]
+        origins = [Origin(tree.seed_id, tuple(a.instruction for a in tree.path(n)[:-1])) for n in kept]
         scored = await self.reward.ascore([n.instruction for n in kept], [n.response or "" for n in kept],
-                                          [n.node_id for n in kept], d)
+                                          [n.node_id for n in kept], d, origins)
         for node, s in zip(kept, scored, strict=True):
             node.scores, node.failures, node.reward = s.scores, s.failures, s.reward
             if node.reward is None:
