@@ -359,7 +359,7 @@ class Reward:
         vectors: list[list[float]] = []
         for i in range(0, len(instructions), REFERENCE_CHUNK):
             vectors += client.embed(list(instructions[i : i + REFERENCE_CHUNK]))
-        self.reference = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        self.reference = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, 0), dtype=np.float32)
         self.reference_rows = {sid: i for i, sid in enumerate(seed_ids)}
 
     def forget(self, seed_id: str) -> None:

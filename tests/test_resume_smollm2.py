@@ -53,16 +53,21 @@ def finish(proc: subprocess.Popen[str], out: Path) -> None:
 def runs(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The uninterrupted run and three killed ones, not yet resumed. The run killed after its first LLM answer
     and the one killed during its final write go side by side with the uninterrupted run; the one killed in the
-    middle (after half of the uninterrupted run's cache lines) once that has ended."""
+    middle (after half of the uninterrupted run's cache lines) starts once that has ended."""
     base = tmp_path_factory.mktemp("demo-resume")
     out = {name: base / name for name in ("reference", "first-answer", "mid-run", "final-write")}
-    side = {"first-answer": killed("line:1:generate", out["first-answer"]),
-            "final-write": killed("final-write", out["final-write"])}
-    assert main(argv(out["reference"])) == 0
-    for name, proc in side.items():
-        finish(proc, out[name])
-    mid = killed(f"line:{cache_lines(out['reference']) // 2}", out["mid-run"])
-    finish(mid, out["mid-run"])
+    procs = {"first-answer": killed("line:1:generate", out["first-answer"]),
+             "final-write": killed("final-write", out["final-write"])}
+    try:
+        assert main(argv(out["reference"])) == 0
+        procs["mid-run"] = killed(f"line:{cache_lines(out['reference']) // 2}", out["mid-run"])
+        for name, proc in procs.items():
+            finish(proc, out[name])
+    finally:  # a failed fixture leaves no process behind
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return out
 
 
