@@ -2,14 +2,16 @@
 the batched, padded forward passes it ran before (issue 36), in sentences per second, measured in one process.
 
     python bench/embed_cost.py [--texts ../shared/data/seeds/self_instruct_seed_tasks.jsonl] [--limit 200]
-                               [--call_sizes 1,4,256] [--repeats 3] [--output_json PATH]
+                               [--call_sizes 1,4,256] [--repeats 3] [--threads N] [--output_json PATH]
 
 Texts: the `instruction` field of a JSONL file (default: the demo's seeds and the shipped judge probes). For each
 call size (a search's barrier hands the embedder a few texts: 1-4 on the demo; `Reward.refer_to` embeds the seeds
 256 at a time), the texts are embedded in calls of that many texts, both ways, interleaved `--repeats` times
 (the machine may be shared: the median of each). Prints sentences/s by wall and by the process's CPU time, and
 their ratio (one by one / batched), and checks what the change is for: one by one, a text's embedding has the same
-bits in every call it is in; batched, how many texts differ between calls of different sizes.
+bits in every call it is in; batched, how many texts differ between calls of different sizes. `--threads`: torch's
+intra-op threads (default: torch's own choice, as in a run); one thread measures the work without the cost of
+synchronising threads, which on a shared machine dominates small forward passes.
 """
 
 from __future__ import annotations
@@ -68,9 +70,12 @@ def main() -> int:
     parser.add_argument("--call_sizes", default="1,4,256")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="embedded:all-minilm-l6-v2")
+    parser.add_argument("--threads", type=int)
     parser.add_argument("--output_json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     texts = load_texts(args.texts, args.limit)
     engine = build_engine(EngineConfig(backend="embedding", model=args.model))
     assert isinstance(engine, EmbeddingEngine)

@@ -410,8 +410,9 @@ class EmbeddingEngine(Engine):
     Each text runs in a forward pass of its own, unpadded, so its embedding has the same bits whatever else the
     call holds: batched, a text's embedding differed in the last digits with the batch it was computed in (its
     padding and the batch's rows choose other matmul kernels), and the novelty term, hence the rewards, of a
-    resumed run differed from an uninterrupted run's (issue 36). One by one costs little in a search, whose calls
-    hold a few texts each (bench/embed_cost.py, docs/benchmarks.md). `max_batch_size` does not apply."""
+    resumed run differed from an uninterrupted run's (issue 36). A search's calls hold a few texts each: one by one
+    costs it little (a 4-seed demo: 2-3 s of embedding in a ~105 s search, 0.3-0.4 s batched; bench/embed_cost.py,
+    docs/benchmarks.md). `max_batch_size` does not apply."""
 
     backend = "embedding"
 
