@@ -228,7 +228,8 @@ class RewardConfig:
     diversity: float = 1.0
     """Weight of the tag count."""
     novelty: float = 0.0
-    """Weight of embedding novelty: 1 - max cosine similarity to the instructions already in the pool."""
+    """Weight of embedding novelty: 1 - max cosine similarity to every seed of the run and to the node's
+    ancestors (docs/method.md, "Novelty")."""
     reward_model: float = 0.0
     """Weight of the sequence-classification reward model's score."""
     top_logprobs: int = 20

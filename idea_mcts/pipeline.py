@@ -144,6 +144,8 @@ class EvolveRun:
         if overwrite or self.store.check(self.fingerprint()) != "finished":
             check_output_dir(self.out)  # a finished run is left as is, on a read-only filesystem too
         self.seeds: list[Seed] = load_seeds(cfg.data)
+        self.reference = self.seeds
+        """Every seed of the run: what the novelty term compares with, in every process of a sharded run."""
         if shard is not None:  # one rank's share of a multi-process launch (idea_mcts.shards)
             self.seeds = [s for s in self.seeds if shard_of(s.seed_id, shard[1]) == shard[0]]
         elif not overwrite:
@@ -267,7 +269,7 @@ class EvolveRun:
         trees = TreeWriter(self.out, self.cfg.search.value)  # finished trees go to disk and leave memory
         search = self.make_search(actions, reward, on_progress=tick, on_tree=trees.add)
         try:
-            search.run(self.seeds)
+            search.run(self.seeds, reference=self.reference)
             bar.close()
             exported = stream_dataset(self.out, trees.close(), self.cfg.export)
             trees.commit()

@@ -231,13 +231,25 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a scored instruction comes from, for the novelty term (`Reward.novelty`): the seed whose tree holds
+    it and the instructions it was evolved from."""
+
+    seed_id: str
+    lineage: tuple[str, ...] = ()
+    """Its ancestors' instructions, root first, parent last; empty for the root (the seed itself)."""
+
+
+@dataclass(frozen=True)
 class Batch:
-    """What the scorers of one call see: the pairs, a stable key per pair (request seeds), the top-k."""
+    """What the scorers of one call see: the pairs, a stable key per pair (request seeds), the top-k, and where
+    each pair's instruction comes from (`origins`, the search's nodes; None outside a search)."""
 
     instructions: Sequence[str]
     responses: Sequence[str]
     keys: Sequence[str]
     top_logprobs: int
+    origins: Sequence[Origin] | None = None
 
 
 ScoreFn = Callable[["Reward", RoleClient, Batch, Calls], Awaitable[list[float | None]]]
@@ -273,7 +285,24 @@ async def _tag_count(reward: Reward, client: RoleClient, b: Batch, calls: Calls)
 
 
 async def _novelty(reward: Reward, client: RoleClient, b: Batch, calls: Calls) -> list[float | None]:
-    return reward.novelty(await calls.call(client, "embed", list(b.instructions)))
+    """One embed request per instruction (as charged: one request per scorer per node). Its ancestors'
+    embeddings are those they were scored with, kept per tree (`Reward.forget`); one not kept (scoring outside a
+    search) is requested in the same call."""
+    origins = b.origins if b.origins is not None else [None] * len(b.instructions)
+    missing = list(dict.fromkeys(t for o in origins if o is not None for t in o.lineage
+                                 if t not in reward.kept.get(o.seed_id, {})))
+    vectors = await calls.call(client, "embed", [*b.instructions, *missing])
+    extra = dict(zip(missing, vectors[len(b.instructions):], strict=True))
+    out: list[float | None] = []
+    for text, vector, o in zip(b.instructions, vectors[: len(b.instructions)], origins, strict=True):
+        if o is None:
+            out.append(reward.novelty(vector))
+            continue
+        kept = reward.kept.setdefault(o.seed_id, {})
+        lineage = [kept[t] if t in kept else extra[t] for t in o.lineage]
+        out.append(reward.novelty(vector, lineage, None if o.lineage else o.seed_id))
+        kept[text] = vector
+    return out
 
 
 async def _reward_model(reward: Reward, client: RoleClient, b: Batch, calls: Calls) -> list[float | None]:
@@ -291,6 +320,9 @@ SCORERS: tuple[Scorer, ...] = (
 )
 """Every scorer the reward knows; adding one is one entry here (plus its weight in `RewardConfig` and its role
 in `RolesConfig`). The paper's reward is the first three: quality + complexity + diversity."""
+
+REFERENCE_CHUNK = 256
+"""Seeds per embed call of `Reward.refer_to`."""
 
 SCORE_NAMES = tuple(s.name for s in SCORERS)
 SCORER_ROLES = tuple(s.role for s in SCORERS)
@@ -310,8 +342,13 @@ class Reward:
         """Parse failures per score over the whole run."""
         self.unscored = 0
         """Nodes whose every scorer failed (reward None) over the whole run."""
-        self.pool = np.zeros((0, 0), dtype=np.float32)
-        """Embeddings of every instruction scored so far (the novelty reference)."""
+        self.reference = np.zeros((0, 0), dtype=np.float32)
+        """Embeddings of the seeds (`refer_to`): the fixed part of what the novelty term compares with."""
+        self.reference_rows: dict[str, int] = {}
+        """Seed id -> its row of `reference`."""
+        self.kept: dict[str, dict[str, list[float]]] = {}
+        """Per tree (seed id), the embeddings of its instructions scored so far: a node's lineage (`forget` drops
+        a finished tree's)."""
 
     def enabled(self) -> list[str]:
         return [s.name for s in self.scorers]
@@ -321,15 +358,16 @@ class Reward:
         return {s.name: self.clients[s.role].engine.logprob_method for s in self.scorers
                 if s.role in ("quality", "complexity")}
 
-    def score(self, instructions: Sequence[str], responses: Sequence[str], keys: Sequence[str]) -> list[Scored]:
+    def score(self, instructions: Sequence[str], responses: Sequence[str], keys: Sequence[str],
+              origins: Sequence[Origin] | None = None) -> list[Scored]:
         """Score a batch: one batched call per scorer, straight to the clients."""
-        return run_sync(self.ascore(instructions, responses, keys, DirectCalls()))
+        return run_sync(self.ascore(instructions, responses, keys, DirectCalls(), origins))
 
     async def ascore(self, instructions: Sequence[str], responses: Sequence[str], keys: Sequence[str],
-                     calls: Calls) -> list[Scored]:
+                     calls: Calls, origins: Sequence[Origin] | None = None) -> list[Scored]:
         """Score a batch through `calls`: the scorers run as concurrent strands (roles on different engines
-        overlap in the pipelined search)."""
-        batch = Batch(instructions, responses, keys, self.weights.top_logprobs)
+        overlap in the pipelined search). `origins`: where each instruction comes from (the novelty term)."""
+        batch = Batch(instructions, responses, keys, self.weights.top_logprobs, origins)
         values = await calls.run_strands([s.run(self, self.clients[s.role], batch, calls) for s in self.scorers])
         cols = {s.name: v for s, v in zip(self.scorers, values, strict=True)}
         out = []
@@ -343,14 +381,50 @@ class Reward:
             out.append(Scored(scores=scores, failures=failed, reward=reward))
         return out
 
-    def novelty(self, vectors: list[list[float]]) -> list[float | None]:
-        """1 - the highest cosine similarity to the pool (vectors are L2-normalised); 1.0 for the first."""
-        out: list[float | None] = []
-        for v in np.asarray(vectors, dtype=np.float32):
-            best = float((self.pool @ v).max()) if len(self.pool) else 0.0
-            out.append(1.0 - max(best, 0.0))
-            self.pool = np.vstack([self.pool, v]) if len(self.pool) else v[None, :]
-        return out
+    @property
+    def embeds(self) -> bool:
+        """Whether the novelty term is on (an embedder): `refer_to` then sends one request per seed."""
+        return "embedder" in self.clients
+
+    def refer_to(self, seed_ids: Sequence[str], instructions: Sequence[str]) -> None:
+        """Embed the seeds: the reference set of the novelty term, fixed before the search (every seed of the run,
+        in every process of a sharded run). Nothing to do without an embedder. The embeddings go through the
+        embedder in calls of `REFERENCE_CHUNK` texts (one request-cache line each)."""
+        client = self.clients.get("embedder")
+        if client is None:
+            return
+        self.kept.clear()
+        vectors: list[list[float]] = []
+        for i in range(0, len(instructions), REFERENCE_CHUNK):
+            vectors += client.embed(list(instructions[i : i + REFERENCE_CHUNK]))
+        self.reference = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, 0), dtype=np.float32)
+        self.reference_rows = {sid: i for i, sid in enumerate(seed_ids)}
+
+    def seed_vector(self, seed_id: str) -> np.ndarray:
+        """A seed's embedding in the reference (`refer_to`)."""
+        return self.reference[self.reference_rows[seed_id]]
+
+    def forget(self, seed_id: str) -> None:
+        """The tree of `seed_id` has finished: drop its kept embeddings (memory stays flat in the seeds)."""
+        self.kept.pop(seed_id, None)
+
+    def novelty(self, vector: Sequence[float], lineage: Sequence[Sequence[float]] = (),
+                seed_id: str | None = None) -> float:
+        """1 - the highest cosine similarity (vectors are L2-normalised; below 0 counts as 0) of an instruction to
+        the seeds (`refer_to`) and to the instructions it was evolved from (`lineage`); a root (`seed_id`: the
+        seed it is) is compared with the other seeds. 1.0 when there is nothing to compare with. A function of
+        the instruction, its lineage and the seeds alone: whatever ran before it, in whatever order."""
+        v = np.asarray(vector, dtype=np.float32)
+        best = 0.0
+        if len(self.reference):
+            sims = self.reference @ v
+            row = self.reference_rows.get(seed_id) if seed_id is not None else None
+            if row is not None:
+                sims[row] = -1.0  # a root is not compared with itself
+            best = max(best, float(sims.max()))
+        if len(lineage):
+            best = max(best, float((np.asarray(lineage, dtype=np.float32) @ v).max()))
+        return 1.0 - best
 
 
 def build_reward(cfg: EvolveConfig, client: Callable[[str], RoleClient]) -> Reward:

@@ -36,7 +36,7 @@ from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
 from idea_mcts.filters import Eliminator, ask_validity, cut_off, extract_instruction, gate_judge
 from idea_mcts.roles import RoleClient, derive_seed
-from idea_mcts.scoring import Reward
+from idea_mcts.scoring import Origin, Reward
 from idea_mcts.tree import Node, Tree
 
 logger = logging.getLogger(__name__)
@@ -101,9 +101,18 @@ class IdeaMCTS:
         self._completed: list[Node] = []
 
     # -- the loop ----------------------------------------------------------------------------------------
-    def run(self, seeds: Sequence[Seed]) -> list[Tree]:
-        """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off)."""
+    def run(self, seeds: Sequence[Seed], reference: Sequence[Seed] | None = None) -> list[Tree]:
+        """Grow one tree per seed; the finished trees in seed order (none when `keep_trees` is off). The novelty
+        term compares with `reference` (default: `seeds`; a shard of a run: every seed of the run)."""
         t0 = time.perf_counter()
+        ref = seeds if reference is None else reference
+        if self.reward.embeds:  # the seeds' embeddings are search requests too: charged (`counts.requests`)
+            try:
+                self._charge(len(ref))
+                self.reward.refer_to([s.seed_id for s in ref], [s.instruction for s in ref])
+            except BudgetExhausted:
+                self._budget_exhausted()
+                seeds = []  # no tree can start
         runner = asyncio.Runner()
         try:
             trees = runner.run(self._run(seeds))
@@ -132,6 +141,7 @@ class IdeaMCTS:
                 for i, seed in queue:
                     tree = Tree(seed.seed_id, seed.instruction, derive_seed(self.cfg.seed, "tree", seed.seed_id))
                     await self.grow(tree)
+                    self.reward.forget(tree.seed_id)
                     if self.on_tree:
                         self.on_tree(i, tree)
                     if self.keep_trees:
@@ -189,7 +199,6 @@ class IdeaMCTS:
         k = min(self.cfg.expand_width, len(self.actions))
         limit = self.cfg.attempts()
         d = self._dispatcher()
-        await self._embed_root(tree)
 
         async def child(job: EvolveJob) -> Node | None:
             (node,) = await self._write(tree, [job], attach=False)
@@ -239,7 +248,7 @@ class IdeaMCTS:
         tree's only node, so the first Selection picks it whatever its evaluation says, unless the evaluation makes
         it terminal (a reward above `reward_threshold`): then the rewrites already made are discarded (counted in
         `discarded`), as the loop would not have expanded it. The children's evaluations wait for the root's, so
-        every score (the novelty pool's order too) is the one the loop in order gives."""
+        every score is the one the loop in order gives."""
         d = self._dispatcher()
         evaluated = d.signal()
 
@@ -286,8 +295,9 @@ class IdeaMCTS:
             elif node.depth > 0 and self.eliminator.check_response(node.response):
                 refused.append(node)  # an evolution the responder cannot serve: eliminated, not scored
         kept = [n for n in nodes if all(n is not r for r in refused)]
+        origins = [Origin(tree.seed_id, tuple(a.instruction for a in tree.path(n)[:-1])) for n in kept]
         scored = await self.reward.ascore([n.instruction for n in kept], [n.response or "" for n in kept],
-                                          [n.node_id for n in kept], d)
+                                          [n.node_id for n in kept], d, origins)
         for node, s in zip(kept, scored, strict=True):
             node.scores, node.failures, node.reward = s.scores, s.failures, s.reward
             if node.reward is None:
@@ -371,7 +381,6 @@ class IdeaMCTS:
         the elimination filter drops (empty, unchanged, template leaks, refusals, ...) are counted, not kept."""
         if not jobs:
             return []
-        await self._embed_root(tree)
         await self._reserve_evolutions(jobs)
         return await self._write(tree, jobs)
 
@@ -419,24 +428,14 @@ class IdeaMCTS:
             made.append(tree.attach(node) if attach else node)
         return made
 
-    async def _embed_root(self, tree: Tree) -> None:
-        """The root's embedding for the task check, once per tree (charged as it is sent). Called by `expand` and
-        `evolve` before their rewrites go out, so concurrent rewrites never ask for it twice."""
-        if self.cfg.min_root_similarity is None or tree.root_vector is not None:
-            return
-        self._charge(1)
-        (tree.root_vector,) = await self._dispatcher().call(self.reward.clients["embedder"], "embed",
-                                                            [tree.root.instruction])
-
     async def _check_task(self, tree: Tree, texts: list[str | None]) -> list[str | None]:
         """The task check (`min_root_similarity`): the rewrites that passed the filter, embedded with the novelty
-        term's embedder (the tree's root once, on its first check), each dropped as `off_task` when its cosine
-        similarity to the root is below the threshold. Its requests are charged with the evolutions
-        (`calls_per_node`), the root's here."""
-        assert tree.root_vector is not None, "_embed_root runs before the tree's rewrites are written"
+        term's embedder, each dropped as `off_task` when its cosine similarity to the tree's root is below the
+        threshold (the root's embedding is its seed's in the novelty reference, embedded before the search). Its
+        requests are charged with the evolutions (`calls_per_node`)."""
         todo = [i for i, t in enumerate(texts) if t is not None]
         vectors = await self._dispatcher().call(self.reward.clients["embedder"], "embed", [texts[i] for i in todo])
-        root = np.asarray(tree.root_vector, dtype=np.float32)
+        root = self.reward.seed_vector(tree.seed_id)
         out = list(texts)
         for i, v in zip(todo, vectors, strict=True):
             if float(np.asarray(v, dtype=np.float32) @ root) < self.cfg.min_root_similarity:  # type: ignore[operator]
@@ -503,7 +502,7 @@ def estimate(cfg: SearchConfig, n_seeds: int, n_scorers: int, max_new_tokens: di
     nodes = n_seeds * per_tree
     evolutions = n_seeds * cfg.iterations * (cfg.attempts() + sims * rollout)
     checks = (cfg.min_root_similarity is not None) + (cfg.validity_gate is not None)
-    calls = evolutions * (1 + checks) + nodes * (1 + n_scorers) + n_seeds * (cfg.min_root_similarity is not None)
+    calls = evolutions * (1 + checks) + nodes * (1 + n_scorers)
     tokens = (evolutions * max_new_tokens.get("evolver", 0)
               + nodes * (max_new_tokens.get("responder", 0) + max_new_tokens.get("tagger", 0)))
     return {"nodes": nodes, "calls": calls, "generated_tokens": tokens}

@@ -110,10 +110,7 @@ class ShardedEvolve:
         if cfg.max_calls is not None:
             raise UsageError("--max_calls is a budget for one process: it cannot be split across the "
                              f"{world.size} processes of this launch; run it in one process")
-        if cfg.reward.novelty:
-            logger.warning("reward.novelty compares a node with the nodes scored before it in its own process: "
-                           "under %d processes the novelty scores (and the dataset) differ from a one-process run",
-                           world.size)
+        self.seeds: list[Seed] = load_seeds(cfg.data)
         self.fingerprint = cfg.fingerprint()
         self.mode = self._decide()
         """`new`, `resume` or `finished` for the launch as a whole."""

@@ -1,7 +1,7 @@
 """A run's durable state under OUT: resume after any crash, lose nothing completed.
 
     OUT/state.json             config fingerprint, status (running / stopped / finished), started_at
-    OUT/nodes.jsonl            every evaluated node, appended as its evaluation wave completes
+    OUT/nodes.jsonl            every evaluated node as its evaluation left it, appended as its wave completes
     OUT/cache/requests.jsonl   engine results by request key (content-addressed), one line per engine call
     OUT/.lock                  flock-ed while a run writes OUT: two runs never share an output dir
 
@@ -43,6 +43,11 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 NODES_FILE = "nodes.jsonl"
+SEARCH_STATISTICS = ("children", "visits", "value_sum", "value_max", "value", "on_terminal_path")
+"""A node's fields that the search changes after its evaluation (expansion, backpropagation): left out of the
+node log. A node is logged at the first barrier after its evaluation, and whether its tree has expanded or backed
+up through it by then depends on when the answers came (a resumed run's cached answers come at once), so these
+values would differ between a resumed run's log and an uninterrupted run's. trees.jsonl holds their final values."""
 CACHE_FILE = "cache/requests.jsonl"
 INDEX_NAME = ".index.sqlite"
 """The logs' index while a run has OUT open (`cache/.index.sqlite`), rebuilt from the logs at open and removed
@@ -301,6 +306,14 @@ class RequestCache:
             os.close(self._read_fd)
 
 
+def _evaluated(node: Node) -> dict[str, Any]:
+    """The node's record without its `SEARCH_STATISTICS`: what its evaluation determined."""
+    record = node.to_record()
+    for name in SEARCH_STATISTICS:
+        del record[name]
+    return record
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -407,8 +420,7 @@ class RunStore:
         # only a resume replays nodes that the log holds: a run that started with an empty log skips the check
         fresh = [n for n in nodes if self.logged.find(n.node_id) is None] if self._replaying else list(nodes)
         if fresh:
-            self.logged.append([(json.dumps(n.to_record(), ensure_ascii=False) + "\n", [n.node_id])
-                                for n in fresh])
+            self.logged.append([(json.dumps(_evaluated(n), ensure_ascii=False) + "\n", [n.node_id]) for n in fresh])
 
     def finish(self, status: str) -> None:
         """Mark the run `finished` (or `stopped`: a budget cut it short, a re-run goes on from there)."""

@@ -72,8 +72,6 @@ class Tree:
         self.rng = random.Random(rng_seed)
         self.nodes: dict[str, Node] = {}
         self.ids_issued = 0
-        self.root_vector: list[float] | None = None
-        """The root's embedding (the search's task check), once computed."""
         self.root = self._add(Node(node_id=self.next_id(), seed_id=seed_id, parent_id=None, depth=0,
                                    action=None, kind="root", instruction=instruction))
 

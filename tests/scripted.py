@@ -3,6 +3,8 @@ record of every batch it was handed."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
 
 from idea_mcts.engines.base import Engine, Generation, GenerationRequest, Prompt, TokenLogprobs
@@ -61,3 +63,27 @@ class ScriptedEngine(Engine):
             out.append(TokenLogprobs(logprobs={digit: 0.0}))
         self.batches.append(("logprobs", len(prompts)))
         return out
+
+
+class ScriptedEmbedder(Engine):
+    """Bag-of-words embeddings: each word (split on whitespace, lower-cased) adds 1 to one of `dim` dimensions
+    chosen by its hash, L2-normalised. Texts sharing words are close; a text's vector is the same in any call.
+    `calls` records each call's size."""
+
+    backend = "scripted-embed"
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__("scripted-embed")
+        self.dim = dim
+        self.calls: list[int] = []
+
+    def vector(self, text: str) -> list[float]:
+        v = [0.0] * self.dim
+        for word in text.lower().split():
+            v[int(hashlib.sha256(word.encode()).hexdigest(), 16) % self.dim] += 1.0
+        norm = math.sqrt(sum(x * x for x in v)) or 1.0
+        return [x / norm for x in v]
+
+    def _embed(self, texts: list[str]) -> list[list[float]]:
+        self.calls.append(len(texts))
+        return [self.vector(t) for t in texts]

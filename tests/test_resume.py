@@ -325,3 +325,31 @@ def test_node_log_and_request_cache_write_their_shared_index_from_two_threads(tm
     assert errors == []
     assert len(store.cache) == 800 and len(store.logged) == 400
     store.close()
+
+
+def test_node_log_holds_what_the_evaluation_determined_not_the_later_search_statistics(tmp_path):
+    """A node is logged at the first barrier after its evaluation; whether its tree has expanded it or backed up
+    through it by then depends on when the answers came (a resumed run's cached answers come at once). Seen: a
+    kill -9 test's resumed log had a node with visits 0 where the uninterrupted run's had visits 1 (dataset and
+    trees identical). The log leaves those statistics out: the same line either way."""
+    from idea_mcts.store import SEARCH_STATISTICS
+    from idea_mcts.tree import Node
+
+    def evaluated() -> Node:
+        return Node(node_id="s/1", seed_id="s", parent_id="s/0", depth=1, action="a", kind="expand",
+                    instruction="x", action_path=["a"], response="y", scores={"quality": 4.0}, reward=4.0)
+
+    early, late = evaluated(), evaluated()
+    late.visits, late.value_sum, late.value_max, late.on_terminal_path = 2, 8.5, 4.5, True
+    late.children = ["s/2", "s/3"]
+    lines = []
+    for i, node in enumerate((early, late)):
+        store = RunStore(tmp_path / f"out{i}")
+        store.open("fp", overwrite=False)
+        store.log_nodes([node])
+        store.close()
+        lines.append((tmp_path / f"out{i}" / NODES_FILE).read_bytes())
+    assert lines[0] == lines[1]
+    (record,) = read_jsonl(tmp_path / "out0" / NODES_FILE)[0]
+    assert not set(SEARCH_STATISTICS) & set(record)
+    assert record["reward"] == 4.0 and record["response"] == "y" and record["quality"] == 4.0

@@ -8,7 +8,7 @@ from idea_mcts.data import Seed
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import Reward
 from idea_mcts.search import IdeaMCTS, estimate
-from tests.scripted import ScriptedEngine
+from tests.scripted import ScriptedEmbedder, ScriptedEngine
 
 SEEDS = [Seed("a", "Explain rain."), Seed("b", "Name a fruit."), Seed("c", "Write a haiku.")]
 
@@ -366,7 +366,47 @@ def test_a_rewrite_that_leaves_its_seeds_task_is_dropped_and_counted():
     kids = {t.seed_id: [n.instruction for n in t if n.depth > 0] for t in trees}
     assert kids["b"] == [] and len(kids["a"]) == len(kids["c"]) == 2
     assert search.eliminator.counts["off_task"] == 4  # every attempt of b's Expansion
-    # every request sent is counted: per tree its root's (response, 3 scorers) and one root embedding; per rewrite
-    # its evolution and embedding (a: 2, b: 4, c: 2); per kept child its response and 3 scorers
-    assert search.calls == 3 * (1 + 3) + 3 + (2 + 4 + 2) * 2 + 4 * (1 + 3)
-    assert engine.embedded == 3 + 8 + (3 + 4)  # roots once each, every rewrite, and novelty of every scored node
+    # every request sent is counted: per tree its seed's embedding (the novelty reference, also the task check's
+    # root) and its root's response and 3 scorers; per rewrite its evolution and embedding (a: 2, b: 4, c: 2); per
+    # kept child its response and 3 scorers
+    assert search.calls == 3 + 3 * (1 + 3) + (2 + 4 + 2) * 2 + 4 * (1 + 3)
+    assert engine.embedded == 3 + 8 + (3 + 4)  # the seeds once, every rewrite, and novelty of every scored node
+
+
+def test_novelty_compares_with_the_seeds_and_the_lineage_whatever_the_scheduling():
+    """Issue 36: a node's novelty is 1 - its highest cosine similarity to every seed of the run (a root: to the
+    other seeds) and to the instructions it was evolved from, computed here on its own; so it is the same with
+    all trees at once or one after the other, and in a shard that grows some of the seeds (with every seed as the
+    reference). Before, it compared with whatever had been scored before it, in the order of scoring."""
+
+    def run(seeds: list[Seed], reference: list[Seed] | None = None, **search_kw: int) -> dict[str, object]:
+        engine, embedder = ScriptedEngine(), ScriptedEmbedder()
+        cfg = SearchConfig(iterations=2, expand_width=2, max_depth=2, reward_threshold=100.0, seed=5, **search_kw)
+        clients = {r: RoleClient(r, embedder if r == "embedder" else engine, RoleConfig(), run_seed=cfg.seed)
+                   for r in ("evolver", "responder", "quality", "complexity", "embedder")}
+        reward = Reward(RewardConfig(novelty=1.0), quality=clients["quality"], complexity=clients["complexity"],
+                        embedder=clients["embedder"])
+        search = IdeaMCTS(cfg, GENERAL, clients["evolver"], clients["responder"], reward)
+        trees = search.run(seeds, reference)
+        nodes = {n.node_id: (n, t) for t in trees for n in t}
+        # one embedding per seed of the reference and per scored node, each charged: the search's count is what
+        # the engines were sent; no tree's embeddings are kept once it has finished
+        assert sum(embedder.calls) == len(reference or seeds) + sum(n.scores != {} for n, _ in nodes.values())
+        assert search.calls == sum(c.stats.requests for c in clients.values()) and reward.kept == {}
+        return nodes
+
+    together = run(SEEDS)
+    one_by_one = run(SEEDS, max_live_trees=1)
+    shard = run(SEEDS[1:], reference=SEEDS)
+    novelty = {k: n.scores["novelty"] for k, (n, _) in together.items()}
+    assert len(novelty) > 3 * 3 and len({round(v, 6) for v in novelty.values()}) > 2  # depth 2: lineage counts
+    assert {k: n.scores["novelty"] for k, (n, _) in one_by_one.items()} == novelty
+    assert {k: n.scores["novelty"] for k, (n, _) in shard.items()} == {k: v for k, v in novelty.items()
+                                                                        if not k.startswith("a/")}
+    vec = ScriptedEmbedder().vector
+    for key, (node, tree) in together.items():
+        refs = [s.instruction for s in SEEDS if node.depth > 0 or s.seed_id != node.seed_id]
+        refs += [a.instruction for a in tree.path(node)[:-1]]
+        sims = [sum(x * y for x, y in zip(vec(node.instruction), vec(r), strict=True)) for r in refs]
+        assert novelty[key] == pytest.approx(1.0 - max([0.0, *sims]), abs=1e-6), key
+

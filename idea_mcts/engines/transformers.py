@@ -405,7 +405,14 @@ class TransformersEngine(Engine):
 
 
 class EmbeddingEngine(Engine):
-    """Sentence embeddings: mean pooling over the last hidden state, L2-normalised (all-MiniLM-L6-v2 style)."""
+    """Sentence embeddings: mean pooling over the last hidden state, L2-normalised (all-MiniLM-L6-v2 style).
+
+    Each text runs in a forward pass of its own, unpadded, so its embedding has the same bits whatever else the
+    call holds: batched, a text's embedding differed in the last digits with the batch it was computed in (its
+    padding and the batch's rows choose other matmul kernels), and the novelty term, hence the rewards, of a
+    resumed run differed from an uninterrupted run's (issue 36). A search's calls hold a few texts each: one by one
+    costs it little (a 4-seed demo: 2-3 s of embedding in a ~105 s search, 0.3-0.4 s batched; bench/embed_cost.py,
+    docs/benchmarks.md). `max_batch_size` does not apply."""
 
     backend = "embedding"
 
@@ -420,15 +427,20 @@ class EmbeddingEngine(Engine):
 
     @torch.inference_mode()
     def _embed(self, texts: list[str]) -> list[list[float]]:
-        out: list[list[float]] = []
-        for i in range(0, len(texts), self.cfg.max_batch_size):
-            enc = self.tokenizer(texts[i : i + self.cfg.max_batch_size], padding=True, truncation=True,
-                                 max_length=min(self.cfg.max_model_len, 512), return_tensors="pt").to(self.device)
-            hidden = self.model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            out.extend(torch.nn.functional.normalize(pooled, dim=-1).tolist())
-        return out
+        """One forward pass per distinct text (see the class doc)."""
+        done: dict[str, list[float]] = {}
+        for text in texts:
+            if text not in done:
+                done[text] = self._embed_one(text)
+        return [done[t] for t in texts]
+
+    def _embed_one(self, text: str) -> list[float]:
+        enc = self.tokenizer([text], truncation=True, max_length=min(self.cfg.max_model_len, 512),
+                             return_tensors="pt").to(self.device)
+        hidden = self.model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)[0].tolist()
 
 
 class RewardModelEngine(Engine):
