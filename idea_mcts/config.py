@@ -274,6 +274,10 @@ class SearchConfig:
     expanded node), `best` (highest reward), or `all` (one rollout per child)."""
     rollout: bool = True
     """Run the simulation (random actions until terminal); off = back up the child's own reward."""
+    rollout_attempts: int = 3
+    """The most rewrites one Simulation step makes: a rewrite the elimination filter drops is tried again with
+    another random action; when every attempt is dropped the rollout ends there (`parse_failures.rollout_truncated`).
+    1 = no retries. Counted in the plan's upper bounds and in `max_calls`."""
     actions: str = "general"
     """Action set: `general` (paper's 12), `evol_instruct` (the 5 classic operators), or a YAML file path."""
     task_actions: str | None = None
@@ -325,6 +329,7 @@ class SearchConfig:
     def __post_init__(self) -> None:
         check_fields(self, {"iterations": NON_NEGATIVE_INT, "expand_width": POSITIVE_INT,
                             "expand_attempts": Range(1, integer=True, optional=True),
+                            "rollout_attempts": POSITIVE_INT,
                             "exploration_constant": Range(0), "max_depth": NON_NEGATIVE_INT,
                             "reward_threshold": Range(finite=False), "num_task_actions": POSITIVE_INT,
                             "min_root_similarity": Range(-1, 1, optional=True)},

@@ -16,6 +16,8 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
   covered too), or only the prompt's words and none of the parent's ("Do not answer it and not explain it.");
 - `refusal`: are a short refusal ("I'm sorry, I can't ...");
 - `degenerate`: are error text, loops of repeated words, or say a run of four words twice;
+- `mixed_script`: switch into a script their parent does not use (CJK, Cyrillic, Arabic, ...: small multilingual
+  evolvers such as Qwen drop a Chinese word into an English rewrite);
 - `answer` (opt-in, `search.drop_answers`): answer the instruction instead of rewriting it. A heuristic (no
   sentence starts like a request: an imperative verb, a question, "Can you", "As a ...", ...; or the parent
   followed by its answer; or by a list of the things it asks a number of), so it is off by default: it also
@@ -79,6 +81,9 @@ REFUSAL = re.compile(
     r"\b(?:i'?m sorry|i am sorry|sorry, |i apologi[sz]e|i can(?:no|')t (?:help|assist|provide|do|comply|"
     r"fulfil|answer|write|create)|i(?: am|'m) (?:unable|not able) to|as an ai\b|i(?: am|'m) (?:not )?an ai\b"
     r"|i don'?t have the ability)", re.I)
+FOREIGN_SCRIPT = re.compile(r"[\u0400-\u04ff\u0600-\u06ff\u0900-\u097f\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf"
+                            r"\u4e00-\u9fff\uac00-\ud7af]")
+"""Letters of scripts other than Latin and Greek (Cyrillic, Arabic, Devanagari, Thai, kana, CJK, Hangul)."""
 DEGENERATE = re.compile(r"^\W*\w*(?:error|exception|traceback)\b|\b([a-z]{2,}\w*(?:\W+\w+){0,3})(?:\W+\1\b){3,}",
                         re.I)
 """Error text, or a phrase of words repeated four times in a row (numbers alone do not count: `[0, 0, 0, 0]`)."""
@@ -252,6 +257,8 @@ class Eliminator:
             return "template_leak"
         if len(words) >= 3 and set(words) <= self._vocab and not _content(words) & _content(_words(parent)):
             return "template_leak"  # made of the prompt's own words only ("Do not answer it and not explain it.")
+        if FOREIGN_SCRIPT.search(text) and not FOREIGN_SCRIPT.search(parent):
+            return "mixed_script"
         if DEGENERATE.search(text) or (len(words) >= 15 and len(set(words)) / len(words) < 0.35) \
                 or repeats_itself(text, parent):
             return "degenerate"
@@ -275,8 +282,8 @@ class Eliminator:
         return None
 
 
-REASONS = ("empty", "truncated", "unchanged", "template_leak", "refusal", "degenerate", "answer", "off_task",
-           "invalid", "gate_unparsed", "response_refusal")
+REASONS = ("empty", "truncated", "unchanged", "template_leak", "refusal", "degenerate", "mixed_script", "answer",
+           "off_task", "invalid", "gate_unparsed", "response_refusal")
 """Every reason `Eliminator` counts (run.json lists them all, zeros included)."""
 
 

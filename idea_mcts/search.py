@@ -324,16 +324,25 @@ class IdeaMCTS:
 
     async def simulate(self, tree: Tree, starts: Sequence[Node]) -> list[Node]:
         """Simulation: random actions from each start until a terminal node; a tree's rollouts advance
-        together. Rollout nodes are kept in the tree as data. A rollout whose evolution or evaluation fails
-        ends at its last scored node."""
+        together. Rollout nodes are kept in the tree as data. A rewrite the filter drops is tried again with
+        another random action (up to `rollout_attempts` rewrites a step); a rollout whose every attempt, or whose
+        evaluation, fails ends at its last scored node."""
         ends = list(starts)
         live = [i for i, node in enumerate(ends) if self.cfg.rollout and not node.terminal]
         while live:
-            jobs = [EvolveJob(ends[i], tree.rng.choice(self.actions), "rollout", tree.next_id()) for i in live]
-            made = await self.evolve(tree, jobs)
-            await self.evaluate(tree, [c for c in made if c is not None])
+            made: dict[int, Node] = {}
+            pending = live
+            for _ in range(self.cfg.rollout_attempts):
+                jobs = [EvolveJob(ends[i], tree.rng.choice(self.actions), "rollout", tree.next_id()) for i in pending]
+                out = await self.evolve(tree, jobs)
+                made.update((i, c) for i, c in zip(pending, out, strict=True) if c is not None)
+                pending = [i for i, c in zip(pending, out, strict=True) if c is None]
+                if not pending:
+                    break
+            await self.evaluate(tree, [made[i] for i in live if i in made])
             still = []
-            for i, child in zip(live, made, strict=True):
+            for i in live:
+                child = made.get(i)
                 if child is None or child.reward is None:
                     self.failures["rollout_truncated"] += 1
                     continue
@@ -495,12 +504,13 @@ class IdeaMCTS:
 
 def estimate(cfg: SearchConfig, n_seeds: int, n_scorers: int, max_new_tokens: dict[str, int]) -> dict[str, int]:
     """Upper bounds on nodes, LLM calls (requests) and generated tokens for a run (every Expansion's retries
-    included: `expand_attempts` rewrites each; the task check's and validity gate's requests)."""
+    included: `expand_attempts` rewrites each, `rollout_attempts` a simulation step; the task check's and validity
+    gate's requests)."""
     sims = cfg.expand_width if cfg.simulate_from == "all" else 1
     rollout = cfg.max_depth if cfg.rollout else 0
     per_tree = 1 + cfg.iterations * (cfg.expand_width + sims * rollout)
     nodes = n_seeds * per_tree
-    evolutions = n_seeds * cfg.iterations * (cfg.attempts() + sims * rollout)
+    evolutions = n_seeds * cfg.iterations * (cfg.attempts() + sims * rollout * cfg.rollout_attempts)
     checks = (cfg.min_root_similarity is not None) + (cfg.validity_gate is not None)
     calls = evolutions * (1 + checks) + nodes * (1 + n_scorers)
     tokens = (evolutions * max_new_tokens.get("evolver", 0)

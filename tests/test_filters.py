@@ -89,6 +89,18 @@ def test_elimination_reasons(raw, reason):
     assert eliminator().reason(extract_instruction(raw), SEED) == reason
 
 
+def test_a_rewrite_that_switches_script_is_dropped():
+    """Qwen drops a Chinese word into an English rewrite (seen in a demo run: "... to volunteer for a植树 project")."""
+    e = Eliminator([a.template_text() for a in GENERAL])
+    parent = "Write a poem about autumn leaves."
+    assert e.check("Write a poem about autumn leaves that inspires viewers to volunteer for a植树 project.",
+                   parent) == "mixed_script"
+    assert e.check("Write a poem about autumn leaves, then translate it into Русский.", parent) == "mixed_script"
+    assert e.check("Write a poem about autumn leaves in French, with a title in café style.", parent) is None
+    assert e.check("Translate '你好' into English and explain when it is used.",
+                   "Translate '你好' into English.") is None  # the parent's own script
+
+
 def test_a_label_in_front_of_the_parent_is_no_rewrite():
     """"Explanation: Explain why the sky is blue." of that parent: the label is stripped, the rest is unchanged."""
     e = Eliminator([a.template_text() for a in GENERAL])

@@ -138,6 +138,20 @@ def test_retries_use_distinct_actions_before_repeating_them():
     assert search.retried == 14
 
 
+def test_a_rollout_step_whose_rewrite_is_eliminated_tries_again():
+    """Every instruction's first 2 rewrites are eliminated: each simulation step tries another random action (up to
+    `rollout_attempts`), so the rollout still reaches the terminal depth; with 1 attempt it ends at once."""
+    search = make_search(FirstRewritesFail(2), iterations=1, expand_width=2, max_depth=3, expand_attempts=6,
+                         rollout_attempts=3)
+    (t,) = search.run(SEEDS[:1])
+    assert max(n.depth for n in t) == 4 and any(n.terminal and n.kind == "rollout" for n in t)
+    assert search.failures["rollout_truncated"] == 0
+    short = make_search(FirstRewritesFail(2), iterations=1, expand_width=2, max_depth=3, expand_attempts=6,
+                        rollout_attempts=1)
+    (t,) = short.run(SEEDS[:1])
+    assert max(n.depth for n in t) == 1 and short.failures["rollout_truncated"] == 1
+
+
 def test_an_expansion_that_never_yields_a_child_is_counted_and_the_run_ends():
     search = make_search(FirstRewritesFail(10_000), iterations=3, expand_width=2, max_depth=1, expand_attempts=6)
     trees = search.run(SEEDS)
