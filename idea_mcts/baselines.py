@@ -36,7 +36,7 @@ from typing import Any
 from idea_mcts.actions import EVOL_INSTRUCT, GENERAL, Action
 from idea_mcts.config import EvolveConfig, SearchConfig
 from idea_mcts.errors import UsageError
-from idea_mcts.export import REPORT_FILE, TREES_FILE, iter_tree_records, record_row
+from idea_mcts.export import REPORT_FILE, TREES_FILE, Exported, iter_tree_records, record_row
 from idea_mcts.pipeline import EvolveRun
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import SCORER_ROLES, Reward
@@ -181,9 +181,9 @@ class EvolInstructRun(EvolveRun):
         return EvolInstructSearch(self.cfg.search, actions, self.client("evolver"), self.client("responder"),
                                   reward, self.settings, on_nodes=self.store.log_nodes, keep_trees=False, **hooks)
 
-    def report(self, trees: Any, n_rows: int, row_means: Any, search: IdeaMCTS, reward: Reward,
+    def report(self, trees: Any, exported: Exported, search: IdeaMCTS, reward: Reward,
                actions: list[Action], started: str, wall: float) -> dict[str, Any]:
-        out = super().report(trees, n_rows, row_means, search, reward, actions, started, wall)
+        out = super().report(trees, exported, search, reward, actions, started, wall)
         out["baseline"] = {"arm": "evol-instruct", "rounds": self.settings.rounds,
                            "max_chains": self.settings.max_chains, "budget": self.settings.budget,
                            "chains_started": getattr(search, "chains", None),
@@ -227,9 +227,9 @@ class BudgetedMCTSRun(EvolveRun):
                             max_calls=self.budget - before, on_nodes=self.store.log_nodes, keep_trees=False,
                             **hooks)
 
-    def report(self, trees: Any, n_rows: int, row_means: Any, search: IdeaMCTS, reward: Reward,
+    def report(self, trees: Any, exported: Exported, search: IdeaMCTS, reward: Reward,
                actions: list[Action], started: str, wall: float) -> dict[str, Any]:
-        out = super().report(trees, n_rows, row_means, search, reward, actions, started, wall)
+        out = super().report(trees, exported, search, reward, actions, started, wall)
         out["baseline"] = {"arm": "idea-mcts+", "budget": self.budget,
                            "budget_spent": getattr(search, "budget_spent", None),
                            "search_budget": search.max_calls}
