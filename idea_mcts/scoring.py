@@ -111,24 +111,22 @@ TAG_PREFILL = '[{"tag": "'
 class ScoreMeans:
     """Running means of quality, diversity and complexity over score mappings (node scores, dataset rows,
     trees.jsonl records); missing and NaN values are left out. `result()` adds `mean`: the mean of those
-    present — the paper's "mean of (Q, D, C)" data-quality table."""
+    present — the paper's "mean of (Q, D, C)" data-quality table. Sums are exact (`math.fsum`), so a mean does
+    not depend on the order values came in (trees finish in another order in a sharded run)."""
 
     def __init__(self) -> None:
-        self.sums = dict.fromkeys(PAPER_SCORES, 0.0)
-        self.counts = dict.fromkeys(PAPER_SCORES, 0)
+        self.values: dict[str, list[float]] = {name: [] for name in PAPER_SCORES}
 
     def add(self, scores: Mapping[str, Any]) -> None:
         for name in PAPER_SCORES:
             v = scores.get(name)
             if v is not None and not math.isnan(float(v)):
-                self.sums[name] += float(v)
-                self.counts[name] += 1
+                self.values[name].append(float(v))
 
     def result(self) -> dict[str, float | None]:
-        out: dict[str, float | None] = {n: self.sums[n] / self.counts[n] if self.counts[n] else None
-                                        for n in PAPER_SCORES}
+        out: dict[str, float | None] = {n: math.fsum(vs) / len(vs) if vs else None for n, vs in self.values.items()}
         present = [v for v in out.values() if v is not None]
-        out["mean"] = sum(present) / len(present) if present else None
+        out["mean"] = math.fsum(present) / len(present) if present else None
         return out
 
 

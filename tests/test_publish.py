@@ -334,6 +334,10 @@ def test_card_helpers() -> None:
                          {"quality": 4.0, "diversity": 5.0, "complexity": 1.0}])
     assert means == {"quality": 3.0, "diversity": 4.0, "complexity": 1.0, "mean": pytest.approx(8 / 3)}
     assert score_means([{"quality": 2.0, "diversity": 4.0}])["mean"] == 3.0  # complexity scorer off
+    # the same scores in another order (trees finish in another order in a sharded run): the same bits
+    scores = [{"quality": q} for q in (1e16, 1.0, -1e16, 0.1, 0.2, 0.3)]
+    assert score_means(scores) == score_means(scores[::-1]) == score_means(scores[1:] + scores[:1])
+    assert score_means(scores)["quality"] == pytest.approx(1.6 / 6)
     assert re.fullmatch(r"n<1K", size_category(10))
 
 
