@@ -171,7 +171,10 @@ def test_disk_full_mid_run_rolls_back_the_write_then_resumes(finished, tiny_mode
     assert cache_lines(out) == 5 and data.endswith(b"\n") and len(read_jsonl(out / CACHE_FILE)[0]) == 5
     monkeypatch.undo()  # room again
     assert evolve(out, tiny_model_dir) == 0
-    assert_same_run(out, finished)
+    # the full disk fell between the cache writes of two trees' root responses of one decode batch: on resume one
+    # is answered by the cache at once and the other by the engine, so the two trees' nodes complete (and are
+    # logged) in another order than the uninterrupted run's; what they hold is the same
+    assert_same_run(out, finished, log_order=False)
 
 
 def test_disk_full_writing_the_dataset_keeps_the_old_outputs(stopped, finished, tiny_model_dir, tmp_path,
