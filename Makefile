@@ -30,8 +30,9 @@ install: $(STAMP)
 models: $(STAMP)
 	$(PY) -m idea_mcts.models prepare
 
-# The whole pipeline: evolve the 20 demo seeds -> LoRA SFT of SmolLM2-135M-Instruct -> IFEval slice, base vs
-# tuned -> outputs/recipe-demo/report.md (printed at the end). A relaunch skips the finished stages.
+# The whole pipeline: evolve the 20 demo seeds (Qwen2.5-Coder-0.5B-Instruct evolves, answers and judges) -> LoRA SFT
+# of Gemma-3-270M (base) -> IFEval slice, base vs tuned -> outputs/recipe-demo/report.md (printed at the end). A
+# relaunch skips the finished stages.
 demo: models
 	$(VENV)/bin/accelerate launch --num_processes 1 --cpu recipes/full.py --config configs/recipes/demo.yaml
 
@@ -39,8 +40,8 @@ demo-evolve: models
 	$(VENV)/bin/idea-mcts evolve --config configs/demo.yaml
 
 # The paper's comparison on the embedded default: seed / evol-instruct / idea-mcts / idea-mcts+ at an equal request
-# budget -> LoRA SFT of SmolLM2-135M-Instruct on each -> IFEval slice + judge win rate vs base ->
-# outputs/compare-demo/compare.md. A machinery demo (135M evolver and judge), not evidence; docs/reproduction.md.
+# budget -> LoRA SFT of Gemma-3-270M on each -> IFEval slice + judge win rate vs base ->
+# outputs/compare-demo/compare.md. A machinery demo (8 seeds, a few rows per arm), not evidence; docs/reproduction.md.
 compare-demo: models
 	$(VENV)/bin/accelerate launch --num_processes 1 --cpu recipes/compare.py --config configs/compare-demo.yaml
 

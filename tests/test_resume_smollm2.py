@@ -1,7 +1,8 @@
-"""kill -9, then the same command, on the real demo (issue 36): `configs/demo-transformers.yaml` (SmolLM2-135M for
-every LLM role, MiniLM for the novelty term) killed right after its first LLM answer is cached, in the middle of
-the run, and during the final write, then resumed, ends with the uninterrupted run's dataset (every column, every
-score) and trees.jsonl, byte for byte, and the same node log and request cache.
+"""kill -9, then the same command, on the real demo (issue 36): `configs/demo-transformers.yaml` with SmolLM2-135M
+(the smallest real model) for every LLM role, MiniLM for the novelty term, killed right after its first LLM
+answer is cached, in the middle of the run, and during the final write, then resumed, ends with the
+uninterrupted run's dataset (every column, every score) and trees.jsonl, byte for byte, and the same node log and
+request cache.
 
 Before issue 36 the novelty term compared a node with every instruction scored before it, in the order the
 answers came; a resumed run's cached answers come at once, in another order, so its rows carried other novelty
@@ -34,7 +35,8 @@ KILLER = ROOT / "tests" / "kill_evolve.py"
 
 def argv(out: Path) -> list[str]:
     return ["evolve", "--config", str(ROOT / "configs" / "demo-transformers.yaml"), "--output_dir", str(out),
-            "--no_progress", "data.max_seeds=4", "reward.check_judges=false"]
+            "--no_progress", "engines.default.model=embedded:smollm2", "data.max_seeds=4", "reward.check_judges=false",
+            "roles.evolver.max_new_tokens=48", "roles.responder.max_new_tokens=48"]
 
 
 def killed(point: str, out: Path) -> subprocess.Popen[str]:
