@@ -65,6 +65,22 @@ class ScriptedEngine(Engine):
         return out
 
 
+class RewritesOf(ScriptedEngine):
+    """The scripted engine, except that every rewrite of the instruction `seed` (and of nothing else) is
+    `rewrite`."""
+
+    seed = "Name a fruit."
+    rewrite = ""
+
+    def _generate(self, requests):
+        out = super()._generate(requests)
+        for r, g in zip(requests, out, strict=True):
+            text = _text(r.prompt)
+            if "Reply with the new instruction only" in text and text.endswith(f"Instruction: {self.seed}"):
+                g.text = self.rewrite
+        return out
+
+
 class ScriptedEmbedder(Engine):
     """Bag-of-words embeddings: each word (split on whitespace, lower-cased) adds 1 to one of `dim` dimensions
     chosen by its hash, L2-normalised. Texts sharing words are close; a text's vector is the same in any call.

@@ -17,7 +17,7 @@ from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import Reward
 from idea_mcts.search import IdeaMCTS
 from tests.runs import evolve
-from tests.scripted import ScriptedEngine
+from tests.scripted import RewritesOf, ScriptedEngine
 
 
 class TimedEngine(ScriptedEngine):
@@ -192,16 +192,10 @@ sys.exit(main({evolve_argv(out, tiny_model_dir)!r}))
     assert len(keys) == len(set(keys))  # the line the index missed was found again, not re-issued
 
 
-class OneSeedNeverEvolves(ScriptedEngine):
+class OneSeedNeverEvolves(RewritesOf):
     """Every rewrite of the seed "Name a fruit." (and of nothing else) is empty: eliminated."""
 
-    def _generate(self, requests):
-        out = super()._generate(requests)
-        for r, g in zip(requests, out, strict=True):
-            text = r.prompt if isinstance(r.prompt, str) else "\n".join(m["content"] for m in r.prompt)
-            if "Reply with the new instruction only" in text and text.endswith("Instruction: Name a fruit."):
-                g.text = ""
-        return out
+    rewrite = ""
 
 
 def test_run_json_reports_barren_expansions_and_seeds_without_rows(tmp_path, monkeypatch, tiny_model_dir):

@@ -8,7 +8,7 @@ from idea_mcts.data import Seed
 from idea_mcts.roles import RoleClient
 from idea_mcts.scoring import Reward
 from idea_mcts.search import IdeaMCTS, estimate
-from tests.scripted import ScriptedEmbedder, ScriptedEngine
+from tests.scripted import RewritesOf, ScriptedEmbedder, ScriptedEngine
 
 SEEDS = [Seed("a", "Explain rain."), Seed("b", "Name a fruit."), Seed("c", "Write a haiku.")]
 
@@ -349,17 +349,11 @@ def test_node_whose_every_scorer_failed_is_a_failed_evaluation():
     assert search.failures["rollout_truncated"] > 0  # rollouts end at their last scored node
 
 
-class DriftingEvolver(ScriptedEngine):
+class DriftingEvolver(RewritesOf):
     """Rewrites of "Name a fruit." drift to an unrelated task; embeddings are one-hot by topic, so the drifted
     rewrite has similarity 0 to its root and the others 1."""
 
-    def _generate(self, requests):
-        out = super()._generate(requests)
-        for r, g in zip(requests, out, strict=True):
-            text = r.prompt if isinstance(r.prompt, str) else "\n".join(m["content"] for m in r.prompt)
-            if "Reply with the new instruction only" in text and text.endswith("Instruction: Name a fruit."):
-                g.text = "Solve a logic puzzle about knights and knaves."
-        return out
+    rewrite = "Solve a logic puzzle about knights and knaves."
 
     embedded = 0
 
