@@ -26,9 +26,14 @@ BREADTH_TEMPLATE = (
     "and more specific, of similar length and difficulty. Reply with the new instruction only: do not answer it "
     "and do not explain it.\n\nInstruction: {instruction}"
 )
-EXAMPLE_INSTRUCTION = "Write a poem about the sea."
-"""The instruction each built-in action's example rewrites. The example is shown to the evolver as a previous
-chat turn: small instruct models then reply with an instruction, not with chatter, headers or an answer."""
+EXAMPLE_INSTRUCTIONS = ("Write a poem about the sea.", "Explain how a refrigerator keeps food cold.",
+                        "List three ways to save money on groceries.")
+"""The instructions each built-in action's examples rewrite, shown to the evolver as previous chat turns: small
+instruct models then reply with an instruction, not with chatter, headers or an answer. Three unlike tasks, not
+one: shown a single poem example, Qwen2.5-0.5B copied its addition into unrelated seeds ("three tips for staying
+healthy ... in the voice of a fisherman's widow"; 34 % of 50 survivors read as broken, 20 % with these three:
+docs/benchmarks.md "Evolver examples")."""
+EXAMPLE_INSTRUCTION = EXAMPLE_INSTRUCTIONS[0]
 
 
 def stem(instruction: str) -> str:
@@ -38,13 +43,13 @@ def stem(instruction: str) -> str:
 
 @dataclass(frozen=True)
 class Action:
-    """An evolution prompt. `prompt` holds `{instruction}` where the node's instruction goes; `example`, when
-    set, is this action's rewrite of `EXAMPLE_INSTRUCTION`, shown as a previous turn of the chat. `extends`:
-    the rewrite builds on the instruction itself (an in-depth action), so its reply may be prefilled with it."""
+    """An evolution prompt. `prompt` holds `{instruction}` where the node's instruction goes; `examples`:
+    (instruction, this action's rewrite of it) pairs, shown as previous turns of the chat. `extends`: the
+    rewrite builds on the instruction itself (an in-depth action), so its reply may be prefilled with it."""
 
     name: str
     prompt: str
-    example: str | None = None
+    examples: tuple[tuple[str, str], ...] = ()
     extends: bool = False
 
     def render(self, instruction: str) -> str:
@@ -57,77 +62,133 @@ class Action:
         return stem(instruction) if prefill and self.extends else ""
 
     def messages(self, instruction: str, prefill: bool = False) -> list[dict[str, str]]:
-        """The evolver's chat: the example exchange (if any), the request for `instruction`, and the reply's
+        """The evolver's chat: the example exchanges (if any), the request for `instruction`, and the reply's
         prefix when `prefill` (`reply_prefix`)."""
-        shot = ([{"role": "user", "content": self.render(EXAMPLE_INSTRUCTION)},
-                 {"role": "assistant", "content": self.example}] if self.example else [])
+        shot = [turn for before, after in self.examples
+                for turn in ({"role": "user", "content": self.render(before)},
+                             {"role": "assistant", "content": after})]
         prefix = self.reply_prefix(instruction, prefill)
         return [*shot, {"role": "user", "content": self.render(instruction)},
                 *([{"role": "assistant", "content": prefix}] if prefix else [])]
 
     def template_text(self) -> str:
         """The words of the prompt that are not the instruction (what the elimination filter calls a leak)."""
-        return self.prompt + ("\n" + self.example if self.example else "")
+        return "\n".join([self.prompt, *(after for _, after in self.examples)])
 
 
-def _depth(name: str, method: str, example: str | None = None) -> Action:
-    return Action(name, DEPTH_TEMPLATE.replace("{method}", method), example, extends=True)
+def _shots(*rewrites: str) -> tuple[tuple[str, str], ...]:
+    """Rewrites of `EXAMPLE_INSTRUCTIONS`, in order, as (instruction, rewrite) pairs."""
+    return tuple(zip(EXAMPLE_INSTRUCTIONS, rewrites, strict=True))
+
+
+def _depth(name: str, method: str, *rewrites: str) -> Action:
+    return Action(name, DEPTH_TEMPLATE.replace("{method}", method), _shots(*rewrites) if rewrites else (),
+                  extends=True)
 
 
 GENERAL = [
     _depth("add_goals", "Add a global goal, or a local sub-goal, that the answer must also achieve.",
-           "Write a poem about the sea that also teaches a child the names of three sea creatures."),
+           "Write a poem about the sea that also teaches a child the names of three sea creatures.",
+           "Explain how a refrigerator keeps food cold, and use the explanation to say why its door should not stay "
+           "open.",
+           "List three ways to save money on groceries that also help a family eat more vegetables."),
     _depth("add_constraints", "Add one key constraint the answer must respect, such as a limit on length, "
            "audience, resources or content.",
-           "Write a poem about the sea in exactly four rhyming lines, without using the word 'blue'."),
+           "Write a poem about the sea in exactly four rhyming lines, without using the word 'blue'.",
+           "Explain how a refrigerator keeps food cold in under 100 words, without using technical terms.",
+           "List three ways to save money on groceries for a student with no car."),
     _depth("add_task_requirements", "Add a concrete task requirement: an extra deliverable, step or check "
            "that the answer must include.",
-           "Write a poem about the sea, then add a one-sentence note explaining its main image."),
+           "Write a poem about the sea, then add a one-sentence note explaining its main image.",
+           "Explain how a refrigerator keeps food cold, then name one common fault and how to spot it.",
+           "List three ways to save money on groceries and estimate how much each saves in a month."),
     _depth("add_problem_solving", "Require a specific problem-solving skill, such as comparing alternatives, "
            "estimating quantities, finding a counter-example or debugging.",
            "Write two short poems about the sea, one calm and one stormy, and compare which images make them feel "
-           "different."),
+           "different.",
+           "Explain how a refrigerator keeps food cold, and compare it with how an ice box without electricity does.",
+           "List three ways to save money on groceries, and say which one saves the most for a single person and why."),
     _depth("add_reasoning", "Make the instruction require explicit multi-step reasoning instead of a single "
            "direct step.",
            "Write a poem about the sea whose stanzas follow a ship from departure to return, and explain step by "
-           "step how each stanza moves the journey on."),
+           "step how each stanza moves the journey on.",
+           "Explain step by step how a refrigerator moves heat from inside to outside, following the refrigerant "
+           "around its loop.",
+           "List three ways to save money on groceries, and for each one work out the saving on a weekly budget of "
+           "$80."),
     _depth("add_domain_knowledge", "Require specialised knowledge from a relevant field, such as science, law, "
            "finance, medicine, engineering or history.",
-           "Write a poem about the sea that correctly explains how the Moon's gravity causes the tides."),
+           "Write a poem about the sea that correctly explains how the Moon's gravity causes the tides.",
+           "Explain, using the thermodynamics of evaporation and compression, how a refrigerator keeps food cold.",
+           "List three ways to save money on groceries, using what nutrition science says about cheap sources of "
+           "protein."),
     _depth("add_life_topics", "Ground the instruction in an everyday-life situation, such as family, health, "
            "travel, work or hobbies.",
-           "Write a poem about the sea for a friend who is moving abroad, recalling a family holiday on the coast."),
+           "Write a poem about the sea for a friend who is moving abroad, recalling a family holiday on the coast.",
+           "Explain to a roommate who keeps leaving the fridge open how a refrigerator keeps food cold.",
+           "List three ways to save money on groceries for a parent feeding three children on one income."),
     _depth("add_real_world_application", "Tie the instruction to a realistic real-world application in which "
            "the answer would actually be used.",
-           "Write a short poem about the sea to be printed on a poster inviting volunteers to a beach clean-up."),
+           "Write a short poem about the sea to be printed on a poster inviting volunteers to a beach clean-up.",
+           "Explain how a refrigerator keeps food cold, for a leaflet that helps households cut their electricity "
+           "bill.",
+           "List three ways to save money on groceries, for a newsletter sent to new tenants of a housing "
+           "cooperative."),
     _depth("add_emotional_expression", "Add emotional context, or ask for an emotionally aware tone such as "
            "empathy, encouragement or humour.",
-           "Write a poem about the sea in the voice of a fisherman's widow, moving from grief to hope."),
+           "Write a poem about the sea in the voice of a fisherman's widow, moving from grief to hope.",
+           "Explain how a refrigerator keeps food cold to a child who is afraid of the noise it makes, in a "
+           "reassuring tone.",
+           "List three ways to save money on groceries, with encouragement for someone who feels ashamed of a tight "
+           "budget."),
     _depth("format_input", "Change how the input is presented: give the information the task needs inside "
            "the instruction as a table, a list, JSON, a code snippet or quoted text.",
-           'Write a poem about the sea that uses every word in this list: ["harbour", "salt", "gull", "horizon"].'),
+           'Write a poem about the sea that uses every word in this list: ["harbour", "salt", "gull", "horizon"].',
+           "Explain how a refrigerator keeps food cold, using these parts: compressor, condenser, expansion valve, "
+           "evaporator.",
+           "List three ways to save money on groceries, given this weekly list: {\"milk\": 3.5, \"bread\": 2.8, "
+           "\"chicken\": 9.0, \"apples\": 4.2}."),
     _depth("format_output", "Specify the exact format of the answer, such as a numbered list, a table, JSON, "
            "headed sections or a word limit.",
-           "Write a poem about the sea as three numbered stanzas of four lines each, with a title in capitals."),
+           "Write a poem about the sea as three numbered stanzas of four lines each, with a title in capitals.",
+           "Explain how a refrigerator keeps food cold as a numbered list of at most five steps.",
+           "List three ways to save money on groceries as a table with the columns: tip, effort, saving per month."),
     Action("create_new", BREADTH_TEMPLATE,
-           "Write a sonnet about a lighthouse keeper's last night before the light is automated."),
+           _shots("Write a sonnet about a lighthouse keeper's last night before the light is automated.",
+                  "Describe how a thermos flask keeps a drink hot for hours without any power.",
+                  "Suggest three ways to cut the cost of a family's weekly laundry.")),
 ]
 
 EVOL_INSTRUCT = [
     _depth("constraints", "Add one more constraint or requirement to the instruction.",
-           "Write a poem about the sea in exactly four rhyming lines, without using the word 'blue'."),
+           "Write a poem about the sea in exactly four rhyming lines, without using the word 'blue'.",
+           "Explain how a refrigerator keeps food cold in under 100 words, without using technical terms.",
+           "List three ways to save money on groceries for a student with no car."),
     _depth("deepening", "If the instruction asks about a topic, increase the depth and breadth of the inquiry.",
-           "Write a poem about the sea that shows both its beauty and its danger to the people who work on it."),
+           "Write a poem about the sea that shows both its beauty and its danger to the people who work on it.",
+           "Explain how a refrigerator keeps food cold, how that process uses electricity, and why a frost-free "
+           "model uses more.",
+           "List three ways to save money on groceries, and for each say who it suits and what it costs in time."),
     _depth("concretizing", "Replace general concepts with more specific ones.",
-           "Write a poem about the North Sea on a winter night, seen from the deck of a fishing trawler."),
+           "Write a poem about the North Sea on a winter night, seen from the deck of a fishing trawler.",
+           "Explain how the compressor and the evaporator coils of a kitchen refrigerator keep milk at 4 °C.",
+           "List three ways a family of four in a small town can cut its weekly supermarket bill of $150."),
     _depth("increased_reasoning", "If the instruction can be solved with a few simple thinking steps, rewrite "
            "it to explicitly ask for multiple-step reasoning.",
            "Write a poem about the sea whose stanzas follow a ship from departure to return, and explain step by "
-           "step how each stanza moves the journey on."),
+           "step how each stanza moves the journey on.",
+           "Explain step by step how a refrigerator moves heat from inside to outside, following the refrigerant "
+           "around its loop.",
+           "List three ways to save money on groceries, and for each one work out the saving on a weekly budget of "
+           "$80."),
     _depth("complicate_input", "Add complex input data the task must work on, such as a table, code or a "
            "longer passage.",
            "Write a poem about the sea using the facts in this table: | ocean | depth (m) |; | Pacific | 10,994 |; "
-           "| Atlantic | 8,376 |."),
+           "| Atlantic | 8,376 |.",
+           "Explain how a refrigerator keeps food cold, using these readings: | time | inside (°C) | coil (°C) |; | "
+           "0 min | 12 | 5 |; | 30 min | 4 | -20 |.",
+           "List three ways to save money on groceries, given this receipt: milk $3.50, bread $2.80, chicken $9.00, "
+           "apples $4.20, crisps $3.00."),
 ]
 
 SETS = {"general": GENERAL, "evol_instruct": EVOL_INSTRUCT}

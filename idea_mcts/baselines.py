@@ -244,7 +244,7 @@ def budgeted_fingerprint(cfg: EvolveConfig, budget: int) -> str:
 def evol_fingerprint(cfg: EvolveConfig, settings: EvolInstructSettings) -> str:
     """What identifies an Evol-Instruct run's results: the config, the arm's settings and its operators."""
     return fingerprint(cfg.fingerprint(), "evol-instruct", settings,
-                       [(a.name, a.prompt, a.example) for a in EVOL_INSTRUCT_OPERATORS])
+                       [(a.name, a.prompt, a.examples) for a in EVOL_INSTRUCT_OPERATORS])
 
 
 def arm_budget(run: dict[str, Any]) -> dict[str, int]:

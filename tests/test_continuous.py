@@ -351,7 +351,8 @@ def test_a_stopped_search_returns_only_once_no_call_is_left_running(engine, monk
 
 
 def test_evolver_rows_start_from_the_kept_kv_cache_of_their_example_turns(tiny_model_dir):
-    """An evolver prompt's example exchange (the turns before its last user message) is prefilled once and kept:
+    """An evolver prompt's example exchanges (the turns before its last user message: three, about 1k tokens of
+    the tiny model's tokenizer, so the engine allows 2k) are prefilled once and kept:
     an admitted row starts from a copy of it and computes only its own tokens, with the first logits, attention
     mask, position and cache length of a whole prefill (to rounding), and a search's admissions use it."""
     import torch
@@ -359,7 +360,7 @@ def test_evolver_rows_start_from_the_kept_kv_cache_of_their_example_turns(tiny_m
     from idea_mcts.actions import EXAMPLE_INSTRUCTION, GENERAL
     from idea_mcts.engines.transformers import PREFIX_CACHE_TOKENS
 
-    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=1024))
+    engine = build_engine(EngineConfig(model=str(tiny_model_dir), max_batch_size=8, max_model_len=2048))
     prompt = GENERAL[0].messages("Give three tips for staying healthy.", prefill=True)
     seq = engine._encode(prompt, 32)
     with torch.inference_mode():

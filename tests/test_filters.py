@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from idea_mcts.actions import EVOL_INSTRUCT, GENERAL, Action
+from idea_mcts.actions import EVOL_INSTRUCT, EXAMPLE_INSTRUCTIONS, GENERAL, Action
 from idea_mcts.config import ExportConfig, RewardConfig, RoleConfig, SearchConfig
 from idea_mcts.data import Seed
 from idea_mcts.engines.base import TokenLogprobs
@@ -108,11 +108,20 @@ def test_a_label_in_front_of_the_parent_is_no_rewrite():
     assert e.check(text, "Explain why the sky is blue.") == "unchanged"
 
 
+def test_a_part_of_the_parent_is_unchanged_and_a_longer_rewrite_is_not():
+    """Recorded on Qwen-0.5B: the quoted phrase alone is no rewrite of the translation task; whole words only."""
+    parent = "Translate 'Good morning, how are you?' into French."
+    assert eliminator().reason("Good morning, how are you?", parent) == "unchanged"
+    assert eliminator().reason("Translate 'Good morning' into French.", parent) is None  # not a run of the parent
+    assert eliminator().reason("morning, how are you", parent) == "unchanged"
+    assert eliminator().reason("Ning, how are you", parent) is None  # "ning" is not a word of the parent
+    assert eliminator().reason("Translate 'Good morning, how are you?' into French and Spanish.", parent) is None
+
+
 def test_copying_the_example_rewrite_is_a_leak():
     """The example shown to the evolver is part of the template: copying it is not a rewrite of the seed."""
-    copied = GENERAL[1].example
-    assert copied is not None
-    assert eliminator().reason(copied, SEED) == "template_leak"
+    for _, copied in GENERAL[1].examples:  # every example turn, not only the first
+        assert eliminator().reason(copied, SEED) == "template_leak"
 
 
 def test_template_is_read_from_the_prompts_in_use():
@@ -247,12 +256,15 @@ def test_counts_per_reason_and_response_refusals():
     assert not is_refusal("Write a polite note saying sorry for missing the meeting.")
 
 
-def test_builtin_actions_show_an_example_turn():
+def test_builtin_actions_show_three_example_turns_on_unlike_tasks():
     for a in GENERAL + EVOL_INSTRUCT:
         msgs = a.messages("Say hi.")
-        assert [m["role"] for m in msgs] == ["user", "assistant", "user"]
+        assert [m["role"] for m in msgs] == ["user", "assistant"] * 3 + ["user"]
         assert msgs[-1]["content"].endswith("Instruction: Say hi.")
-        assert extract_instruction(msgs[1]["content"]) == msgs[1]["content"]
+        assert [m["content"].rsplit("Instruction: ", 1)[1] for m in msgs[:-1:2]] == list(EXAMPLE_INSTRUCTIONS)
+        for shown, rewrite in zip(msgs[:-1:2], msgs[1::2], strict=True):
+            assert extract_instruction(rewrite["content"]) == rewrite["content"]  # a clean instruction ...
+            assert rewrite["content"] != shown["content"].rsplit("Instruction: ", 1)[1]  # ... that changed
 
 
 class RefusingEngine(ScriptedEngine):
