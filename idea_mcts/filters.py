@@ -9,7 +9,8 @@ an answer. `extract_instruction` takes the instruction out: it drops leading cha
 
 - `empty`: hold nothing once extracted;
 - `truncated` (opt-in, `search.drop_truncated`): stop at the evolver's token limit inside the instruction;
-- `unchanged`: equal the parent instruction (no information gain);
+- `unchanged`: equal the parent instruction, or a part of it (no information gain: a Qwen-0.5B rewrite of "Translate
+  'Good morning, how are you?' into French." was "Good morning, how are you?");
 - `template_leak`: still copy the evolution prompt's template words: a `#Header#` or "New Instruction" /
   "Rewritten Prompt" / "The old instruction" / "Rewrite the instruction" style marker, a run of `LEAK_NGRAM`
   words of the action prompt actually used (the prompts are read, not a fixed list, so user action files are
@@ -244,7 +245,8 @@ class Eliminator:
             return "empty"
         if cut_off and self.drop_truncated:
             return "truncated"
-        if _words(text) == _words(parent):  # punctuation and case do not make a rewrite
+        said = " ".join(_words(text))
+        if said and f" {said} " in f" {' '.join(_words(parent))} ":  # nor do punctuation, case or a cut
             return "unchanged"
         if is_refusal(text):
             return "refusal"
