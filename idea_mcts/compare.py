@@ -36,6 +36,7 @@ from idea_mcts.baselines import (
     seed_rows,
 )
 from idea_mcts.errors import UsageError
+from idea_mcts.evaluation.alpaca import BUILTIN_INSTRUCTIONS
 from idea_mcts.evaluation.serving import engine_config
 from idea_mcts.export import atomic_dir
 from idea_mcts.recipe import EvalArguments, EvolveArguments, Recipe, file_digest, parse_recipe
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "compare"
 BUILTIN_TASK_EXAMPLES = DATA_DIR / "task_examples.jsonl"
-BUILTIN_WINRATE = DATA_DIR / "winrate_instructions.jsonl"
+BUILTIN_WINRATE = BUILTIN_INSTRUCTIONS  # the path itself (not `builtin`) enters the win-rate stages' fingerprints
 EVOLVED_ARMS = ("idea-mcts", "idea-mcts+", "evol-instruct")
 
 
