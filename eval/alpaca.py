@@ -2,7 +2,7 @@
 model's), each pair judged in both orders by a local judge.
 
     python eval/alpaca.py --config configs/eval/alpaca.yaml
-    python eval/alpaca.py --config configs/eval/alpaca.yaml --source hub --reference_model null    # GPT-4 refs
+    python eval/alpaca.py --config configs/eval/alpaca.yaml --source hub --reference_model ""    # GPT-4 refs
     python eval/alpaca.py --config configs/eval/alpaca.yaml --model_name_or_path BASE --adapter_path A
 
 Writes OUT/eval/alpaca.json (win rate with its bootstrap 95% CI, length-controlled win rate, wins/ties/losses,
@@ -37,7 +37,8 @@ class AlpacaArguments:
 
     reference_model: str | None = None
     """The model that writes the reference outputs of instructions the source gives none (Hub id, local dir or
-    `embedded:` name); null: every instruction must come with its reference (`source: hub`)."""
+    `embedded:` name); null (or `--reference_model ""`): every instruction must come with its reference
+    (`source: hub`)."""
 
 
 def main(argv: list[str] | None = None) -> int:
