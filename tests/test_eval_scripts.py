@@ -302,3 +302,19 @@ def test_shipped_eval_configs_parse(name, monkeypatch):
     assert args[0].model_name_or_path.startswith("embedded:")
     if script in ("mtbench", "alpaca"):
         assert args[1].judge_engine["model"] == "embedded:qwen2.5-coder-0.5b-instruct"
+
+
+def test_a_script_runs_as_a_file(setup, tmp_path):
+    """`python eval/mtbench.py ...` as a user runs it (eval/ first on sys.path, HF offline): the same result."""
+    import os
+    import subprocess
+
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("HF_")}, "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "eval" / "mtbench.py"), "--config", str(setup["mtbench"]),
+                           "--output_dir", str(out), "--limit", "1"], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert read(out, "mtbench-single")["counts"]["judgments"] == 2
+    assert f"results: {out / 'eval' / 'mtbench-single.json'}" in proc.stdout
