@@ -36,6 +36,8 @@ from idea_mcts.baselines import (
     seed_rows,
 )
 from idea_mcts.errors import UsageError
+from idea_mcts.evaluation.alpaca import BUILTIN_INSTRUCTIONS
+from idea_mcts.evaluation.serving import engine_config
 from idea_mcts.export import atomic_dir
 from idea_mcts.recipe import EvalArguments, EvolveArguments, Recipe, file_digest, parse_recipe
 from idea_mcts.stages import Stages, fingerprint, write_json
@@ -44,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 DATA_DIR = Path(__file__).resolve().parent / "data" / "compare"
 BUILTIN_TASK_EXAMPLES = DATA_DIR / "task_examples.jsonl"
-BUILTIN_WINRATE = DATA_DIR / "winrate_instructions.jsonl"
+BUILTIN_WINRATE = BUILTIN_INSTRUCTIONS  # the path itself (not `builtin`) enters the win-rate stages' fingerprints
 EVOLVED_ARMS = ("idea-mcts", "idea-mcts+", "evol-instruct")
 
 
@@ -115,15 +117,6 @@ def check_one_process() -> None:
                          "evaluations are not split across processes")
 
 
-def _engine_config(base: dict[str, Any] | None, what: str, **over: Any) -> Any:
-    from idea_mcts.config import EngineConfig
-
-    try:
-        return EngineConfig(**{**(base or {}), **over})
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{what}: {str(exc).splitlines()[0]}") from None
-
-
 class Comparison:
     """One comparison over OUT. Construction checks every input and touches nothing."""
 
@@ -172,13 +165,13 @@ class Comparison:
             judge=JudgeConfig(max_new_tokens=args.judge_max_new_tokens))
         self.winrate_items = load_instructions(self.alpaca_cfg)
         quality_engine = base_cfg.role_engine("quality") or "default"
-        self.judge_cfg = _engine_config(args.judge if args.judge is not None
+        self.judge_cfg = engine_config(args.judge if args.judge is not None
                                         else asdict(base_cfg.engines[quality_engine]), "judge")
         device = "cpu" if sft_args.use_cpu else "auto"
         dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
         self.answer_cfg = {"backend": "transformers", "dtype": dtype, "device": device,
                            "max_model_len": 2048, "seed": sft_args.seed, **(args.winrate_engine or {})}
-        _engine_config(self.answer_cfg, "winrate_engine", model=self.model_path)
+        engine_config(self.answer_cfg, "winrate_engine", model=self.model_path)
         self.clean = self._cleanliness(data_file(eval_args.ifeval_data)) if "idea-mcts+" in self.configs else None
         self.runs: dict[str, dict[str, Any]] = {}
         self.rows: dict[str, Any] = {}
@@ -353,7 +346,7 @@ class Comparison:
         from idea_mcts.evaluation.serving import merge_adapter
 
         instructions = [it.instruction for it in self.winrate_items]
-        base_cfg = _engine_config(self.answer_cfg, "winrate_engine", model=self.model_path)
+        base_cfg = engine_config(self.answer_cfg, "winrate_engine", model=self.model_path)
         base_fp = fingerprint(base_cfg, self.alpaca_cfg, instructions)
 
         def answer_base() -> dict[str, Any]:
@@ -369,7 +362,7 @@ class Comparison:
 
             def run(arm: str = arm, adapter: Path = adapter) -> dict[str, Any]:
                 merged = merge_adapter(adapter, self.arm_dir(arm) / "merged", base_model=self.model_path)
-                tuned_cfg = _engine_config(self.answer_cfg, "winrate_engine", model=str(merged))
+                tuned_cfg = engine_config(self.answer_cfg, "winrate_engine", model=str(merged))
                 tuned = build_engine_once(tuned_cfg)
                 try:
                     outs, usage = generate_outputs(tuned, instructions, self.alpaca_cfg, arm)

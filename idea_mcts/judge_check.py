@@ -252,28 +252,41 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 # -- CLI ---------------------------------------------------------------------------------------------------
-def cmd_validate_judge(args: argparse.Namespace) -> int:
-    from idea_mcts.cli import check_output_file
-    from idea_mcts.config import load_config
+def judge_engines(cfg: Any) -> dict[str, str]:
+    """The engine key of each judge role (complexity, quality) an `EvolveConfig` uses; UsageError when none."""
+    engines = {r: k for r in ("complexity", "quality") if (k := cfg.role_engine(r)) is not None}
+    if not engines:
+        raise UsageError("the config uses neither a complexity nor a quality judge: nothing to validate")
+    return engines
+
+
+def validate_config(cfg: Any, quick: bool = False) -> dict[str, Any]:
+    """`validate_reward` on the judges of an `EvolveConfig` (its engines, role prompts and validity gate): what
+    `idea-mcts validate-judge` and `eval/judge.py` run. Engines are opened here and closed after."""
     from idea_mcts.engines import EnginePool
     from idea_mcts.pipeline import check_models
     from idea_mcts.roles import RoleClient
     from idea_mcts.scoring import Reward
 
-    cfg = load_config(args.config, args.overrides)
-    engines = {r: k for r in ("complexity", "quality") if (k := cfg.role_engine(r)) is not None}
-    if not engines:
-        raise UsageError("the config uses neither a complexity nor a quality judge: nothing to validate")
-    if args.output_json:  # before minutes of scoring, not after
-        check_output_file(Path(args.output_json), "--output_json")
+    engines = judge_engines(cfg)
     check_models(cfg, set(engines.values()))  # every judge's model can be found before any is loaded
     pool = EnginePool(cfg.engines)
     try:
         clients = {r: RoleClient(r, pool.get(k), getattr(cfg.roles, r), cfg.search.seed) for r, k in engines.items()}
-        report = validate_reward(Reward(cfg.reward, **clients), quick=args.quick,
-                                 gate=cfg.search.validity_gate is not None)
+        return validate_reward(Reward(cfg.reward, **clients), quick=quick, gate=cfg.search.validity_gate is not None)
     finally:
         pool.close()
+
+
+def cmd_validate_judge(args: argparse.Namespace) -> int:
+    from idea_mcts.cli import check_output_file
+    from idea_mcts.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    judge_engines(cfg)
+    if args.output_json:  # before minutes of scoring, not after
+        check_output_file(Path(args.output_json), "--output_json")
+    report = validate_config(cfg, quick=args.quick)
     print(format_report(report))
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(report, indent=2) + "\n")

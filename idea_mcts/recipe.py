@@ -109,13 +109,11 @@ def load_evolve_section(section: dict[str, Any], base_dir: Path | None = None) -
 def make_parser(extra: tuple[type, ...] = ()) -> Any:
     """TrlParser over TRL's ScriptArguments, SFTConfig, ModelConfig, the recipe's own sections and `extra`;
     argparse's errors become UsageError (one line, exit 2) instead of a usage dump."""
-    from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
+    from trl import ModelConfig, ScriptArguments, SFTConfig
 
-    class RecipeParser(TrlParser):
-        def error(self, message: str) -> Any:  # argparse's: prints usage and exits
-            raise UsageError(message)
+    from idea_mcts.recipe_checks import usage_parser
 
-    return RecipeParser((ScriptArguments, SFTConfig, ModelConfig, EvolveArguments, EvalArguments, *extra))
+    return usage_parser((ScriptArguments, SFTConfig, ModelConfig, EvolveArguments, EvalArguments, *extra))
 
 
 def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) -> tuple[Any, ...]:
@@ -133,23 +131,10 @@ def parse_recipe(argv: list[str] | None = None, extra: tuple[type, ...] = ()) ->
 
 
 def _parse(argv: list[str], extra: tuple[type, ...]) -> tuple[Any, ...]:
-    import yaml
+    from idea_mcts.recipe_checks import parse_config_args
 
-    base = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise UsageError("--config needs a file")
-        if not Path(argv[i + 1]).is_file():
-            raise UsageError(f"config file not found: {argv[i + 1]}")
-        base = Path(argv[i + 1]).parent
-    try:
-        args = make_parser(extra).parse_args_and_config(argv)
-    except UsageError:
-        raise
-    except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
-        raise UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
-    args[3].load(base)
+    args = parse_config_args(make_parser(extra), argv)
+    args[3].load(Path(argv[argv.index("--config") + 1]).parent if "--config" in argv else None)
     return args
 
 

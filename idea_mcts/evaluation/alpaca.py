@@ -15,6 +15,8 @@ Where the instructions and references come from (`AlpacaEvalConfig.source`):
 - `hub` (default for real users): `tatsu-lab/alpaca_eval` from the Hub, the 805 instructions with the reference
   outputs of `hub_file` (`alpaca_eval_gpt4_baseline.json`: GPT-4 Turbo, AlpacaEval 2.0; `alpaca_eval.json`:
   text-davinci-003, AlpacaEval 1.0);
+- `builtin` (offline): 12 everyday instructions written for this project (`idea_mcts/data/compare/`), without
+  reference outputs: a reference model writes them;
 - a local JSON / JSONL file (offline): rows with `instruction` and, optionally, the reference in `output`.
   Rows without a reference get one from a reference model (`reference_engine`).
 """
@@ -42,6 +44,9 @@ from idea_mcts.roles import RoleClient
 
 logger = logging.getLogger(__name__)
 
+BUILTIN_INSTRUCTIONS = Path(__file__).resolve().parents[1] / "data" / "compare" / "winrate_instructions.jsonl"
+"""`source: builtin`: 12 everyday instructions written for this project (no reference outputs)."""
+
 JUDGE_SYSTEM = (
     "You are a careful and impartial judge of AI assistants. You compare two outputs written for the same "
     "instruction and decide which one a thoughtful human would prefer: the one that follows the instruction "
@@ -62,8 +67,8 @@ class AlpacaEvalConfig(JudgedBenchConfig):
     bench: ClassVar[str] = "alpaca_eval"
 
     source: str = "hub"
-    """`hub` (`hub_repo` / `hub_file`) or the path of a local JSON / JSONL file with `instruction` and, optionally,
-    the reference output in `output`."""
+    """`hub` (`hub_repo` / `hub_file`), `builtin` (12 instructions shipped with idea-mcts, no references) or the
+    path of a local JSON / JSONL file with `instruction` and, optionally, the reference output in `output`."""
     hub_repo: str = "tatsu-lab/alpaca_eval"
     """source=hub: the dataset repository."""
     hub_file: str = "alpaca_eval_gpt4_baseline.json"
@@ -119,9 +124,10 @@ def load_instructions(cfg: AlpacaEvalConfig) -> list[AlpacaItem]:
             raise UsageError(f"cannot download {cfg.hub_file} from dataset {cfg.hub_repo!r}: "
                              f"{str(exc).splitlines()[0]}") from None
     else:
-        path = Path(cfg.source)
+        path = BUILTIN_INSTRUCTIONS if cfg.source == "builtin" else Path(cfg.source)
         if not path.is_file():
-            raise UsageError(f"alpaca_eval source must be 'hub' or an instruction file; {cfg.source!r} is neither")
+            raise UsageError(f"alpaca_eval source must be 'hub', 'builtin' or an instruction file; {cfg.source!r} "
+                             "is none")
     rows = _read_rows(path)
     items = []
     for i, row in enumerate(rows[: cfg.limit] if cfg.limit else rows):

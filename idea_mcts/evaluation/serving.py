@@ -9,6 +9,8 @@ adapter everywhere is to merge it once into its base and point the engine's `mod
 The same directory serves `backend: vllm` in process and `vllm serve OUT/merged` behind `backend: openai`.
 (vLLM can also serve the adapter unmerged: `vllm serve BASE --enable-lora --lora-modules tuned=OUT/adapter`,
 then `backend: openai` with `model: tuned`; docs/evaluation.md.)
+
+    cfg = engine_config({"backend": "vllm"}, "answer_engine", model=served_model(base, adapter, OUT / "merged"))
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 from idea_mcts.errors import UsageError
 from idea_mcts.models import resolve_model
@@ -85,3 +88,32 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     tmp.rename(out)
     logger.info("merged adapter %s into %s -> %s", adapter, base, out)
     return out
+
+
+def merged_dir(adapter_dir: str | Path, base_model: str, root: Path) -> Path:
+    """The directory under `root` that holds the merge of this adapter (its path and weights) into `base_model`:
+    one per merge, so that merges of other adapters or bases never meet."""
+    adapter = Path(adapter_dir)
+    key = json.dumps({"adapter": str(adapter.resolve()), "adapter_sha256": _fingerprint(adapter), "base": base_model})
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def served_model(model: str, adapter: str | Path | None, merged_root: Path) -> str:
+    """What an engine's `model` must be to serve `model` (a resolved path or Hub id) with `adapter`: the model
+    itself without one, else its merge (made once under `merged_root`, then reused)."""
+    if adapter is None:
+        return model
+    return str(merge_adapter(adapter, merged_dir(adapter, model, merged_root), base_model=model))
+
+
+def engine_config(base: dict[str, Any] | None, what: str, **over: Any) -> Any:
+    """An `EngineConfig` from the keys of a config section (`base`) with `over` on top; a bad key or value ->
+    UsageError naming the section `what`."""
+    from idea_mcts.config import EngineConfig
+
+    if base is not None and not isinstance(base, dict):
+        raise UsageError(f"{what} must be a mapping of engine settings, got {type(base).__name__}")
+    try:
+        return EngineConfig(**{**(base or {}), **over})
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{what}: {str(exc).splitlines()[0]}") from None
