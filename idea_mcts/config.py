@@ -305,8 +305,9 @@ class SearchConfig:
     prefill_parent: bool = False
     """Prefill the evolver's reply of an in-depth action with the parent instruction (closing punctuation
     dropped), so that the evolver continues it with the new requirement instead of answering it or chatting.
-    For small evolvers (the embedded demo); it restricts depth rewrites to extensions of the parent, so it is
-    off by default. Breadth (`create_new`) and user `prompt` actions are never prefilled."""
+    For very small evolvers (SmolLM2-135M); it restricts depth rewrites to extensions of the parent, and on
+    Qwen2.5-0.5B it broke more rows (docs/benchmarks.md "Evolver examples"), so it is off by default and in the
+    demo. Breadth (`create_new`) and user `prompt` actions are never prefilled."""
     overlap_root: bool = False
     """Make the first Expansion's rewrites while the root is being evaluated (its response and scores) instead of
     after: the root is then the only node, so the first Selection picks it whatever its evaluation says. The
