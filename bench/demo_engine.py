@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from idea_mcts.run_files import RUN_FILE
+
 logger = logging.getLogger("bench")
 
 
@@ -35,7 +37,7 @@ def run_one(config: str, out: Path, overrides: list[str]) -> dict[str, Any]:
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{config} failed (exit {proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
-    report = json.loads((out / "run.json").read_text())
+    report = json.loads((out / RUN_FILE).read_text())
     engines = report["engines"]
     return {
         "config": config, "wall_s": round(wall, 1), "run_wall_s": report.get("wall_seconds"),

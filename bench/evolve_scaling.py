@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from idea_mcts.run_files import RUN_FILE, TREES_FILE  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def run(procs: int, threads: int, out: Path, args: list[str]) -> dict[str, Any]:
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if proc.returncode != 0:
         sys.exit(f"{procs} x {threads}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
-    report = json.loads((out / "run.json").read_text())
+    report = json.loads((out / RUN_FILE).read_text())
     nodes = report["counts"]["nodes"]
     return {"processes": procs, "threads_per_process": threads, "process_wall_s": round(wall, 2),
             "search_s": report["search_seconds"], "nodes": nodes, "requests": report["counts"]["requests"],
@@ -80,7 +81,7 @@ def main() -> None:
         args = tiny_args(model, a.seeds)
         runs = {name: run(n, t, base / name, args) for name, n, t in
                 (("1x1", 1, 1), ("1x2", 1, 2), ("2x1", 2, 1))}
-        identical = all((base / n / "trees.jsonl").read_bytes() == (base / "1x1" / "trees.jsonl").read_bytes()
+        identical = all((base / n / TREES_FILE).read_bytes() == (base / "1x1" / TREES_FILE).read_bytes()
                         for n in ("1x2", "2x1"))
     two = runs["2x1"]
     ratios = {f"2x1_over_{k}": {"search": round(two["search_nodes_per_s"] / r["search_nodes_per_s"], 2),

@@ -30,6 +30,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from idea_mcts.run_files import CACHE_FILE, DATASET_DIR, RUN_FILE, STATE_FILE, TREES_FILE
+
 
 def evolve(args: list[str]) -> tuple[float, dict]:
     """Run `idea-mcts evolve` in a new process; (wall seconds, run.json)."""
@@ -38,7 +40,7 @@ def evolve(args: list[str]) -> tuple[float, dict]:
                     *args], check=True)
     wall = time.perf_counter() - t0
     out = Path(args[args.index("--output_dir") + 1])
-    return wall, json.loads((out / "run.json").read_text())
+    return wall, json.loads((out / RUN_FILE).read_text())
 
 
 def write_section(path: Path, section: str) -> None:
@@ -68,18 +70,18 @@ def main() -> int:
     shutil.copyfile(args.config, frozen)
     cmd = ["--config", str(frozen), "--output_dir", str(out), f"data.max_seeds={args.seeds}", *overrides]
     run_wall, run = evolve(cmd)
-    trees = (out / "trees.jsonl").read_bytes()
+    trees = (out / TREES_FILE).read_bytes()
 
-    shutil.rmtree(out / "dataset")  # a crash just before the outputs
-    (out / "trees.jsonl").unlink()
-    (out / "run.json").unlink()
-    state = json.loads((out / "state.json").read_text())
+    shutil.rmtree(out / DATASET_DIR)  # a crash just before the outputs
+    (out / TREES_FILE).unlink()
+    (out / RUN_FILE).unlink()
+    state = json.loads((out / STATE_FILE).read_text())
     state = {k: v for k, v in state.items() if k != "finished_at"}
-    (out / "state.json").write_text(json.dumps({**state, "status": "running"}))
+    (out / STATE_FILE).write_text(json.dumps({**state, "status": "running"}))
     resume_wall, resume = evolve(cmd)
-    assert (out / "trees.jsonl").read_bytes() == trees, "the resume built other trees"
+    assert (out / TREES_FILE).read_bytes() == trees, "the resume built other trees"
     overwrite_wall, overwrite = evolve([*cmd, "--overwrite"])
-    assert (out / "trees.jsonl").read_bytes() == trees, "the --overwrite replay built other trees"
+    assert (out / TREES_FILE).read_bytes() == trees, "the --overwrite replay built other trees"
     for name, report in (("resume", resume), ("--overwrite", overwrite)):
         sent = sum(e["requests"] for e in report["engines"].values())
         assert sent == 0, f"the {name} replay sent {sent} requests to an engine"
@@ -87,7 +89,7 @@ def main() -> int:
     figures = {
         "seeds": run["counts"]["seeds"], "nodes": run["counts"]["nodes"],
         "requests": sum(u["requests"] for u in run["usage"].values()),
-        "cache_bytes": (out / "cache" / "requests.jsonl").stat().st_size,
+        "cache_bytes": (out / CACHE_FILE).stat().st_size,
     }
     for name, wall, report in (("run", run_wall, run), ("resume", resume_wall, resume),
                                ("overwrite", overwrite_wall, overwrite)):

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from idea_mcts.run_files import NODES_FILE
+
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS = ["search.iterations=1", "search.expand_width=2", "search.max_depth=1",
             # the paper's reward (InsTag diversity, no embedder: the demo's novelty term would load MiniLM)
@@ -192,7 +194,7 @@ def watch(cmd: list[str], env: dict[str, str], timeout: int, work: Path) -> subp
 
 def partial_result(n: int, work: Path, timeout: int, t0: float) -> dict[str, Any]:
     """What a run stopped by the timeout got through: nodes in its node log, its peak RSS as sampled."""
-    log = work / "out" / "nodes.jsonl"
+    log = work / "out" / NODES_FILE
     nodes = 0
     if log.exists():
         with open(log, "rb") as f:

@@ -25,7 +25,6 @@ Tokens are reported beside the requests (those the request cache answered includ
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -36,9 +35,10 @@ from typing import Any
 from idea_mcts.actions import EVOL_INSTRUCT, GENERAL, Action
 from idea_mcts.config import EvolveConfig, SearchConfig
 from idea_mcts.errors import UsageError
-from idea_mcts.export import REPORT_FILE, TREES_FILE, Exported, iter_tree_records, record_row
+from idea_mcts.export import Exported, features, record_row
 from idea_mcts.pipeline import EvolveRun
 from idea_mcts.roles import RoleClient
+from idea_mcts.run_files import FinishedRun
 from idea_mcts.scoring import SCORER_ROLES, Reward
 from idea_mcts.search import BudgetExhausted, EvolveJob, IdeaMCTS
 from idea_mcts.stages import fingerprint
@@ -260,21 +260,12 @@ def arm_budget(run: dict[str, Any]) -> dict[str, int]:
             **{f"requests_{r}": int(usage[r]["requests"]) for r in roles}}
 
 
-def read_run(out: Path) -> dict[str, Any]:
-    path = Path(out) / REPORT_FILE
-    if not path.is_file():
-        raise UsageError(f"{out} holds no finished evolve run ({REPORT_FILE} missing)")
-    return json.loads(path.read_text())
-
-
 def seed_rows(out: Path) -> Any:
     """The `seed` arm: the scored roots of an evolve run's trees (seeds with the responder's responses), as a
     dataset with the export's columns."""
     from datasets import Dataset
 
-    from idea_mcts.export import features
-
-    rows = [record_row(r) for tree in iter_tree_records(Path(out) / TREES_FILE) for r in tree
+    rows = [record_row(r) for r in FinishedRun(out).nodes()
             if r.get("depth") == 0 and r.get("reward") is not None and r.get("response")]
     feats = features()
     return Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats)

@@ -207,7 +207,8 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
 
 # -- show --------------------------------------------------------------------------------------------------
 def cmd_show(args: argparse.Namespace, overrides: list[str]) -> int:
-    from idea_mcts.export import TREES_FILE, read_trees
+    from idea_mcts.export import read_trees
+    from idea_mcts.run_files import TREES_FILE
 
     out = Path(args.output_dir)
     path = out / TREES_FILE

@@ -38,9 +38,19 @@ from idea_mcts.baselines import (
 from idea_mcts.errors import UsageError
 from idea_mcts.evaluation.alpaca import BUILTIN_INSTRUCTIONS
 from idea_mcts.evaluation.serving import engine_config
-from idea_mcts.export import atomic_dir
 from idea_mcts.recipe import EvalArguments, EvolveArguments, Recipe, file_digest, parse_recipe
-from idea_mcts.stages import Stages, fingerprint, write_json
+from idea_mcts.run_files import (
+    ARM_TRAIN_DIR,
+    ARMS_DIR,
+    EVAL_WORK,
+    EVOLVE_DIR,
+    MERGED_DIR,
+    FinishedRun,
+    atomic_dir,
+    eval_file,
+    write_json,
+)
+from idea_mcts.stages import Stages, fingerprint, record_time
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +156,7 @@ class Comparison:
         self.configs: dict[str, Any] = {}
         for arm in (a for a in args.arms if a in EVOLVED_ARMS):
             cfg = copy.deepcopy(base_cfg)
-            cfg.output_dir = str(self.arm_dir(arm) / "data")
+            cfg.output_dir = str(self.arm_dir(arm) / EVOLVE_DIR)
             if arm == "idea-mcts+":
                 path = BUILTIN_TASK_EXAMPLES if args.task_examples == "builtin" else Path(args.task_examples)
                 cfg.search.task_actions = str(path)
@@ -181,13 +191,13 @@ class Comparison:
         self._engines: dict[str, Any] = {}
 
     def arm_dir(self, arm: str) -> Path:
-        return self.out / "arms" / arm
+        return self.out / ARMS_DIR / arm
 
     def _changed(self, arm: str, settings_fp: str | None = None) -> bool:
         """An arm's OUT holds a run of other settings (then that run is replaced; its request cache is kept)."""
         from idea_mcts.store import RunStore
 
-        state = RunStore(self.arm_dir(arm) / "data").state()
+        state = RunStore(self.arm_dir(arm) / EVOLVE_DIR).state()
         want = settings_fp or self.configs[arm].fingerprint()
         return state is not None and state.get("fingerprint") != want
 
@@ -231,7 +241,7 @@ class Comparison:
                 run = EvolInstructRun(self.configs[arm], settings, command=self.command, overwrite=overwrite)
             skipped = run.mode == "finished"
             self.runs[arm] = run.execute(progress=True)
-            self._timed(f"evolve_{arm}", t0, skipped)
+            record_time(self.times, self.out, f"evolve_{arm}", t0, skipped)
         return self.runs
 
     def budget(self) -> int:
@@ -246,9 +256,9 @@ class Comparison:
         pools: dict[str, Any] = {}
         for arm in self.args.arms:
             if arm == "seed":
-                pools[arm] = seed_rows(self.arm_dir("idea-mcts") / "data")
+                pools[arm] = seed_rows(self.arm_dir("idea-mcts") / EVOLVE_DIR)
             else:
-                pools[arm] = load_from_disk(str(self.arm_dir(arm) / "data" / "dataset"))
+                pools[arm] = FinishedRun(self.arm_dir(arm) / EVOLVE_DIR).dataset()
         self.pool_sizes = {a: len(p) for a, p in pools.items()}
         self.n = min(self.args.sample_size, *self.pool_sizes.values())
         if self.n < 1:
@@ -261,12 +271,12 @@ class Comparison:
         for arm, pool in pools.items():
             src = self.runs["idea-mcts" if arm == "seed" else arm]["config_fingerprint"]
             fp = fingerprint(src, arm, self.n, self.args.sample_seed)
-            stages, t0, path = Stages(self.arm_dir(arm)), time.perf_counter(), self.arm_dir(arm) / "train"
+            stages, t0, path = Stages(self.arm_dir(arm)), time.perf_counter(), self.arm_dir(arm) / ARM_TRAIN_DIR
             if stages.done("train_set", fp) is None:
                 rows = sample_rows(pool, self.n, self.args.sample_seed)
                 with atomic_dir(path) as tmp:
                     rows.save_to_disk(str(tmp))
-                stages.finish("train_set", fp, time.perf_counter() - t0, ["train"], rows=self.n)
+                stages.finish("train_set", fp, time.perf_counter() - t0, [ARM_TRAIN_DIR], rows=self.n)
             self.rows[arm] = load_from_disk(str(path))
             self.results[arm]["train_fp"] = fp
         return self.rows
@@ -302,12 +312,12 @@ class Comparison:
         """Run a stage that writes one JSON file, or read that file when the stage is done for `fp`."""
         t0, label = time.perf_counter(), name if stages.out == self.out else f"{name}_{stages.out.name}"
         if (m := stages.done(name, fp)) is not None:
-            self._timed(label, t0, True, m)
+            record_time(self.times, self.out, label, t0, True, m)
             return json.loads(path.read_text())
         value = run()
         write_json(path, value)
         m = stages.finish(name, fp, time.perf_counter() - t0, [str(path.relative_to(stages.out))])
-        self._timed(label, t0, False, m)
+        record_time(self.times, self.out, label, t0, False, m)
         return value
 
     def evaluate_ifeval(self) -> None:
@@ -315,15 +325,15 @@ class Comparison:
         from idea_mcts.evaluation.ifeval import run_ifeval
 
         settings = self.recipe.ifeval_settings()
-        work = self.out / "eval" / "work"
+        work = self.out / EVAL_WORK
         self.ifeval_base = self._stage(self.stages, "ifeval_base", fingerprint(self.model_path, settings),
-                                       self.out / "eval" / "ifeval_base.json",
+                                       self.out / eval_file("ifeval_base"),
                                        lambda: run_ifeval(self.model_path, settings, workdir=work))
         for arm in self.args.arms:
             adapter = self.adapters[arm]
             fp = fingerprint(self.model_path, settings, file_digest(adapter / "adapter_model.safetensors"))
             self.results[arm]["ifeval"] = self._stage(
-                Stages(self.arm_dir(arm)), "ifeval", fp, self.arm_dir(arm) / "eval" / "ifeval.json",
+                Stages(self.arm_dir(arm)), "ifeval", fp, self.arm_dir(arm) / eval_file("ifeval"),
                 lambda adapter=adapter: run_ifeval(self.model_path, settings, adapter=str(adapter), workdir=work))
 
     def engine(self, name: str, cfg: Any) -> Any:
@@ -354,14 +364,14 @@ class Comparison:
             self.close_engines()
             return {"outputs": outs, "usage": usage.as_dict()}
 
-        base = self._stage(self.stages, "winrate_base", base_fp, self.out / "eval" / "winrate_base.json", answer_base)
+        base = self._stage(self.stages, "winrate_base", base_fp, self.out / eval_file("winrate_base"), answer_base)
         for arm in self.args.arms:
             adapter = self.adapters[arm]
             weights = file_digest(adapter / "adapter_model.safetensors")
             fp = fingerprint(base_fp, base["outputs"], self.judge_cfg, weights)
 
             def run(arm: str = arm, adapter: Path = adapter) -> dict[str, Any]:
-                merged = merge_adapter(adapter, self.arm_dir(arm) / "merged", base_model=self.model_path)
+                merged = merge_adapter(adapter, self.arm_dir(arm) / MERGED_DIR, base_model=self.model_path)
                 tuned_cfg = engine_config(self.answer_cfg, "winrate_engine", model=str(merged))
                 tuned = build_engine_once(tuned_cfg)
                 try:
@@ -374,7 +384,7 @@ class Comparison:
                         "usage": {"outputs": usage.as_dict(), "judge": judge.usage.as_dict()}}
 
             self.results[arm]["winrate"] = self._stage(Stages(self.arm_dir(arm)), "winrate", fp,
-                                                       self.arm_dir(arm) / "eval" / "winrate.json", run)
+                                                       self.arm_dir(arm) / eval_file("winrate"), run)
 
     # -- report ----------------------------------------------------------------------------------------------
     def report_dict(self) -> dict[str, Any]:
@@ -386,14 +396,6 @@ class Comparison:
         from idea_mcts.compare_report import write_report
 
         return write_report(self.out, self.report_dict())
-
-    def _timed(self, name: str, t0: float, skipped: bool, marker: dict[str, Any] | None = None) -> None:
-        import sys
-
-        if skipped:
-            print(f"{name}: skipped (outputs of the same settings are in {self.out})", file=sys.stderr)
-        self.times[name] = {"status": "skipped" if skipped else "ran", "seconds": round(time.perf_counter() - t0, 2),
-                            "original_seconds": marker.get("seconds") if marker else None}
 
 
 def build_engine_once(cfg: Any) -> Any:

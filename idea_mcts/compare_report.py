@@ -15,10 +15,9 @@ from typing import Any
 
 from idea_mcts.baselines import arm_budget
 from idea_mcts.evaluation.stats import bootstrap_mean_ci, paired_bootstrap_diff_ci
-from idea_mcts.export import atomic_write
 from idea_mcts.report import png, pyplot, write_plots
+from idea_mcts.run_files import COMPARE_REPORT, COMPARE_REPORT_MD, atomic_write, write_json
 from idea_mcts.scoring import PAPER_SCORES, SCORE_NAMES
-from idea_mcts.stages import write_json
 
 IFEVAL_METRICS = {"prompt_level_strict_acc": "prompt strict", "inst_level_strict_acc": "instruction strict",
                   "prompt_level_loose_acc": "prompt loose", "inst_level_loose_acc": "instruction loose"}
@@ -279,7 +278,7 @@ def write_report(out: Path, report: dict[str, Any]) -> Path:
     """OUT/compare.json, OUT/plots/*.png and OUT/compare.md (written last)."""
     plots = make_plots(report)
     write_plots(out, plots)
-    write_json(out / "compare.json", report)
-    path = out / "compare.md"
+    write_json(out / COMPARE_REPORT, report)
+    path = out / COMPARE_REPORT_MD
     atomic_write(path, render_markdown(report, sorted(plots)))
     return path

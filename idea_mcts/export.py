@@ -1,29 +1,21 @@
-"""From trees to training data: row sampling, the `datasets.Dataset` (TRL `messages` + provenance) and the run's
-files: OUT/dataset (save_to_disk), OUT/trees.jsonl (every node), OUT/run.json (the report)."""
+"""From trees to training data: row sampling, the `datasets.Dataset` (TRL `messages` + provenance), written as
+OUT/dataset (save_to_disk) and OUT/trees.jsonl (every node). The names and the atomic writes are
+`idea_mcts.run_files`'s."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
-import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from idea_mcts.config import ExportConfig
+from idea_mcts.run_files import DATASET_DIR, TREES_FILE, Record, TreeCounts, atomic_dir, atomic_write, iter_tree_records
 from idea_mcts.scoring import PAPER_SCORES, SCORE_NAMES, ScoreMeans
 from idea_mcts.tree import Node, Tree
-
-DATASET_DIR = "dataset"
-TREES_FILE = "trees.jsonl"
-REPORT_FILE = "run.json"
-
-
-Record = dict[str, Any]
-"""A node as one line of trees.jsonl (`Node.to_record`)."""
 
 
 def select_records(trees: Callable[[], Iterable[Sequence[Record]]], cfg: ExportConfig) -> Iterator[Record]:
@@ -98,46 +90,6 @@ def to_dataset(nodes: Iterable[Node], value_mode: str = "mean"):  # noqa: ANN201
     return Dataset.from_dict({k: [r[k] for r in rows] for k in feats}, features=feats)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write `text` to a temporary file, fsync it, then rename it over `path`: `path` is either the old or the
-    new content, never a mix, even when the write fails (disk full) or the process dies."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.filename is None:  # fsync and write name no file: say which one could not be written
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield a fresh temporary dir beside `target`; when the block succeeds, it replaces `target` (the old
-    one, if any, is removed only then). On failure the temporary dir is removed and `target` is untouched."""
-    tmp, old = target.with_name(f".{target.name}.tmp"), target.with_name(f".{target.name}.old")
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        target.replace(old)
-    tmp.replace(target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_trees(out_dir: Path, trees: Sequence[Tree], value_mode: str = "mean") -> Path:
     lines = [json.dumps(r, ensure_ascii=False) for t in trees for r in t.records(value_mode)]
     path = out_dir / TREES_FILE
@@ -155,28 +107,6 @@ def write_dataset(out_dir: Path, dataset: Any) -> Path:
     return final
 
 
-def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
-    path = out_dir / REPORT_FILE
-    atomic_write(path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return path
-
-
-def iter_tree_records(path: Path) -> Iterator[list[Record]]:
-    """The records of trees.jsonl, one tree at a time (a tree's records are contiguous), streamed."""
-    tree: list[Record] = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            if tree and rec["seed_id"] != tree[0]["seed_id"]:
-                yield tree
-                tree = []
-            tree.append(rec)
-    if tree:
-        yield tree
-
-
 class TreeWriter:
     """Finished trees streamed to OUT/trees.jsonl (through a temporary file renamed at `close`, so the file is
     whole or absent), in seed order whatever order they finish in (a reorder buffer holds early finishers), with
@@ -189,8 +119,7 @@ class TreeWriter:
         self.file = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed by close()
         self.pending: dict[int, list[Record]] = {}
         self.next = 0
-        self.counts = {"seeds": 0, "nodes": 0, "evolved_nodes": 0, "terminal_nodes": 0, "max_depth": 0,
-                       "scored_nodes": 0}
+        self.counts = TreeCounts()
         self.seed_scores = ScoreMeans()
         self.seed_ids: set[str] = set()
         """The seeds whose trees were written."""
@@ -198,13 +127,7 @@ class TreeWriter:
     def add(self, index: int, tree: Tree) -> None:
         records = tree.records(self.value_mode)
         self.seed_ids.add(tree.seed_id)
-        c = self.counts
-        c["seeds"] += 1
-        c["nodes"] += len(records)
-        c["evolved_nodes"] += len(records) - 1
-        c["terminal_nodes"] += sum(r["terminal"] for r in records)
-        c["scored_nodes"] += sum(r["reward"] is not None and r["depth"] > 0 for r in records)
-        c["max_depth"] = max(c["max_depth"], *(r["depth"] for r in records))
+        self.counts.add(records)
         self.seed_scores.add(tree.root.scores)
         self.pending[index] = records
         while self.next in self.pending:
@@ -246,23 +169,6 @@ class Exported:
     def seeds_without_rows(self, seed_ids: Iterable[str]) -> list[str]:
         """The ids among `seed_ids` (in their order) that no row comes from."""
         return [s for s in seed_ids if s not in self.seeds]
-
-
-def export_warnings(exported: Exported, mode: str, scored_nodes: int, missing: Sequence[str], seeds: int
-                    ) -> list[str]:
-    """run.json's warnings about the export: no rows at all; seeds whose trees gave no row (`missing`)."""
-    out = []
-    if not exported.rows:
-        out.append(f"0 rows exported (export.mode={mode}) from {scored_nodes} scored non-root nodes")
-    if missing:
-        out.append(f"{len(missing)} of {seeds} seeds have no row (their trees kept no scored evolution the export "
-                   f"selects): {', '.join(missing[:10])}{', ...' if len(missing) > 10 else ''}")
-    return out
-
-
-def is_export_warning(warning: str) -> bool:
-    """Whether a run.json warning is one of `export_warnings` (a shard's, replaced by the merged run's)."""
-    return warning.startswith("0 rows exported") or " seeds have no row " in warning
 
 
 def stream_dataset(out_dir: Path, trees_path: Path, cfg: ExportConfig) -> Exported:

@@ -18,45 +18,40 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from idea_mcts import __version__
 from idea_mcts.actions import Action, load_actions, meta_prompt, parse_task_methods, task_actions
 from idea_mcts.config import EngineConfig, EvolveConfig, to_yaml
 from idea_mcts.data import Seed, load_seeds, shard_of
 from idea_mcts.engines import EnginePool, UsageStats, max_in_flight
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import (
-    REPORT_FILE,
-    TREES_FILE,
-    Exported,
-    TreeWriter,
-    export_warnings,
-    iter_tree_records,
-    stream_dataset,
-    write_report,
-)
+from idea_mcts.export import Exported, TreeWriter, stream_dataset
 from idea_mcts.filters import REASONS
 from idea_mcts.hub import check_reachable
 from idea_mcts.judge_check import reward_terms, validate_reward, warn_failures
 from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
+from idea_mcts.run_files import (
+    SHARDS_DIR,
+    TREES_FILE,
+    RunReport,
+    iter_tree_records,
+    now,
+    read_run_file,
+    shard_worlds,
+    write_run_file,
+)
 from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward
 from idea_mcts.search import IdeaMCTS, estimate
-from idea_mcts.store import SHARDS_DIR, RunStore, check_layout
+from idea_mcts.store import RunStore, check_layout
 
 logger = logging.getLogger(__name__)
 
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 """Errors writing under OUT that are the user's to fix (exit 2); completed work is kept."""
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def read_examples(path: str, column: str = "instruction") -> list[str]:
@@ -107,16 +102,6 @@ def check_models(cfg: EvolveConfig, keys: Iterable[str]) -> None:
         for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
             if name and resolve_model(name) == name and not Path(name).expanduser().exists():
                 check_reachable(name, "model", f"engines.{key}")  # a Hub name: fail fast when unreachable
-
-
-def shard_worlds(out: Path) -> set[int]:
-    """The process counts of the multi-process launches whose shards OUT holds."""
-    import re
-
-    d = out / SHARDS_DIR
-    if not d.is_dir():
-        return set()
-    return {int(m.group(1)) for p in d.iterdir() if (m := re.fullmatch(r"rank-\d+-of-(\d+)", p.name)) and p.is_dir()}
 
 
 def check_no_shards(out: Path) -> None:
@@ -214,8 +199,8 @@ class EvolveRun:
         """Run (or resume) the search and write the outputs; a finished run returns its report untouched."""
         if self.mode == "finished":
             logger.info("%s already holds this finished run: nothing to do", self.out)
-            return json.loads((self.out / REPORT_FILE).read_text())
-        started, t0 = _now(), time.perf_counter()
+            return read_run_file(self.out)
+        started, t0 = now(), time.perf_counter()
         try:
             if self.mode != "resume":  # a resume only appends to OUT: its engines load on the first cache miss
                 self.load_engines()
@@ -280,7 +265,7 @@ class EvolveRun:
             logger.warning("the export selected 0 rows (export.mode=%s): the dataset is empty; run.json "
                            "`warnings` says why", self.cfg.export.mode)
         report = self.report(trees, exported, search, reward, actions, started, time.perf_counter() - t0)
-        write_report(self.out, report)
+        write_run_file(self.out, report)
         self.store.finish("finished" if search.stopped is None else "stopped")
         return report
 
@@ -293,41 +278,29 @@ class EvolveRun:
         failures = Counter(reward.failures) + search.failures
         missing = exported.seeds_without_rows(s.seed_id for s in self.seeds if s.seed_id in trees.seed_ids)
         if missing:
-            logger.warning("%d of %d seeds have no row: %s", len(missing), counts["seeds"], ", ".join(missing[:10]))
+            logger.warning("%d of %d seeds have no row: %s", len(missing), counts.seeds, ", ".join(missing[:10]))
         if search.barren:
             logger.warning("%d Expansions made no child after %d attempts each (run.json counts.barren_expansions)",
                            search.barren, self.cfg.search.attempts())
-        warnings = export_warnings(exported, self.cfg.export.mode, counts["scored_nodes"], missing, counts["seeds"])
-        return {
-            "version": __version__, "command": self.command,
-            "status": "finished" if search.stopped is None else f"stopped early: {search.stopped}",
-            "resumed": self.mode == "resume",
-            "started_at": started, "finished_at": _now(),
-            "config": self.cfg.to_dict(), "config_yaml": to_yaml(self.cfg),
-            "config_fingerprint": self.fingerprint(),
-            "actions": [{"name": a.name, "prompt": a.prompt} for a in actions],
-            "estimate": self.estimate,
-            "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
-                       "rows": exported.rows, "seeds_without_rows": len(missing), "max_depth": counts["max_depth"],
-                       "requests": search.calls, "cached_requests": total.cached,
-                       "discarded_rewrites": search.discarded, "retried_rewrites": search.retried,
-                       "barren_expansions": search.barren},
-            "usage": {role: c.stats.as_dict() for role, c in self.clients.items()},
-            "engines": {k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
-                        for k, e in self.engines.items()},
-            "trust_remote_code": self.trust_remote_code,
-            "parse_failures": {k: failures.get(k, 0) for k in
-                               (*SCORE_NAMES, "evolver", "responder", "unscored", "rollout_truncated")},
-            "scoring_method": reward.methods(),
-            "warnings": warnings,
-            "judge_check": self.judge_check,
-            "reward_terms": reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree),
-                                         reward.enabled()),
-            "filtered": {r: search.eliminator.counts.get(r, 0) for r in REASONS},
-            "data_quality": {"seeds": trees.seed_scores.result(), "rows": exported.means.result()},
-            "wall_seconds": round(wall, 2), "search_seconds": round(search.seconds, 2),
-            "throughput": {"nodes_per_s": round(counts["nodes"] / max(search.seconds, 1e-9), 3),
-                           "completion_tokens_per_s": round(total.completion_tokens / max(search.seconds, 1e-9), 2),
-                           "requests_per_s": round(total.requests / max(search.seconds, 1e-9), 2),
-                           "completion_tokens": total.completion_tokens, "prompt_tokens": total.prompt_tokens},
-        }
+        return RunReport(
+            command=self.command, status="finished" if search.stopped is None else f"stopped early: {search.stopped}",
+            resumed=self.mode == "resume", started_at=started, config=self.cfg.to_dict(),
+            config_yaml=to_yaml(self.cfg), config_fingerprint=self.fingerprint(),
+            actions=[{"name": a.name, "prompt": a.prompt} for a in actions], estimate=self.estimate, trees=counts,
+            rows=exported.rows, seeds_without_rows=missing, export_mode=self.cfg.export.mode,
+            requests=search.calls, cached_requests=total.cached, discarded_rewrites=search.discarded,
+            retried_rewrites=search.retried, barren_expansions=search.barren,
+            usage={role: c.stats.as_dict() for role, c in self.clients.items()},
+            engines={k: {"backend": e.backend, "model": e.model_id, **e.work.as_dict(), "cached": e.stats.cached}
+                     for k, e in self.engines.items()},
+            trust_remote_code=self.trust_remote_code,
+            parse_failures={k: failures.get(k, 0) for k in
+                            (*SCORE_NAMES, "evolver", "responder", "unscored", "rollout_truncated")},
+            scoring_method=reward.methods(), judge_check=self.judge_check,
+            reward_terms=reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree),
+                                      reward.enabled()),
+            filtered={r: search.eliminator.counts.get(r, 0) for r in REASONS},
+            seed_means=trees.seed_scores.result(), row_means=exported.means.result(),
+            wall_seconds=wall, search_seconds=search.seconds, role_requests=total.requests,
+            completion_tokens=total.completion_tokens, prompt_tokens=total.prompt_tokens,
+        ).as_dict()

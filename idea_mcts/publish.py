@@ -12,7 +12,6 @@ CLI: `idea-mcts push OUT --repo_id org/name [--private] [--revision R] [--licens
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import sys
@@ -22,6 +21,7 @@ from urllib.parse import quote
 
 from idea_mcts.card import RunSummary, build_card, make_plots, redact
 from idea_mcts.errors import UsageError
+from idea_mcts.run_files import DATASET_DIR, RUN_FILE, FinishedRun
 from idea_mcts.scoring import SCORE_NAMES
 
 logger = logging.getLogger(__name__)
@@ -49,43 +49,16 @@ def _tree_features() -> dict[str, Any]:
 def load_output(output_dir: str | Path) -> tuple[Any, list[dict[str, Any]], dict[str, Any]]:
     """Read a finished run's output directory: (rows Dataset, nodes of trees.jsonl, run.json).
     Raises UsageError (one line) when something is missing or malformed."""
-    import datasets
-
-    out = Path(output_dir)
-    if not out.is_dir():
-        raise UsageError(f"run output directory not found: {out}")
-    for name in ("dataset", "trees.jsonl", "run.json"):
-        if not (out / name).exists():
-            raise UsageError(f"{out} is not a finished run's output: {name} is missing")
-    try:
-        run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {out / 'run.json'}: {exc}") from None
-    if not isinstance(run, dict):
-        raise UsageError(f"{out / 'run.json'} is not a JSON object")
+    run_dir = FinishedRun(output_dir)
+    run, run_file = run_dir.report, run_dir.out / RUN_FILE
     status = str(run.get("status"))
     if status != "finished" and not status.startswith("stopped early"):  # stopped early = a complete output
-        raise UsageError(f"{out / 'run.json'}: the run is not finished (status {run.get('status')!r}); "
+        raise UsageError(f"{run_file}: the run is not finished (status {run.get('status')!r}); "
                          "resume it before pushing")
-    nodes = []
-    with (out / "trees.jsonl").open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    nodes.append(json.loads(line))
-                except ValueError:
-                    raise UsageError(f"{out / 'trees.jsonl'} line {i} is not JSON") from None
-    try:
-        rows = datasets.load_from_disk(str(out / "dataset"))
-    except Exception as exc:  # datasets raises FileNotFoundError, ValueError, pyarrow errors...
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UsageError(f"cannot load {out / 'dataset'}: {first}") from None
-    if isinstance(rows, datasets.DatasetDict):
-        if "train" not in rows:
-            raise UsageError(f"{out / 'dataset'} has no train split")
-        rows = rows["train"]
+    nodes = list(run_dir.nodes())
+    rows = run_dir.dataset()
     if "messages" not in rows.column_names:
-        raise UsageError(f"{out / 'dataset'} has no `messages` column")
+        raise UsageError(f"{run_dir.out / DATASET_DIR} has no `messages` column")
     return rows, nodes, run
 
 

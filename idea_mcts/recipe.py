@@ -28,8 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from idea_mcts.errors import EngineError, Terminated, UsageError, raise_terminated
-from idea_mcts.export import atomic_dir
-from idea_mcts.stages import Stages, fingerprint, write_json
+from idea_mcts.run_files import (
+    ADAPTER_DIR,
+    EVAL_WORK,
+    EVOLVE_DIR,
+    RUN_FILE,
+    SFT_DIR,
+    SFT_STATE,
+    TRAIN_LOG,
+    FinishedRun,
+    atomic_dir,
+    eval_file,
+    read_run_file,
+    write_json,
+)
+from idea_mcts.stages import Stages, fingerprint, record_time
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +235,7 @@ def _no_data_files(path: Path, split: str) -> bool:
     no data file, and `load_from_disk` fails on it with an IndexError."""
     for d in (path, path / split):
         try:
-            state = json.loads((d / "state.json").read_text())
+            state = json.loads((d / "state.json").read_text())  # datasets' file, not a run's
         except (OSError, ValueError):
             continue
         return isinstance(state, dict) and state.get("_data_files") == []
@@ -236,9 +249,8 @@ def seed_means(script_args: Any) -> dict[str, float | None] | None:
 
     path = Path(script_args.dataset_name)
     if path.is_dir():
-        run = path.parent / "run.json"
-        if run.is_file():
-            return json.loads(run.read_text()).get("data_quality", {}).get("seeds")
+        if (path.parent / RUN_FILE).is_file():
+            return read_run_file(path.parent).get("data_quality", {}).get("seeds")
         return None
     try:
         import datasets
@@ -320,7 +332,7 @@ class Recipe:
         from idea_mcts.store import RunStore
 
         cfg = self.evolve_args.evolve_config
-        cfg.output_dir = str(self.out / "data")
+        cfg.output_dir = str(self.out / EVOLVE_DIR)
         if self.world.size > 1:
             from idea_mcts.shards import ShardedEvolve, other_fingerprint
 
@@ -332,17 +344,15 @@ class Recipe:
 
     def data(self) -> Any:
         """The training rows: the evolve run (resumed or skipped through its own store) or the loaded dataset."""
-        from datasets import load_from_disk
-
         from idea_mcts.scoring import score_means
 
         t0 = time.perf_counter()
         if self.evolve_run is not None:
             skipped = self.evolve_run.mode == "finished"
             report = self.evolve_run.execute(progress=True)
-            rows = load_from_disk(str(self.out / "data" / "dataset"))
+            rows = FinishedRun(self.out / EVOLVE_DIR).dataset()
             seeds, self.data_fp = report["data_quality"]["seeds"], report["config_fingerprint"]
-            source = {"kind": "evolve", "output_dir": str(self.out / "data"), "status": report["status"],
+            source = {"kind": "evolve", "output_dir": str(self.out / EVOLVE_DIR), "status": report["status"],
                       "counts": report["counts"], "evolve_seconds": report.get("wall_seconds")}
         else:
             rows, skipped = self.rows, False
@@ -353,7 +363,7 @@ class Recipe:
         means = score_means(rows.select_columns(cols).to_list()) if cols else None
         self.info["data"] = {**source, "rows": len(rows), "fingerprint": self.data_fp,
                              "means": {"seeds": seeds, "rows": means}}
-        self._timed("data", t0, skipped)
+        record_time(self.times, self.out, "data", t0, skipped)
         self.rows = rows
         return rows
 
@@ -367,12 +377,12 @@ class Recipe:
         fp = fingerprint(self.data_fp, cfg.push_to_hub)
         t0 = time.perf_counter()
         if (m := self.stages.done("push", fp)) is not None:
-            self._timed("push", t0, True, m)
+            record_time(self.times, self.out, "push", t0, True, m)
             self.info["push"] = {"url": m["url"]}
             return m["url"]
-        url = push_from_config(self.out / "data", cfg.push_to_hub)
+        url = push_from_config(self.out / EVOLVE_DIR, cfg.push_to_hub)
         m = self.stages.finish("push", fp, time.perf_counter() - t0, [], url=url)
-        self._timed("push", t0, False, m)
+        record_time(self.times, self.out, "push", t0, False, m)
         self.info["push"] = {"url": url}
         return url
 
@@ -398,13 +408,13 @@ class Recipe:
         if not hasattr(self, "data_fp"):
             self.data_fp = rows._fingerprint
         fp, t0 = self.sft_fingerprint(), time.perf_counter()
-        sft_dir, adapter = self.out / "sft", self.out / "sft" / "adapter"
+        sft_dir, adapter = self.out / SFT_DIR, self.out / ADAPTER_DIR
         if (m := self.stages.done("sft", fp)) is not None:
-            self._timed("sft", t0, True, m)
+            record_time(self.times, self.out, "sft", t0, True, m)
             self.info["sft"] = m["info"]
             return adapter
         train_rows = to_prompt_completion(rows)  # refuses rows it cannot train on before anything is written
-        ckpt_dir, state_file = sft_dir / CHECKPOINTS, sft_dir / "run.json"
+        ckpt_dir, state_file = sft_dir / CHECKPOINTS, self.out / SFT_STATE
         main = self.world.is_main
         if main:
             state = json.loads(state_file.read_text()) if state_file.is_file() else {}
@@ -437,11 +447,11 @@ class Recipe:
                 "global_step": trainer.state.global_step, "world_size": trainer.args.world_size,
                 "num_input_tokens_seen": trainer.state.num_input_tokens_seen, "lora_b_norm": lora_b_norm(adapter)
                 if self.model_args.use_peft else None}
-        write_json(sft_dir / "train.json", info)
+        write_json(self.out / TRAIN_LOG, info)
         if hasattr(trainer, "end"):
             trainer.end()
-        m = self.stages.finish("sft", fp, time.perf_counter() - t0, ["sft/adapter", "sft/train.json"], info=info)
-        self._timed("sft", t0, False, m)
+        m = self.stages.finish("sft", fp, time.perf_counter() - t0, [ADAPTER_DIR, TRAIN_LOG], info=info)
+        record_time(self.times, self.out, "sft", t0, False, m)
         self.info["sft"] = info
         return adapter
 
@@ -464,7 +474,7 @@ class Recipe:
         from idea_mcts.evaluation.ifeval import run_ifeval
         from idea_mcts.training import check_adapter_fits, lora_b_norm
 
-        adapter = adapter or Path(self.eval_args.adapter_path or self.out / "sft" / "adapter")
+        adapter = adapter or Path(self.eval_args.adapter_path or self.out / ADAPTER_DIR)
         check_adapter_fits(adapter, self.model_path)
         settings = self.ifeval_settings()
         weights = adapter / "adapter_model.safetensors"
@@ -472,17 +482,17 @@ class Recipe:
         for name, adp, extra in (("base", None, None), ("tuned", adapter, file_digest(weights))):
             t0 = time.perf_counter()
             fp = fingerprint(self.model_path, settings, extra)
-            path = self.out / "eval" / f"{name}.json"
+            path = self.out / eval_file(name)
             if (m := self.stages.done(f"eval_{name}", fp)) is not None:
                 results[name] = json.loads(path.read_text())
-                self._timed(f"eval_{name}", t0, True, m)
+                record_time(self.times, self.out, f"eval_{name}", t0, True, m)
                 continue
             res = run_ifeval(self.model_path, settings, adapter=str(adp) if adp else None,
-                             workdir=self.out / "eval" / "work", alone=self.world.size > 1)
+                             workdir=self.out / EVAL_WORK, alone=self.world.size > 1)
             write_json(path, res)
             results[name] = res
-            m = self.stages.finish(f"eval_{name}", fp, time.perf_counter() - t0, [f"eval/{name}.json"])
-            self._timed(f"eval_{name}", t0, False, m)
+            m = self.stages.finish(f"eval_{name}", fp, time.perf_counter() - t0, [eval_file(name)])
+            record_time(self.times, self.out, f"eval_{name}", t0, False, m)
         base = {s["key"]: s["response"] for s in results["base"]["samples"]}
         tuned = {s["key"]: s["response"] for s in results["tuned"]["samples"]}
         differ = sum(base.get(k) != v for k, v in tuned.items())
@@ -513,10 +523,3 @@ class Recipe:
                            if self.evolve_args.evolve_config is not None else None,
                            "eval": asdict(self.eval_args)},
                 "stages": self.times, **self.info}
-
-    def _timed(self, name: str, t0: float, skipped: bool, marker: dict[str, Any] | None = None) -> None:
-        if skipped:
-            print(f"{name}: skipped (outputs of the same settings are in {self.out})", file=sys.stderr)
-        self.times[name] = {"status": "skipped" if skipped else "ran",
-                            "seconds": round(time.perf_counter() - t0, 2),
-                            "original_seconds": marker.get("seconds") if marker else None}

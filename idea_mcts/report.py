@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from idea_mcts.export import atomic_write
+from idea_mcts.run_files import PLOTS_DIR, RECIPE_REPORT, RECIPE_REPORT_MD, atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -139,18 +139,18 @@ def render_markdown(report: dict[str, Any], plots: list[str]) -> str:
 
 def write_plots(out: Path, plots: dict[str, bytes]) -> None:
     """OUT/plots/<name>, each written atomically."""
-    (out / "plots").mkdir(parents=True, exist_ok=True)
+    (out / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
     for name, data in plots.items():
-        tmp = out / "plots" / f".{name}.tmp"
+        tmp = out / PLOTS_DIR / f".{name}.tmp"
         tmp.write_bytes(data)
-        tmp.replace(out / "plots" / name)
+        tmp.replace(out / PLOTS_DIR / name)
 
 
 def write_recipe_report(out: Path, report: dict[str, Any]) -> Path:
     """Write OUT/report.json, OUT/report.md and OUT/plots/*.png (each atomically); returns report.md's path."""
     plots = make_plots(report)
     write_plots(out, plots)
-    atomic_write(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
-    md = out / "report.md"
+    atomic_write(out / RECIPE_REPORT, json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    md = out / RECIPE_REPORT_MD
     atomic_write(md, render_markdown(report, sorted(plots)))
     return md

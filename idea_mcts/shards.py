@@ -26,7 +26,6 @@ import json
 import logging
 import shutil
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -37,41 +36,41 @@ from idea_mcts.config import EvolveConfig, to_yaml
 from idea_mcts.data import Seed, load_seeds
 from idea_mcts.distributed import World, all_gather, barrier, init_group, place_engines
 from idea_mcts.errors import EngineError, UsageError
-from idea_mcts.export import (
-    REPORT_FILE,
+from idea_mcts.export import Exported, stream_dataset
+from idea_mcts.judge_check import reward_terms
+from idea_mcts.pipeline import EvolveRun, check_output_dir
+from idea_mcts.run_files import (
+    CACHE_FILE,
+    NODES_FILE,
+    OUTPUTS,
+    SHARDS_DIR,
+    STATE_FILE,
     TREES_FILE,
-    Exported,
+    RunReport,
+    TreeCounts,
     atomic_write,
-    export_warnings,
+    error_file,
+    error_files,
     is_export_warning,
     iter_tree_records,
-    stream_dataset,
-    write_report,
+    now,
+    read_run_file,
+    shard_dir,
+    shard_dirs,
+    shard_worlds,
+    write_run_file,
 )
-from idea_mcts.judge_check import reward_terms
-from idea_mcts.pipeline import EvolveRun, _now, check_output_dir, shard_worlds
 from idea_mcts.scoring import SCORERS, ScoreMeans
 from idea_mcts.search import estimate
-from idea_mcts.store import CACHE_FILE, NODES_FILE, OUTPUTS, SHARDS_DIR, STATE_FILE, RunStore
+from idea_mcts.store import RunStore
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def shard_dir(out: Path, rank: int, size: int) -> Path:
-    return out / SHARDS_DIR / f"rank-{rank:02d}-of-{size:02d}"
-
-
-def error_file(out: Path, rank: int) -> Path:
-    return out / SHARDS_DIR / f"rank-{rank:02d}.error"
-
-
 def failed_ranks(out: Path) -> list[str]:
     """`rank K failed: ...` for every rank that left an error file (read by the ranks the launcher stops)."""
-    d = out / SHARDS_DIR
-    if not d.is_dir():
-        return []
-    return [f"rank {int(p.stem.split('-')[1])} failed: {p.read_text().strip()}" for p in sorted(d.glob("rank-*.error"))]
+    return [f"rank {int(p.stem.split('-')[1])} failed: {p.read_text().strip()}" for p in error_files(out)]
 
 
 def agree(world: World, build: Callable[[], T]) -> T:
@@ -95,7 +94,7 @@ def agree(world: World, build: Callable[[], T]) -> T:
 
 def other_fingerprint(out: Path, fingerprint: str) -> bool:
     """Whether OUT (its merged state or one of its shards) holds a run of another config."""
-    dirs = [out, *(p for p in (out / SHARDS_DIR).glob("rank-*-of-*") if p.is_dir())] if out.is_dir() else []
+    dirs = [out, *shard_dirs(out)] if out.is_dir() else []
     states = [RunStore(d).state() for d in dirs]
     return any(st is not None and st["fingerprint"] != fingerprint for st in states)
 
@@ -126,7 +125,7 @@ class ShardedEvolve:
                                      {r: getattr(cfg.roles, r).max_new_tokens for r in ("evolver", "responder",
                                                                                        "tagger")})
         else:
-            self.estimate = json.loads((self.out / REPORT_FILE).read_text()).get("estimate", {})
+            self.estimate = read_run_file(self.out).get("estimate", {})
         self.store = RunStore(self.out)
 
     def _decide(self) -> str:
@@ -161,9 +160,9 @@ class ShardedEvolve:
         rank. Raises what stopped this rank after writing it to OUT/shards/rank-K.error."""
         if self.mode == "finished":
             logger.info("%s already holds this finished run: nothing to do", self.out)
-            return json.loads((self.out / REPORT_FILE).read_text())
+            return read_run_file(self.out)
         assert self.shard is not None
-        started, t0 = _now(), time.perf_counter()
+        started, t0 = now(), time.perf_counter()
         init_group()
         w = self.world
         if w.is_main:
@@ -185,7 +184,7 @@ class ShardedEvolve:
         if w.is_main:
             self._merge([s["report"] for s in statuses], started, time.perf_counter() - t0)
         self._meet(barrier)  # the merged outputs are in place for every rank (the recipe trains on them next)
-        return json.loads((self.out / REPORT_FILE).read_text())
+        return read_run_file(self.out)
 
     def _meet(self, collective: Callable[[], T]) -> T:
         """A collective with the other ranks; when one of them died, say which and why (its error file)."""
@@ -199,7 +198,7 @@ class ShardedEvolve:
         """Rank 0, before any rank writes: clear stale error files; with --overwrite the merged outputs and the
         shards of other process counts (this count's shards are overwritten by their ranks, caches kept)."""
         (self.out / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
-        for p in (self.out / SHARDS_DIR).glob("rank-*.error"):
+        for p in error_files(self.out):
             p.unlink()
         if self.overwrite:
             for name in (*OUTPUTS, NODES_FILE, STATE_FILE):
@@ -209,7 +208,7 @@ class ShardedEvolve:
                 elif path.exists():
                     path.unlink()
             for n in shard_worlds(self.out) - {self.world.size}:
-                for d in (self.out / SHARDS_DIR).glob(f"rank-*-of-{n:02d}"):
+                for d in shard_dirs(self.out, n):
                     shutil.rmtree(d)
 
     # -- the merge (rank 0) --------------------------------------------------------------------------------
@@ -229,8 +228,7 @@ class ShardedEvolve:
                                   "filesystem every node shares")
         seen: set[str] = set()
         seed_scores = ScoreMeans()
-        counts = Counter({"seeds": 0, "nodes": 0, "evolved_nodes": 0, "terminal_nodes": 0, "scored_nodes": 0})
-        max_depth = 0
+        counts = TreeCounts()
         wanted = {s.seed_id for s in self.seeds}
         try:
             with open(tmp, "w", encoding="utf-8") as f:
@@ -242,10 +240,7 @@ class ShardedEvolve:
                     seen.add(sid)
                     root = next(r for r in tree if r["depth"] == 0)
                     seed_scores.add(root)
-                    counts.update(seeds=1, nodes=len(tree), evolved_nodes=len(tree) - 1,
-                                  terminal_nodes=sum(r["terminal"] for r in tree),
-                                  scored_nodes=sum(r["reward"] is not None and r["depth"] > 0 for r in tree))
-                    max_depth = max(max_depth, *(r["depth"] for r in tree))
+                    counts.add(tree)
                     f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in tree))
             if missing := wanted - seen:
                 raise EngineError(f"merge: {len(missing)} seeds are in no shard (e.g. {sorted(missing)[0]!r})")
@@ -255,16 +250,16 @@ class ShardedEvolve:
             tmp.unlink(missing_ok=True)
             raise
         missing = exported.seeds_without_rows(s.seed_id for s in self.seeds if s.seed_id in seen)
-        report = self._report(reports, dict(counts), max_depth, exported, missing, seed_scores, started, wall)
-        write_report(out, report)
+        report = self._report(reports, counts, exported, missing, seed_scores, started, wall)
+        write_run_file(out, report)
         state = {"version": __version__, "fingerprint": self.fingerprint, "started_at": started,
-                 "status": "finished", "finished_at": _now(), "world_size": self.world.size}
+                 "status": "finished", "finished_at": now(), "world_size": self.world.size}
         atomic_write(out / STATE_FILE, json.dumps(state, indent=2) + "\n")
         logger.info("merged %d shards: %d rows from %d nodes of %d seeds -> %s", self.world.size, exported.rows,
-                    counts["nodes"], counts["seeds"], out)
+                    counts.nodes, counts.seeds, out)
 
-    def _report(self, reports: list[dict[str, Any]], counts: dict[str, int], max_depth: int, exported: Exported,
-                missing: list[str], seed_scores: ScoreMeans, started: str, wall: float) -> dict[str, Any]:
+    def _report(self, reports: list[dict[str, Any]], counts: TreeCounts, exported: Exported, missing: list[str],
+                seed_scores: ScoreMeans, started: str, wall: float) -> dict[str, Any]:
         first = reports[0]
 
         def add(dicts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -281,46 +276,33 @@ class ShardedEvolve:
             keys = dict.fromkeys(k for r in reports for k in r[name])
             return {k: add([r[name][k] for r in reports if k in r[name]]) for k in keys}
 
+        def summed(key: str) -> int:
+            return sum(r["counts"].get(key, 0) for r in reports)
+
         usage = per_key("usage")
-        search_s = max(r["search_seconds"] for r in reports)
-        tokens = sum(u.get("completion_tokens", 0) for u in usage.values())
-        requests = sum(u.get("requests", 0) for u in usage.values())
-        warnings = sorted({w for r in reports for w in r["warnings"] if not is_export_warning(w)})  # the shards'
-        warnings += export_warnings(exported, self.cfg.export.mode, counts["scored_nodes"], missing, counts["seeds"])
         names = [s.name for s in SCORERS if s.role in first["usage"]]  # the scorers that had a client
         statuses = {r["status"] for r in reports}
-        return {
-            "version": __version__, "command": self.command,
-            "status": "finished" if statuses == {"finished"} else "; ".join(sorted(statuses)),
-            "resumed": any(r["resumed"] for r in reports),
-            "started_at": started, "finished_at": _now(),
-            "config": self.cfg.to_dict(), "config_yaml": to_yaml(self.cfg), "config_fingerprint": self.fingerprint,
-            "actions": first["actions"], "estimate": self.estimate,
-            "counts": {**{k: counts[k] for k in ("seeds", "nodes", "evolved_nodes", "terminal_nodes")},
-                       "rows": exported.rows, "seeds_without_rows": len(missing), "max_depth": max_depth,
-                       "requests": sum(r["counts"]["requests"] for r in reports),
-                       "cached_requests": sum(r["counts"]["cached_requests"] for r in reports),
-                       **{k: sum(r["counts"].get(k, 0) for r in reports)
-                          for k in ("discarded_rewrites", "retried_rewrites", "barren_expansions")}},
-            "usage": usage, "engines": per_key("engines"),
-            "trust_remote_code": first["trust_remote_code"],
-            "parse_failures": add([r["parse_failures"] for r in reports]),
-            "scoring_method": first["scoring_method"],
-            "warnings": warnings,
-            "judge_check": first["judge_check"],
-            "reward_terms": reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree),
-                                         names),
-            "filtered": add([r["filtered"] for r in reports]),
-            "data_quality": {"seeds": seed_scores.result(), "rows": exported.means.result()},
-            "wall_seconds": round(wall, 2), "search_seconds": round(search_s, 2),
-            "throughput": {"nodes_per_s": round(counts["nodes"] / max(search_s, 1e-9), 3),
-                           "completion_tokens_per_s": round(tokens / max(search_s, 1e-9), 2),
-                           "requests_per_s": round(requests / max(search_s, 1e-9), 2),
-                           "completion_tokens": tokens,
-                           "prompt_tokens": sum(u.get("prompt_tokens", 0) for u in usage.values())},
-            "distributed": {"world_size": self.world.size, "sharding": "sha256(seed_id) % world_size",
-                            "shards": [{"rank": i, "dir": str(shard_dir(self.out, i, self.world.size)),
-                                        "seeds": r["counts"]["seeds"], "nodes": r["counts"]["nodes"],
-                                        "search_seconds": r["search_seconds"], "wall_seconds": r["wall_seconds"],
-                                        "resumed": r["resumed"]} for i, r in enumerate(reports)]},
-        }
+        return RunReport(
+            command=self.command, status="finished" if statuses == {"finished"} else "; ".join(sorted(statuses)),
+            resumed=any(r["resumed"] for r in reports), started_at=started, config=self.cfg.to_dict(),
+            config_yaml=to_yaml(self.cfg), config_fingerprint=self.fingerprint, actions=first["actions"],
+            estimate=self.estimate, trees=counts, rows=exported.rows, seeds_without_rows=missing,
+            export_mode=self.cfg.export.mode, requests=summed("requests"), cached_requests=summed("cached_requests"),
+            discarded_rewrites=summed("discarded_rewrites"), retried_rewrites=summed("retried_rewrites"),
+            barren_expansions=summed("barren_expansions"), usage=usage, engines=per_key("engines"),
+            trust_remote_code=first["trust_remote_code"], parse_failures=add([r["parse_failures"] for r in reports]),
+            scoring_method=first["scoring_method"], judge_check=first["judge_check"],
+            reward_terms=reward_terms((r for tree in iter_tree_records(self.out / TREES_FILE) for r in tree), names),
+            filtered=add([r["filtered"] for r in reports]),
+            seed_means=seed_scores.result(), row_means=exported.means.result(),
+            wall_seconds=wall, search_seconds=max(r["search_seconds"] for r in reports),
+            role_requests=sum(u.get("requests", 0) for u in usage.values()),
+            completion_tokens=sum(u.get("completion_tokens", 0) for u in usage.values()),
+            prompt_tokens=sum(u.get("prompt_tokens", 0) for u in usage.values()),
+            warnings=sorted({w for r in reports for w in r["warnings"] if not is_export_warning(w)}),  # the shards'
+            distributed={"world_size": self.world.size, "sharding": "sha256(seed_id) % world_size",
+                         "shards": [{"rank": i, "dir": str(shard_dir(self.out, i, self.world.size)),
+                                     "seeds": r["counts"]["seeds"], "nodes": r["counts"]["nodes"],
+                                     "search_seconds": r["search_seconds"], "wall_seconds": r["wall_seconds"],
+                                     "resumed": r["resumed"]} for i, r in enumerate(reports)]},
+        ).as_dict()

@@ -1,5 +1,5 @@
 """Resumable recipe stages: a fingerprint per stage, a marker written when its outputs are complete, atomic
-output directories (`idea_mcts.export.atomic_dir`).
+output directories (`idea_mcts.run_files.atomic_dir`).
 
     stages = Stages(OUT)
     fp = fingerprint(upstream_fp, settings)          # a stage's fingerprint covers every stage before it
@@ -16,34 +16,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from idea_mcts.export import atomic_write
-
-STAGES_DIR = "stages"
-
-
-def _plain(obj: Any) -> Any:
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return asdict(obj)
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    return str(obj)
+from idea_mcts.run_files import STAGES_DIR, json_default, write_json
 
 
 def fingerprint(*parts: Any) -> str:
     """A short hash of JSON-serialisable parts (dataclasses as dicts, other objects by str)."""
-    text = json.dumps(parts, sort_keys=True, default=_plain)
+    text = json.dumps(parts, sort_keys=True, default=json_default)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """JSON written atomically (see `idea_mcts.export.atomic_write`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_plain) + "\n")
+def record_time(times: dict[str, dict[str, Any]], out: Path, name: str, t0: float, skipped: bool,
+                marker: dict[str, Any] | None = None) -> None:
+    """`times[name]`: whether stage `name` ran or was skipped, its seconds since `t0` and (from its marker)
+    those it took when it ran; a skipped stage says so on stderr, naming OUT."""
+    if skipped:
+        print(f"{name}: skipped (outputs of the same settings are in {out})", file=sys.stderr)
+    times[name] = {"status": "skipped" if skipped else "ran", "seconds": round(time.perf_counter() - t0, 2),
+                   "original_seconds": marker.get("seconds") if marker else None}
 
 
 class Stages:

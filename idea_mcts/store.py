@@ -30,38 +30,34 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from idea_mcts import __version__
 from idea_mcts.errors import UsageError
-from idea_mcts.export import DATASET_DIR, REPORT_FILE, TREES_FILE, atomic_write
+from idea_mcts.run_files import (
+    CACHE_DIR,
+    CACHE_FILE,
+    INDEX_NAME,
+    LAYOUT,
+    LOCK_FILE,
+    NODES_FILE,
+    OUTPUTS,
+    RUN_FILE,
+    SHARDS_DIR,
+    STATE_FILE,
+    atomic_write,
+    now,
+)
 from idea_mcts.tree import Node
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
-NODES_FILE = "nodes.jsonl"
 SEARCH_STATISTICS = ("children", "visits", "value_sum", "value_max", "value", "on_terminal_path")
 """A node's fields that the search changes after its evaluation (expansion, backpropagation): left out of the
 node log. A node is logged at the first barrier after its evaluation, and whether its tree has expanded or backed
 up through it by then depends on when the answers came (a resumed run's cached answers come at once), so these
 values would differ between a resumed run's log and an uninterrupted run's. trees.jsonl holds their final values."""
-CACHE_FILE = "cache/requests.jsonl"
-INDEX_NAME = ".index.sqlite"
-"""The logs' index while a run has OUT open (`cache/.index.sqlite`), rebuilt from the logs at open and removed
-at close."""
-LOCK_FILE = ".lock"
-SHARDS_DIR = "shards"
-"""Under OUT of a multi-process launch: one run dir like this one per rank, `rank-KK-of-NN` (idea_mcts.shards);
-removed by a one-process run's --overwrite."""
-OUTPUTS = (DATASET_DIR, TREES_FILE, REPORT_FILE)
-"""What a finished run leaves; written only at the end, each atomically."""
-LAYOUT = {STATE_FILE: "file", NODES_FILE: "file", "cache": "dir", CACHE_FILE: "file", LOCK_FILE: "file",
-          DATASET_DIR: "dir", f".{DATASET_DIR}.tmp": "dir", f".{DATASET_DIR}.old": "dir", TREES_FILE: "file",
-          REPORT_FILE: "file", SHARDS_DIR: "dir", **{f"{n}.tmp": "file" for n in (STATE_FILE, TREES_FILE, REPORT_FILE)}}
-"""Every path a run creates under OUT (the `.tmp`/`.old` ones while it swaps a file in) and what it must be."""
 
 
 def check_layout(out: Path) -> None:
@@ -76,7 +72,7 @@ def check_layout(out: Path) -> None:
     base = out.absolute()
     while not base.exists():
         base = base.parent
-    for where in (base, out / "cache"):
+    for where in (base, out / CACHE_DIR):
         if not where.is_dir():
             continue
         try:
@@ -314,10 +310,6 @@ def _evaluated(node: Node) -> dict[str, Any]:
     return record
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class RunStore:
     """OUT's state, node log, request cache and lock. `check` reads only; `open` is the first write to OUT."""
 
@@ -361,11 +353,11 @@ class RunStore:
         return self._decide(fingerprint, overwrite)
 
     def _decide(self, fingerprint: str, overwrite: bool) -> str:
-        if overwrite and self.out.is_dir() and not any((self.out / n).exists() for n in (STATE_FILE, REPORT_FILE)):
+        if overwrite and self.out.is_dir() and not any((self.out / n).exists() for n in (STATE_FILE, RUN_FILE)):
             doomed = [n for n in (*OUTPUTS, NODES_FILE) if (self.out / n).exists()]
             if doomed:
                 raise UsageError(f"{self.out} holds {', '.join(doomed)} but no idea-mcts run ({STATE_FILE} or "
-                                 f"{REPORT_FILE}): --overwrite deletes only a run's files; use another --output_dir")
+                                 f"{RUN_FILE}): --overwrite deletes only a run's files; use another --output_dir")
         if overwrite or not self.out.is_dir():
             return "new"
         state = self.state()
@@ -402,7 +394,7 @@ class RunStore:
                     shutil.rmtree(path)
                 elif path.exists():
                     path.unlink()
-        state = self.state() or {"version": __version__, "fingerprint": fingerprint, "started_at": _now()}
+        state = self.state() or {"version": __version__, "fingerprint": fingerprint, "started_at": now()}
         if state.get("status") != "running" or "pushed" in state:  # outputs to come: not pushed yet
             self._write_state({**{k: v for k, v in state.items() if k not in ("finished_at", "pushed")},
                                "status": "running"})
@@ -426,7 +418,7 @@ class RunStore:
         """Mark the run `finished` (or `stopped`: a budget cut it short, a re-run goes on from there)."""
         state = self.state()
         assert state is not None
-        self._write_state({**state, "status": status, "finished_at": _now()})
+        self._write_state({**state, "status": status, "finished_at": now()})
 
     def pushed(self, target: dict[str, Any]) -> bool:
         """Whether the run's current outputs were pushed to `target` (repo_id, revision, ...) by `evolve`."""
@@ -447,7 +439,7 @@ class RunStore:
         try:
             state = self.state()
             if state is not None:
-                self._write_state({**state, "pushed": {**target, "url": url, "at": _now()}})
+                self._write_state({**state, "pushed": {**target, "url": url, "at": now()}})
         finally:
             os.close(fd)
 
@@ -458,7 +450,7 @@ class RunStore:
             self.cache.close()
             self.cache.db.close()
             for suffix in ("", "-wal", "-shm"):
-                (self.out / "cache" / (INDEX_NAME + suffix)).unlink(missing_ok=True)
+                (self.out / CACHE_DIR / (INDEX_NAME + suffix)).unlink(missing_ok=True)
             self.cache, self.logged = None, None
         if self._lock_fd is not None:
             os.close(self._lock_fd)

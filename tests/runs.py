@@ -8,7 +8,8 @@ from pathlib import Path
 from datasets import load_from_disk
 
 from idea_mcts.cli import main
-from idea_mcts.store import CACHE_FILE, NODES_FILE, STATE_FILE, read_jsonl
+from idea_mcts.run_files import CACHE_FILE, NODES_FILE, STATE_FILE
+from idea_mcts.store import read_jsonl
 
 
 def tiny_args(model_dir: Path) -> list[str]:

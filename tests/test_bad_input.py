@@ -17,7 +17,8 @@ import datasets
 import pytest
 
 from idea_mcts.cli import main
-from idea_mcts.store import CACHE_FILE, read_jsonl
+from idea_mcts.run_files import CACHE_FILE
+from idea_mcts.store import read_jsonl
 from tests.runs import assert_same_run, cache_lines, evolve, evolve_argv, snapshot, state
 
 

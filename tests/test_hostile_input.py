@@ -18,7 +18,8 @@ from idea_mcts.card import RunSummary, build_card
 from idea_mcts.cli import main
 from idea_mcts.config import ConfigValueError, ExportConfig, RoleConfig, SearchConfig
 from idea_mcts.publish import PushError, load_output
-from idea_mcts.store import CACHE_FILE, STATE_FILE, read_jsonl
+from idea_mcts.run_files import CACHE_FILE, STATE_FILE
+from idea_mcts.store import read_jsonl
 from tests.runs import evolve, evolve_argv, snapshot, tiny_args
 
 QUICK = ["data.max_seeds=1", "search.iterations=1", "search.expand_width=1", "search.max_depth=0"]

@@ -12,8 +12,8 @@ from idea_mcts.engines.base import TokenLogprobs
 from idea_mcts.filters import VALIDITY_CANDIDATES
 from idea_mcts.judge_check import THRESHOLDS, load_probes, spearman, validate, validate_reward
 from idea_mcts.roles import RoleClient
+from idea_mcts.run_files import NODES_FILE
 from idea_mcts.scoring import Reward
-from idea_mcts.store import NODES_FILE
 from tests.runs import evolve
 from tests.scripted import ScriptedEngine
 

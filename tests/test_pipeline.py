@@ -158,7 +158,7 @@ def test_request_index_survives_kill_mid_transaction(tiny_model_dir, tmp_path):
     import sys
 
     from idea_mcts.cli import main
-    from idea_mcts.store import CACHE_FILE, INDEX_NAME
+    from idea_mcts.run_files import CACHE_FILE, INDEX_NAME
     from tests.runs import assert_same_run, evolve_argv
 
     ref, out = tmp_path / "ref", tmp_path / "out"

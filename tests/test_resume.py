@@ -24,7 +24,8 @@ from idea_mcts.engines import EnginePool
 from idea_mcts.engines.base import GenerationRequest, SamplingParams
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.roles import RoleClient
-from idea_mcts.store import CACHE_FILE, NODES_FILE, RequestCache, RunStore, read_jsonl
+from idea_mcts.run_files import CACHE_FILE, NODES_FILE
+from idea_mcts.store import RequestCache, RunStore, read_jsonl
 from tests.runs import assert_same_run, cache_lines, evolve, evolve_argv, snapshot, state
 from tests.scripted import ScriptedEngine
 

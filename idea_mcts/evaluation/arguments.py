@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from idea_mcts.errors import UsageError
+from idea_mcts.run_files import EVAL_DIR, MERGED_DIR
 
 
 @dataclass
@@ -90,6 +91,4 @@ def answer_engine_config(engine_args: EngineArguments, model: str, **over: Any) 
 
 def merged_root(out_dir: str | Path) -> Path:
     """Where the judged benchmarks keep merged adapters: OUT/eval/merged/<hash of adapter and base>."""
-    from idea_mcts.evaluation.results import RESULTS_DIR
-
-    return Path(out_dir) / RESULTS_DIR / "merged"
+    return Path(out_dir) / EVAL_DIR / MERGED_DIR

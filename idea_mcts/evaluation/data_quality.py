@@ -25,7 +25,6 @@ OUT is an `idea-mcts evolve` output directory (dataset/, trees.jsonl, run.json).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from idea_mcts.errors import UsageError
+from idea_mcts.run_files import FinishedRun
 
 QUALITY_KEYS = ("complexity", "quality", "complexity_adj", "quality_adj")
 """The judged scores compared seeds vs rows (raw and length-adjusted)."""
@@ -43,26 +42,23 @@ EMBEDDER = "embedded:all-minilm-l6-v2"
 
 def load_run(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """(seeds, rows, run.json): seeds are the tree roots; rows the exported dataset, with parent instructions."""
-    from datasets import load_from_disk
-
-    nodes = [json.loads(line) for line in (out / "trees.jsonl").read_text().splitlines() if line.strip()]
+    run = FinishedRun(out)
+    nodes = list(run.nodes())
     by_id = {n["node_id"]: n for n in nodes}
     seeds = [{"seed_id": n["seed_id"], "instruction": n["instruction"], "response": n["response"] or ""}
              for n in nodes if n["kind"] == "root"]
     rows = []
-    for r in load_from_disk(str(out / "dataset")):
+    for r in run.dataset():
         msgs = r["messages"]
         rows.append({"seed_id": r["seed_id"], "instruction": msgs[0]["content"],
                      "response": msgs[1]["content"] if len(msgs) > 1 else "",
                      "parent": by_id[r["parent_id"]]["instruction"] if r["parent_id"] in by_id else ""})
-    return seeds, rows, json.loads((out / "run.json").read_text())
+    return seeds, rows, run.report
 
 
 def check_run_dir(out: Path) -> None:
     """`out` holds a finished evolve run (dataset/, trees.jsonl, run.json), else UsageError."""
-    missing = [n for n in ("dataset", "trees.jsonl", "run.json") if not (out / n).exists()]
-    if missing:
-        raise UsageError(f"{out} is not an idea-mcts evolve output directory (missing {', '.join(missing)})")
+    FinishedRun(out)
 
 
 def paired_bootstrap(seeds: list[dict[str, Any]], rows: list[dict[str, Any]], key: str, n_boot: int,

@@ -21,13 +21,13 @@ result dict into this shape; nothing else in OUT is written.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from idea_mcts.errors import UsageError
+from idea_mcts.run_files import EVAL_DIR, atomic_write, eval_file, now, write_json
 
-RESULTS_DIR = "eval"
+RESULTS_DIR = EVAL_DIR
 """The folder of OUT the results go to."""
 REQUIRED = ("model", "adapter", "settings", "metrics", "counts")
 """Keys every result passed to `write_result` holds."""
@@ -37,8 +37,7 @@ IFEVAL_LABELS = {"prompt_level_strict_acc": "prompt-level strict", "inst_level_s
 
 def result_paths(out_dir: str | Path, bench: str) -> tuple[Path, Path]:
     """(OUT/eval/<bench>.json, OUT/eval/<bench>.md)."""
-    base = Path(out_dir) / RESULTS_DIR
-    return base / f"{bench}.json", base / f"{bench}.md"
+    return Path(out_dir) / eval_file(bench), Path(out_dir) / eval_file(bench, ".md")
 
 
 def check_result_paths(out_dir: str | Path, bench: str) -> None:
@@ -58,14 +57,11 @@ def check_result_paths(out_dir: str | Path, bench: str) -> None:
 def write_result(out_dir: str | Path, bench: str, result: dict[str, Any], table_md: str) -> Path:
     """Write `result` (with `bench` and the date added) to OUT/eval/<bench>.json and `table_md` under a title to
     OUT/eval/<bench>.md, each atomically; returns the JSON's path."""
-    from idea_mcts.export import atomic_write
-    from idea_mcts.stages import write_json
-
     missing = [k for k in REQUIRED if k not in result]
     if missing:
         raise ValueError(f"write_result({bench!r}): the result lacks {', '.join(missing)}")
     record = {"bench": bench, **{k: result[k] for k in REQUIRED},
-              "date": datetime.now(UTC).isoformat(timespec="seconds"),
+              "date": now(),
               **{k: v for k, v in result.items() if k not in REQUIRED}}
     json_path, md_path = result_paths(out_dir, bench)
     write_json(json_path, record)
