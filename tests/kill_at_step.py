@@ -29,6 +29,9 @@ class SignalAfterSave(TrainerCallback):
 
 
 if __name__ == "__main__":
+    # SIGINT as a terminal's Ctrl-C gives it: a suite started in the background (`make test &`) passes SIGINT on
+    # ignored, and Python then keeps ignoring it (a SIGINT'd training ran to its end and exited 0)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     script, at, *argv = sys.argv[1:]
     step, _, name = at.partition(":")
     spec = importlib.util.spec_from_file_location("recipe_script", Path(script))
