@@ -56,6 +56,7 @@ def cmd_evolve(args: argparse.Namespace, overrides: list[str]) -> int:
 def _evolve_run(args: argparse.Namespace, overrides: list[str], world: Any) -> tuple[Any, Any]:
     """The config and the validated run (every input checked, nothing written)."""
     from idea_mcts.config import ConfigValueError, load_config
+    from idea_mcts.evolve_plan import plan_evolve
     from idea_mcts.pipeline import EvolveRun
 
     command = shlex.join(["idea-mcts", *args.argv])
@@ -70,7 +71,8 @@ def _evolve_run(args: argparse.Namespace, overrides: list[str], world: Any) -> t
         from idea_mcts.shards import ShardedEvolve
 
         return cfg, ShardedEvolve(cfg, world, command=command, overwrite=args.overwrite)
-    return cfg, EvolveRun(cfg, command=command, overwrite=args.overwrite)
+    plan = plan_evolve(cfg, overwrite=args.overwrite)  # all bad input fails here, before any engine is built
+    return cfg, EvolveRun.from_plan(plan, command=command)
 
 
 def _evolve(args: argparse.Namespace, cfg: Any, run: Any, world: Any) -> int:
@@ -157,7 +159,7 @@ def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
     from idea_mcts.config import load_config
     from idea_mcts.data import load_pairs
     from idea_mcts.engines import EnginePool
-    from idea_mcts.pipeline import check_models
+    from idea_mcts.evolve_plan import check_models
     from idea_mcts.roles import pool_client
     from idea_mcts.scoring import SCORER_ROLES, build_reward, score_means
 

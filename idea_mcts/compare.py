@@ -135,7 +135,8 @@ class Comparison:
         from idea_mcts.evaluation.alpaca import AlpacaEvalConfig, load_instructions
         from idea_mcts.evaluation.ifeval import data_file
         from idea_mcts.evaluation.judge import JudgeConfig
-        from idea_mcts.pipeline import EvolveRun, read_examples
+        from idea_mcts.evolve_plan import read_examples
+        from idea_mcts.pipeline import EvolveRun
         from idea_mcts.recipe_checks import check_types
 
         check_one_process()

@@ -264,7 +264,7 @@ def validate_config(cfg: Any, quick: bool = False) -> dict[str, Any]:
     """`validate_reward` on the judges of an `EvolveConfig` (its engines, role prompts and validity gate): what
     `idea-mcts validate-judge` and `eval/judge.py` run. Engines are opened here and closed after."""
     from idea_mcts.engines import EnginePool
-    from idea_mcts.pipeline import check_models
+    from idea_mcts.evolve_plan import check_models
     from idea_mcts.roles import RoleClient
     from idea_mcts.scoring import Reward
 

@@ -4,49 +4,44 @@
     print(run.estimate, run.mode)  # upper bounds on nodes, LLM calls and tokens; new / resume / finished
     report = run.execute()         # writes OUT/dataset, OUT/trees.jsonl, OUT/run.json
 
-Every input is validated before OUT is touched, and every engine is loaded before it is: bad input never costs
-an output. While the search runs, completed nodes and engine results are logged under OUT (`idea_mcts.store`);
-an interrupted run re-run with the same config resumes by replaying them.
+The constructor is `plan_evolve` (idea_mcts.evolve_plan: validate, estimate, read OUT's state; no side effects)
+then `EvolveRun.from_plan` (the store object and the engine pool). Every input is validated before OUT is
+touched, and every engine is loaded before it is: bad input never costs an output. While the search runs,
+completed nodes and engine results are logged under OUT (`idea_mcts.store`); an interrupted run re-run with
+the same config resumes by replaying them.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import os
 import time
 from collections import Counter
-from collections.abc import Iterable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from idea_mcts.actions import Action, load_actions, meta_prompt, parse_task_methods, task_actions
+from idea_mcts.actions import Action, meta_prompt, parse_task_methods, task_actions
 from idea_mcts.config import EngineConfig, EvolveConfig, to_yaml
-from idea_mcts.data import Seed, load_seeds, shard_of
+from idea_mcts.data import Seed
 from idea_mcts.engines import EnginePool, UsageStats, max_in_flight
 from idea_mcts.engines.cached import CachedEngine, engine_identity
 from idea_mcts.errors import EngineError, UsageError
+from idea_mcts.evolve_plan import EvolvePlan, plan_evolve
 from idea_mcts.export import Exported, TreeWriter, stream_dataset
 from idea_mcts.filters import REASONS
-from idea_mcts.hub import check_reachable
 from idea_mcts.judge_check import reward_terms, validate_reward, warn_failures
-from idea_mcts.models import resolve_model
 from idea_mcts.roles import RoleClient
 from idea_mcts.run_files import (
-    SHARDS_DIR,
     TREES_FILE,
     RunReport,
     iter_tree_records,
     now,
     read_run_file,
-    shard_worlds,
     write_run_file,
 )
-from idea_mcts.scoring import SCORE_NAMES, SCORER_ROLES, Reward, build_reward
-from idea_mcts.search import IdeaMCTS, estimate
-from idea_mcts.store import RunStore, check_layout
+from idea_mcts.scoring import SCORE_NAMES, Reward, build_reward
+from idea_mcts.search import IdeaMCTS
+from idea_mcts.store import RunStore
 
 logger = logging.getLogger(__name__)
 
@@ -54,106 +49,51 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 """Errors writing under OUT that are the user's to fix (exit 2); completed work is kept."""
 
 
-def read_examples(path: str, column: str = "instruction") -> list[str]:
-    """Example instructions for MCTS+: a JSONL file (the `instruction`/`prompt` field) or one per line."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"task examples file not found: {p}")
-    out = []
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
-        if p.suffix == ".jsonl":
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise UsageError(f"{p}: line {i + 1} is not JSON") from None
-            text = rec.get(column) or rec.get("prompt") if isinstance(rec, dict) else None
-            if not isinstance(text, str):
-                raise UsageError(f"{p}: line {i + 1} has no {column!r} or 'prompt' text")
-            out.append(text)
-        else:
-            out.append(line.strip())
-    if not out:
-        raise UsageError(f"task examples file {p} is empty")
-    return out
-
-
-def check_output_dir(out: Path) -> None:
-    """OUT is a directory or can be made one (its nearest existing ancestor is a writable directory), and
-    everything a run writes under it can be written (`idea_mcts.store.check_layout`)."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {out} exists and is not a directory")
-    base = out.absolute()
-    while not base.exists():
-        base = base.parent
-    if not base.is_dir():
-        raise UsageError(f"output_dir {out}: {base} is not a directory")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise UsageError(f"output_dir {out}: {base} is not writable")
-    check_layout(out)
-
-
-def check_models(cfg: EvolveConfig, keys: Iterable[str]) -> None:
-    """The models of engines `keys` can be loaded, as far as can be told without loading them: a local path is
-    a model directory, an embedded model is prepared, a Hub name can be reached (or is cached, offline)."""
-    for key in keys:
-        ecfg = cfg.engines[key]
-        for name in (ecfg.model, ecfg.tokenizer) if ecfg.backend != "openai" else ():
-            if name and resolve_model(name) == name and not Path(name).expanduser().exists():
-                check_reachable(name, "model", f"engines.{key}")  # a Hub name: fail fast when unreachable
-
-
-def check_no_shards(out: Path) -> None:
-    """A one-process run refuses an OUT holding an unfinished multi-process run: it would start over beside the
-    shards instead of resuming them (a finished one is left as is: its outputs are the same at any count)."""
-    worlds = shard_worlds(out)
-    if worlds and (RunStore(out).state() or {}).get("status") != "finished":
-        n = max(worlds)
-        raise UsageError(f"{out} holds the unfinished run of a {n}-process launch ({out / SHARDS_DIR}); relaunch it "
-                         f"with {n} processes (torchrun --nproc_per_node {n} ...) to resume it, or pass --overwrite "
-                         "to start over (the shards are removed)")
-
-
 class EvolveRun:
     """One `evolve` run: validated inputs and the estimate up front; `execute` does the work."""
 
     def __init__(self, cfg: EvolveConfig, command: str = "", overwrite: bool = False,
                  shard: tuple[int, int] | None = None, engines: dict[str, EngineConfig] | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = cfg  # first: a subclass's fingerprint() may read it
+        self._open(plan_evolve(cfg, overwrite, shard, fingerprint=self.fingerprint()), command, engines)
+
+    @classmethod
+    def from_plan(cls, plan: EvolvePlan, command: str = "", engines: dict[str, EngineConfig] | None = None
+                  ) -> EvolveRun:
+        """The run of a plan (`plan_evolve`): opens the store object and the engine pool (the engines load in
+        `execute`). A subclass whose fingerprint needs more than the config is built through its constructor."""
+        if cls.fingerprint is not EvolveRun.fingerprint:
+            raise TypeError(f"{cls.__name__} adds its own settings to the fingerprint: build it with its constructor")
+        run = cls.__new__(cls)
+        run.cfg = plan.cfg
+        run._open(plan, command, engines)
+        return run
+
+    def _open(self, plan: EvolvePlan, command: str, engines: dict[str, EngineConfig] | None) -> None:
+        if plan.fingerprint != self.fingerprint():  # the plan's mode was decided for another run's results
+            raise ValueError(f"the plan is for fingerprint {plan.fingerprint}, this {type(self).__name__} has "
+                             f"{self.fingerprint()}: plan_evolve(cfg, fingerprint=...) with the run's")
+        self.plan = plan
+        """What was validated and decided before anything was opened."""
         self.command = command
-        self.overwrite = overwrite
+        self.overwrite = plan.overwrite
         """Replace OUT's run (outputs, node log, state) by this one; the request cache is kept."""
-        self.out = Path(cfg.output_dir)
+        self.out = plan.out
         self.store = RunStore(self.out)
-        if overwrite or self.store.check(self.fingerprint()) != "finished":
-            check_output_dir(self.out)  # a finished run is left as is, on a read-only filesystem too
-        self.seeds: list[Seed] = load_seeds(cfg.data)
-        self.reference = self.seeds
+        self.seeds: list[Seed] = plan.seeds
+        self.reference = plan.reference
         """Every seed of the run: what the novelty term compares with, in every process of a sharded run."""
-        if shard is not None:  # one rank's share of a multi-process launch (idea_mcts.shards)
-            self.seeds = [s for s in self.seeds if shard_of(s.seed_id, shard[1]) == shard[0]]
-        elif not overwrite:
-            check_no_shards(self.out)
-        self.actions: list[Action] = load_actions(cfg.search.actions)
-        if cfg.search.task_actions:
-            self.task_examples = read_examples(cfg.search.task_actions)
-        self.scorer_roles = [r for r in SCORER_ROLES if cfg.role_engine(r)]
-        self.engine_keys = sorted({k for r in ("evolver", "responder", *self.scorer_roles)
-                                   if (k := cfg.role_engine(r)) is not None})
-        check_models(cfg, self.engine_keys)
-        self.trust_remote_code = sorted({cfg.engines[k].model for k in self.engine_keys
-                                         if cfg.engines[k].engine_kwargs.get("trust_remote_code")})
+        self.actions: list[Action] = plan.actions
+        if plan.task_examples is not None:
+            self.task_examples = plan.task_examples
+        self.scorer_roles = plan.scorer_roles
+        self.engine_keys = plan.engine_keys
+        self.trust_remote_code = plan.trust_remote_code
         """Models that run code from their own repository (`engine_kwargs.trust_remote_code`)."""
-        for model in self.trust_remote_code:
-            logger.warning("trust_remote_code is on for %s: it runs Python code shipped with that model", model)
-        max_new = {r: getattr(cfg.roles, r).max_new_tokens for r in ("evolver", "responder", "tagger")}
-        if "tagger" not in self.scorer_roles:
-            max_new["tagger"] = 0
-        self.estimate = estimate(cfg.search, len(self.seeds), len(self.scorer_roles), max_new)
-        self.mode = self.store.check(self.fingerprint(), overwrite)
+        self.estimate = plan.estimate
+        self.mode = plan.mode
         """`new`, `resume` (OUT holds an unfinished run of this config) or `finished` (nothing to do)."""
-        self.pool = EnginePool(engines or cfg.engines)
+        self.pool = EnginePool(engines or self.cfg.engines)
         """The engines; `engines` places them for one rank (its GPU, its server), outside the fingerprint."""
         self.engines: dict[str, CachedEngine] = {}
         self.clients: dict[str, RoleClient] = {}

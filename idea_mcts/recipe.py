@@ -296,7 +296,7 @@ class Recipe:
 
     def _check(self, needs_data: bool, evaluates: bool) -> None:
         """Every input of every stage checked (and the data source opened) before OUT is touched."""
-        from idea_mcts.pipeline import check_output_dir
+        from idea_mcts.evolve_plan import check_output_dir
         from idea_mcts.recipe_checks import check_base_model, check_ifeval_source, check_settings
         from idea_mcts.training import check_messages, check_quantization
 

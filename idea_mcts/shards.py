@@ -36,9 +36,10 @@ from idea_mcts.config import EvolveConfig, to_yaml
 from idea_mcts.data import Seed, load_seeds
 from idea_mcts.distributed import World, all_gather, barrier, init_group, place_engines
 from idea_mcts.errors import EngineError, UsageError
+from idea_mcts.evolve_plan import check_output_dir
 from idea_mcts.export import Exported, stream_dataset
 from idea_mcts.judge_check import reward_terms
-from idea_mcts.pipeline import EvolveRun, check_output_dir
+from idea_mcts.pipeline import EvolveRun
 from idea_mcts.run_files import (
     CACHE_FILE,
     NODES_FILE,

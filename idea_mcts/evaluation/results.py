@@ -43,7 +43,7 @@ def result_paths(out_dir: str | Path, bench: str) -> tuple[Path, Path]:
 def check_result_paths(out_dir: str | Path, bench: str) -> None:
     """OUT is a directory or can be made one (as the recipes check it), and the bench's two files are not
     directories: UsageError before any work."""
-    from idea_mcts.pipeline import check_output_dir
+    from idea_mcts.evolve_plan import check_output_dir
 
     out = Path(out_dir)
     check_output_dir(out)
