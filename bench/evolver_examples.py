@@ -23,7 +23,7 @@ from idea_mcts.actions import GENERAL
 from idea_mcts.config import load_config
 from idea_mcts.data import load_seeds
 from idea_mcts.engines import EnginePool
-from idea_mcts.filters import Eliminator, cut_off, extract_instruction
+from idea_mcts.filters import Eliminator
 from idea_mcts.roles import RoleClient
 
 logger = logging.getLogger("bench")
@@ -57,8 +57,7 @@ def main() -> None:
                 rows = []
                 for (s, a), g in zip(items, gens, strict=True):
                     reply = a.reply_prefix(s.instruction, prefill) + g.text
-                    text = extract_instruction(reply)
-                    why = eliminator.check(text, s.instruction, cut_off(reply, text, g.finish_reason))
+                    text, why = eliminator.check_reply(reply, s.instruction, g.finish_reason)
                     rows.append({"seed": s.instruction, "action": a.name, "raw": g.text, "text": text, "why": why})
                 kept = sum(r["why"] is None for r in rows)
                 out["variants"][name] = {"kept": kept, "of": len(rows), "counts": dict(eliminator.counts),

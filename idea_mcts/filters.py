@@ -276,6 +276,12 @@ class Eliminator:
             self.counts[why] += 1
         return why
 
+    def check_reply(self, reply: str, parent: str, finish_reason: str | None) -> tuple[str, str | None]:
+        """An evolver's whole reply (any prefilled start included) -> the extracted instruction and `check`'s
+        reason to drop it (counted), or None to keep it."""
+        text = extract_instruction(reply)
+        return text, self.check(text, parent, cut_off(reply, text, finish_reason))
+
     def check_response(self, response: str) -> str | None:
         """`response_refusal` (counted) when the response is a short refusal, else None."""
         if is_refusal(response):

@@ -34,7 +34,7 @@ from idea_mcts.actions import Action
 from idea_mcts.config import SearchConfig
 from idea_mcts.data import Seed
 from idea_mcts.dispatch import Dispatcher
-from idea_mcts.filters import Eliminator, ask_validity, cut_off, extract_instruction, gate_judge
+from idea_mcts.filters import Eliminator, ask_validity, gate_judge
 from idea_mcts.roles import RoleClient, derive_seed
 from idea_mcts.scoring import Origin, Reward
 from idea_mcts.tree import Node, Tree
@@ -413,8 +413,7 @@ class IdeaMCTS:
         texts: list[str | None] = []
         for job, g in zip(jobs, gens, strict=True):
             reply = job.action.reply_prefix(job.parent.instruction, prefill) + g.text
-            text = extract_instruction(reply)
-            why = self.eliminator.check(text, job.parent.instruction, cut_off(reply, text, g.finish_reason))
+            text, why = self.eliminator.check_reply(reply, job.parent.instruction, g.finish_reason)
             texts.append(None if why is not None else text)
         kept = sum(t is not None for t in texts)
         self._release_filtered(len(texts) - kept)
